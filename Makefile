@@ -1,0 +1,30 @@
+# The two commands of the README. Each sets up everything it needs on a fresh machine.
+#   make quickstart   run the quickstart job (local Ray, local output, built-in tiny model) and verify it
+#   make test         run the test suite (what CI runs)
+
+VENV ?= .venv
+PYTHON ?= python3
+# CPU wheel by default; on a GPU machine set TORCH_SPEC to the CUDA build you want.
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: quickstart test setup clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+quickstart: $(STAMP)
+	$(BIN)/latentmill run jobs/examples/quickstart.yaml
+	$(BIN)/latentmill verify ./latentmill-output/quickstart
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) latentmill-output

@@ -1,0 +1,301 @@
+"""`latentmill bench decoders`: params, FLOPs, latency and peak memory of every decoder, per size.
+
+Latency is measured the honest way: warm-up decodes first, the device synchronised around each
+timed decode, median and spread over repeats. FLOPs are counted on the meta device (exact and
+instant, see flops.py). Needs only torch, diffusers and this package, so it runs on a bare GPU box.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+import torch
+
+from .base import Decoder
+from .flops import count_flops
+from .registry import SPECS, available, build
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+IMAGE_BASELINE, VIDEO_BASELINE = "sdxl-vae", "svd-vae"
+
+
+def _parse_list(s: str, cast=str) -> list:
+    return [cast(x) for x in s.split(",") if x.strip()]
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="latentmill bench decoders", description=__doc__.splitlines()[0])
+    p.add_argument("--decoders", type=_parse_list, default=available(), help="comma-separated (default: all)")
+    p.add_argument("--sizes", type=lambda s: _parse_list(s, int), default=[256, 512, 1024], help="square pixel sizes")
+    p.add_argument("--frames", type=int, default=14, help="frames per clip for video decoders (SVD: 14)")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--devices", type=_parse_list, default=None, help="cpu,cuda (default: cpu, plus cuda if present)")
+    p.add_argument("--dtypes", type=_parse_list, default=None,
+                   help="per device (default: fp32 on cpu; fp16,bf16 on cuda). fp16 on sdxl-vae/svd-vae runs "
+                        "upcast to fp32 (force_upcast), as diffusers does; the compute_dtype column says so")
+    p.add_argument("--warmup", type=int, default=1, help="untimed decodes before timing")
+    p.add_argument("--repeats", type=int, default=5, help="timed decodes (at most)")
+    p.add_argument("--budget-s", type=float, default=60.0,
+                   help="stop repeating once this many seconds were spent timing a row (at least 1 repeat)")
+    p.add_argument("--max-gflop", type=float, default=None,
+                   help="skip timing rows whose counted GFLOP exceed this (params/FLOPs still reported)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads on CPU")
+    p.add_argument("--no-latency", action="store_true", help="params and FLOPs only (fast, no weights allocated)")
+    p.add_argument("--in-process", action="store_true",
+                   help="time CPU rows in this process (faster start; CPU peak memory less meaningful)")
+    p.add_argument("--json", action="store_true", help="one JSON object per decoder, size and device/dtype")
+    args = p.parse_args(argv)
+    unknown = set(args.decoders) - set(available())
+    if unknown:
+        p.error(f"unknown decoders {sorted(unknown)}; available: {available()}")
+    bad = set(args.dtypes or []) - set(DTYPES)
+    if bad:
+        p.error(f"unknown dtypes {sorted(bad)}; choose from {list(DTYPES)}")
+    return args
+
+
+class PeakRSS:
+    """CPU peak memory: resident set size sampled every 5 ms from /proc/self/statm during the block,
+    minus the RSS just before it. tracemalloc would miss tensors (torch allocates outside Python);
+    and since malloc keeps freed memory for reuse, each row runs in a fresh process (see run)."""
+
+    def __init__(self):
+        self.page = os.sysconf("SC_PAGE_SIZE")
+        self.peak = self.start = 0
+
+    def _rss(self) -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * self.page
+
+    def _poll(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._rss())
+            time.sleep(0.005)
+
+    def __enter__(self):
+        self.start = self.peak = self._rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
+
+    @property
+    def delta_mb(self) -> float:
+        return (self.peak - self.start) / 2**20
+
+
+def time_decoder(dec: Decoder, z: torch.Tensor, *, warmup: int, repeats: int, budget_s: float) -> dict:
+    """Peak memory covers the warm-up too: the first decode is where buffers are first allocated."""
+    cuda = dec.device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    times = []
+
+    def timed_loop():
+        for _ in range(warmup):
+            dec.decode(z)
+        sync()
+        for _ in range(repeats):
+            sync()
+            t0 = time.perf_counter()
+            dec.decode(z)
+            sync()
+            times.append(time.perf_counter() - t0)
+            if sum(times) > budget_s:
+                break
+
+    if cuda:
+        sync()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        timed_loop()
+        peak = (torch.cuda.max_memory_allocated() - before) / 2**20
+        method = "cuda max_memory_allocated above the allocation before decoding (weights excluded)"
+    else:
+        with PeakRSS() as mem:
+            timed_loop()
+        peak = mem.delta_mb
+        method = ("peak RSS above RSS before decoding (weights excluded), sampled every 5 ms from "
+                  "/proc/self/statm, one fresh process per row")
+    return {
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+        "max_s": max(times),
+        "stdev_s": statistics.stdev(times) if len(times) > 1 else 0.0,
+        "repeats": len(times),
+        "warmup": warmup,
+        "peak_mem_mb": round(peak, 1),
+        "mem_method": method,
+    }
+
+
+def _configs(args) -> list[tuple[str, str]]:
+    devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+    out = []
+    for dev in devices:
+        if dev == "cuda" and not torch.cuda.is_available():
+            print("cuda requested but not available; skipping", file=sys.stderr)
+            continue
+        for dt in args.dtypes or (["fp32"] if dev == "cpu" else ["fp16", "bf16"]):
+            out.append((dev, dt))
+    return out
+
+
+def run(args) -> list[dict]:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = []
+    flops_cache: dict[tuple, int] = {}
+
+    def flops(name: str, size: int, frames: int) -> int:
+        key = (name, size, frames)
+        if key not in flops_cache:
+            flops_cache[key] = count_flops(build(name, device="meta"), size, size, frames=frames, batch=args.batch)
+        return flops_cache[key]
+
+    meta = {n: build(n, device="meta") for n in args.decoders}
+    configs = [("meta", "-")] if args.no_latency else _configs(args)
+    for device, dtype_name in configs:
+        timed: dict[tuple, float] = {}
+        for size in args.sizes:
+            # Baselines first, so every row can report its speed-up.
+            names = sorted(args.decoders, key=lambda n: n not in (IMAGE_BASELINE, VIDEO_BASELINE))
+            for name in names:
+                spec = SPECS[name]
+                frames = args.frames if spec.is_video else 1
+                baseline = VIDEO_BASELINE if spec.is_video else IMAGE_BASELINE
+                gflop = flops(name, size, frames) / 1e9
+                base_gflop = flops(baseline, size, frames) / 1e9
+                row = {
+                    "decoder": name, "device": device, "dtype": dtype_name, "size": size,
+                    "frames": frames if spec.is_video else None, "batch": args.batch,
+                    "params_m": round(meta[name].num_parameters() / 1e6, 3),
+                    "mb_fp16": round(meta[name].num_parameters() * 2 / 2**20, 1),
+                    "gflop": round(gflop, 1), "baseline": baseline,
+                    "flops_ratio": round(base_gflop / gflop, 2),  # how many times fewer FLOPs
+                }
+                if device != "meta":
+                    row.update(_time_row(args, name, device, dtype_name, size, frames, gflop))
+                    if row.get("median_s"):
+                        timed[(name, size)] = row["median_s"]
+                    base = timed.get((baseline, size))
+                    row["speedup"] = round(base / row["median_s"], 2) if base and row.get("median_s") else None
+                rows.append(row)
+                if args.json:
+                    print(json.dumps(row), flush=True)
+                else:
+                    print(f"done {name} {device} {dtype_name} {size}px", file=sys.stderr, flush=True)
+    return rows
+
+
+def _time_row(args, name, device, dtype_name, size, frames, gflop) -> dict:
+    if args.max_gflop is not None and gflop > args.max_gflop:
+        return {"skipped": f"{gflop:.0f} GFLOP > --max-gflop {args.max_gflop:g}", "median_s": None}
+    if device == "cpu" and not args.in_process:
+        return _time_row_subprocess(args, name, dtype_name, size, frames)
+    return _time_row_here(args, name, device, dtype_name, size, frames)
+
+
+def _time_row_subprocess(args, name, dtype_name, size, frames) -> dict:
+    """Run one CPU row in a fresh interpreter: its RSS then reflects this decoder alone, and earlier
+    rows' freed-but-cached memory cannot hide (or inflate) this one's peak."""
+    job = dict(name=name, dtype=dtype_name, size=size, frames=frames, batch=args.batch, warmup=args.warmup,
+               repeats=args.repeats, budget_s=args.budget_s, threads=args.threads or torch.get_num_threads())
+    proc = subprocess.run([sys.executable, "-m", "decoders.bench", "--_worker", json.dumps(job)],
+                          capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)) or ".")
+    lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
+    if proc.returncode or not lines:
+        return {"skipped": f"worker failed: {proc.stderr.strip().splitlines()[-1:]}", "median_s": None}
+    return json.loads(lines[-1])
+
+
+def _worker(job: dict) -> int:
+    torch.set_num_threads(job["threads"])
+    args = argparse.Namespace(batch=job["batch"], warmup=job["warmup"], repeats=job["repeats"],
+                              budget_s=job["budget_s"])
+    print(json.dumps(_time_row_here(args, job["name"], "cpu", job["dtype"], job["size"], job["frames"])))
+    return 0
+
+
+def _time_row_here(args, name, device, dtype_name, size, frames) -> dict:
+    dec = build(name, device=device, dtype=DTYPES[dtype_name])
+    lead = (args.batch, frames) if dec.is_video else (args.batch,)
+    f = dec.upscale_factor
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(*lead, dec.latent_channels, size // f, size // f, generator=gen).to(device)
+    try:
+        out = time_decoder(dec, z, warmup=args.warmup, repeats=args.repeats, budget_s=args.budget_s)
+    except torch.cuda.OutOfMemoryError as e:  # report it as a row instead of losing the whole run
+        out = {"skipped": f"out of memory: {str(e).splitlines()[0]}", "median_s": None}
+    out["compute_dtype"] = str(dec.dtype).replace("torch.", "")
+    # Other processes on the machine skew CPU timings; keep the evidence with the numbers.
+    out["loadavg_1m"] = round(os.getloadavg()[0], 2)
+    del dec
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return out
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    return (f"{cpu}, {os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads), {gpu}")
+
+
+def format_table(rows: list[dict]) -> str:
+    head = ["decoder", "device", "dtype", "size", "frames", "params M", "MB fp16", "GFLOP", "FLOPs x fewer",
+            "median s", "min-max s", "n", "peak MB", "speed-up", "vs"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        med = r.get("median_s")
+        cells = [
+            r["decoder"], r["device"], r.get("compute_dtype", r["dtype"]) if r["dtype"] != "-" else "-",
+            f"{r['size']}x{r['size']}", r["frames"] or "-", f"{r['params_m']:.2f}", f"{r['mb_fp16']:.1f}",
+            f"{r['gflop']:,.1f}", f"{r['flops_ratio']:.2f}",
+            f"{med:.3f}" if med else (r.get("skipped") or "-"),
+            f"{r['min_s']:.3f}-{r['max_s']:.3f}" if med else "-",
+            r.get("repeats", "-"), r.get("peak_mem_mb", "-"),
+            f"{r['speedup']:.2f}x" if r.get("speedup") else "-", r["baseline"],
+        ]
+        if r["dtype"] not in ("-", "fp32") and r.get("compute_dtype") and DTYPES[r["dtype"]] != getattr(
+                torch, r["compute_dtype"]):
+            cells[2] = f"{r['dtype']}->{r['compute_dtype']}"
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--_worker"]:  # internal: one CPU row in a fresh process
+        return _worker(json.loads(argv[1]))
+    args = parse_args(argv)
+    rows = run(args)
+    if not args.json:
+        print(f"machine: {machine()}")
+        print(format_table(rows))
+        print("FLOPs: torch FlopCounterMode on the meta device, per decode of the whole batch/clip. "
+              "Speed-up and FLOPs ratio are against the baseline in the last column, same device/dtype/size/frames.")
+        if rows and "mem_method" in rows[-1]:
+            print(f"peak MB: {rows[-1]['mem_method']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

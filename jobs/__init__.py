@@ -1,0 +1,1 @@
+"""What a user submits: the job spec, the `latentmill` command line, local and Ray Jobs runs."""

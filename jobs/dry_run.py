@@ -1,0 +1,30 @@
+"""`latentmill run --dry-run`: the resolved plan, in words, without starting anything."""
+
+from __future__ import annotations
+
+from jobs.spec import JobSpec
+from pipelines.plan import Plan
+
+
+def describe(spec: JobSpec, plan: Plan) -> str:
+    shards = plan.shards
+    s = spec.sampler
+    lines = [
+        f"job {spec.name!r} ({spec.kind}) -> {spec.output.url}",
+        f"  model: {spec.model.family} {spec.model.reference} ({spec.model.dtype}); decoder: {spec.decoder}",
+        f"  sampler: {s.scheduler}, {s.steps} steps, guidance {s.guidance_scale}, {s.width}x{s.height}",
+        f"  samples: {len(plan.samples)} (keys {plan.samples[0].key}..{plan.samples[-1].key}, "
+        f"seeds {plan.samples[0].seed}..{plan.samples[-1].seed})",
+        f"  shards: {len(shards)} of up to {plan.samples_per_shard} samples "
+        f"({shards[0].name}..{shards[-1].name}, {spec.output.image_format})",
+        "  stages:",
+    ]
+    for name in ("denoise", "decode"):
+        r = getattr(spec.stages, name)
+        concurrency = r.min_actors if r.min_actors == r.max_actors else f"{r.min_actors}..{r.max_actors}"
+        lines.append(
+            f"    {name:8s} actors={concurrency} num_gpus={r.num_gpus} num_cpus={r.num_cpus} batch_size={r.batch_size}"
+        )
+    w = spec.stages.write
+    lines.append(f"    {'write':8s} concurrent shards={w.concurrency} num_cpus={w.num_cpus}")
+    return "\n".join(lines)

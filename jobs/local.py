@@ -1,0 +1,68 @@
+"""Turn a validated spec into a pipeline job, and run it on the current (or a new local) Ray cluster."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from jobs.spec import JobSpec
+from pipelines.plan import Plan, build_plan
+from pipelines.runner import GenerationJob, run_generation
+from pipelines.sources.prompts import read_prompts
+
+# Libraries' progress bars and notices would drown the job's own progress line.
+QUIET_ENV = {
+    "TRANSFORMERS_VERBOSITY": "error",
+    "DIFFUSERS_VERBOSITY": "error",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "RAY_DEDUP_LOGS": "1",
+}
+
+
+def plan_for(spec: JobSpec) -> Plan:
+    prompts = list(spec.prompts.inline) if spec.prompts.inline is not None else read_prompts(spec.prompts.file)
+    return build_plan(
+        prompts,
+        images_per_prompt=spec.prompts.images_per_prompt,
+        num_images=spec.num_images,
+        seed=spec.seed,
+        samples_per_shard=spec.output.samples_per_shard,
+    )
+
+
+def generation_job(spec: JobSpec, plan: Plan | None = None) -> GenerationJob:
+    return GenerationJob(
+        name=spec.name,
+        plan=plan or plan_for(spec),
+        model=spec.model,
+        sampler=spec.sampler,
+        decoder=spec.decoder,
+        output=spec.output,
+        stages=spec.stages,
+        identity=spec.identity(),
+        spec=spec.to_dict(),
+    )
+
+
+def connect_ray(address: str | None = None) -> None:
+    """Use the Ray cluster at `address` (or RAY_ADDRESS); with neither, start a local one."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    env = {**QUIET_ENV, **{k: v for k, v in os.environ.items() if k == "LATENTMILL_CACHE"}}
+    os.environ.update(QUIET_ENV)
+    ray.init(
+        address=address or os.environ.get("RAY_ADDRESS"),
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        log_to_driver=True,
+        runtime_env={"env_vars": env},
+    )
+
+
+def run_job(spec: JobSpec, *, address: str | None = None, progress: bool = True, start_timeout_s: float = 900.0) -> dict:
+    job = generation_job(spec)
+    connect_ray(address)
+    return run_generation(job, progress=progress, start_timeout_s=start_timeout_s)

@@ -1,0 +1,1 @@
+"""The Ray streaming pipeline: plan -> denoise -> decode -> sharded sink, with accounting."""

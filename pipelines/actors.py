@@ -1,0 +1,184 @@
+"""A pool of Ray actors running one stage, pinned to the resources the spec gives it.
+
+Each actor loads its stage once and is then called with one batch at a time. A call returns two
+objects: the stage's output, which stays in Ray's object store and is passed by reference to the
+next stage, and a small stats record, the only thing the driver fetches.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+
+import ray
+
+from pipelines.errors import SchedulingError
+
+# Work queued per actor: one running and one waiting, so an actor never idles between calls.
+CALLS_PER_ACTOR = 2
+
+
+class StageActor:
+    def __init__(self, stage_name: str, stage_cls: type, stage_kwargs: dict, threads: int):
+        import torch
+
+        torch.set_num_threads(threads)
+        self.stage_name = stage_name
+        started = time.perf_counter()
+        self.stage = stage_cls(**stage_kwargs)
+        self.load_seconds = time.perf_counter() - started
+
+    def info(self) -> dict:
+        context = ray.get_runtime_context()
+        return {
+            "stage": self.stage_name,
+            "actor_id": context.get_actor_id(),
+            "node_id": context.get_node_id(),
+            "pid": os.getpid(),
+            "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "device": str(getattr(self.stage, "device", "cpu")),
+            "load_seconds": self.load_seconds,
+        }
+
+    def run(self, payload):
+        started_at = time.time()
+        started = time.perf_counter()
+        result = self.stage(payload)
+        busy = time.perf_counter() - started
+        items = len(result["keys"])
+        # Per-sample stage times travel with the data to the manifest.
+        earlier = payload.get("timings", {}) if isinstance(payload, dict) else {}
+        result["timings"] = {**earlier, self.stage_name: busy / items}
+        return result, {"items": items, "busy_s": busy, "started_at": started_at}
+
+
+_RemoteStageActor = ray.remote(StageActor)
+
+
+@dataclass
+class _Member:
+    handle: ray.actor.ActorHandle
+    ready_ref: ray.ObjectRef
+    info: dict | None = None
+    calls: int = 0
+
+
+@dataclass
+class StagePool:
+    name: str
+    stage_cls: type
+    stage_kwargs: dict
+    num_cpus: float
+    num_gpus: float
+    min_actors: int
+    max_actors: int
+    max_restarts: int = 3
+    members: list[_Member] = field(default_factory=list)
+
+    def _new_actor(self) -> None:
+        remote_cls = _RemoteStageActor.options(
+            num_cpus=self.num_cpus,
+            num_gpus=self.num_gpus,
+            # A killed actor process is restarted and its calls retried; a stage exception is not
+            # retried here (the driver decides).
+            max_restarts=self.max_restarts,
+            max_task_retries=self.max_restarts,
+        )
+        threads = max(1, int(self.num_cpus))
+        handle = remote_cls.remote(self.name, self.stage_cls, self.stage_kwargs, threads)
+        self.members.append(_Member(handle, handle.info.remote()))
+
+    def start(self) -> None:
+        for _ in range(self.min_actors):
+            self._new_actor()
+
+    def wait_ready(self, timeout_s: float) -> None:
+        """Block until the first `min_actors` have loaded their models, or say why not."""
+        pending = {m.ready_ref: m for m in self.members if m.info is None}
+        deadline = time.monotonic() + timeout_s
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=max(0.0, deadline - time.monotonic()))
+            if not ready and time.monotonic() >= deadline:
+                raise SchedulingError(
+                    f"stage {self.name!r}: {len(pending)} of {len(self.members)} actors did not start within "
+                    f"{timeout_s:.0f} s (each asks for num_cpus={self.num_cpus}, num_gpus={self.num_gpus}; "
+                    f"cluster has {ray.cluster_resources()})"
+                )
+            for ref in ready:
+                pending.pop(ref).info = self._get_info(ref)
+
+    def _get_info(self, ref) -> dict:
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayError as exc:
+            raise SchedulingError(f"stage {self.name!r}: an actor failed to start: {_root_cause(exc)}") from None
+
+    def poll_new_actors(self) -> None:
+        pending = [m for m in self.members if m.info is None]
+        if pending:
+            ready, _ = ray.wait([m.ready_ref for m in pending], num_returns=len(pending), timeout=0)
+            for m in pending:
+                if m.ready_ref in ready:
+                    m.info = self._get_info(m.ready_ref)
+
+    def scale_for(self, backlog: int) -> None:
+        """Add an actor when work waits, the pool is below max, and the cluster has room now."""
+        self.poll_new_actors()
+        starting = any(m.info is None for m in self.members)
+        if starting or len(self.members) >= self.max_actors or backlog <= self.free_slots():
+            return
+        free = ray.available_resources()
+        if free.get("CPU", 0) >= self.num_cpus and free.get("GPU", 0) >= self.num_gpus:
+            self._new_actor()
+
+    def free_slots(self) -> int:
+        return sum(CALLS_PER_ACTOR - m.calls for m in self.members if m.info is not None)
+
+    def submit(self, payload) -> tuple[ray.ObjectRef, ray.ObjectRef, _Member]:
+        member = min((m for m in self.members if m.info is not None), key=lambda m: m.calls)
+        member.calls += 1
+        result_ref, stats_ref = member.handle.run.options(num_returns=2).remote(payload)
+        return result_ref, stats_ref, member
+
+    def release(self, member: _Member) -> None:
+        member.calls -= 1
+
+    def actor_infos(self) -> list[dict]:
+        return [m.info for m in self.members if m.info is not None]
+
+    def shutdown(self) -> None:
+        for m in self.members:
+            ray.kill(m.handle, no_restart=True)
+        self.members.clear()
+
+
+def check_fits(asks: dict[str, tuple[float, float, int]]) -> None:
+    """Fail fast when the cluster can never run the stages: `asks` maps stage -> (cpus, gpus, actors).
+
+    Every actor must fit on one node, and the minimum actors of all stages must fit together, since
+    they live for the whole job. Otherwise Ray would wait for resources forever.
+    """
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    total_cpu = sum(n.get("CPU", 0) for n in nodes)
+    total_gpu = sum(n.get("GPU", 0) for n in nodes)
+    for stage, (cpus, gpus, _) in asks.items():
+        if not any(n.get("CPU", 0) >= cpus and n.get("GPU", 0) >= gpus for n in nodes):
+            raise SchedulingError(
+                f"stage {stage!r} asks for num_cpus={cpus}, num_gpus={gpus} per actor, but no node has that "
+                f"(cluster: {total_cpu:g} CPUs, {total_gpu:g} GPUs); lower stages.{stage} resources"
+            )
+    need_cpu = sum(c * n for c, _, n in asks.values())
+    need_gpu = sum(g * n for _, g, n in asks.values())
+    if need_cpu > total_cpu + 1e-9 or need_gpu > total_gpu + 1e-9:
+        detail = ", ".join(f"{s}: {n} x (num_cpus={c}, num_gpus={g})" for s, (c, g, n) in asks.items())
+        raise SchedulingError(
+            f"the stages together need {need_cpu:g} CPUs and {need_gpu:g} GPUs ({detail}) but the cluster has "
+            f"{total_cpu:g} CPUs and {total_gpu:g} GPUs; lower num_cpus/num_gpus or concurrency"
+        )
+
+
+def _root_cause(exc: BaseException) -> str:
+    cause = getattr(exc, "cause", None)
+    return f"{type(cause).__name__}: {cause}" if cause is not None else str(exc).strip().splitlines()[-1]

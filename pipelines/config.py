@@ -1,0 +1,146 @@
+"""Typed configuration of a generation pipeline. Each dataclass checks its own values.
+
+The job spec (jobs/spec.py) is built from these, so the pipeline never sees an unchecked value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Union
+
+from pipelines.errors import ConfigError
+
+LATENT_FACTOR = 8  # pixels per latent cell in SDXL-class VAEs
+
+
+def require(ok: bool, path: str, expected: str, got: object) -> None:
+    if not ok:
+        raise ConfigError(path, expected, got)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    family: Literal["sdxl"] = "sdxl"
+    # "tiny" (built in), a Hugging Face id, or a local/fsspec directory in from_pretrained layout.
+    reference: str = "tiny"
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+
+    def __post_init__(self):
+        require(bool(self.reference.strip()), "reference", "a model reference", self.reference)
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    # "default" keeps the scheduler saved with the model.
+    scheduler: Literal["default", "euler", "euler_ancestral", "ddim", "dpmpp_2m", "unipc"] = "default"
+    steps: int = 30
+    guidance_scale: float = 5.0
+    height: int = 1024
+    width: int = 1024
+    negative_prompt: str = ""
+
+    def __post_init__(self):
+        require(self.steps > 0, "steps", "a positive integer", self.steps)
+        require(self.guidance_scale >= 0, "guidance_scale", "a number >= 0", self.guidance_scale)
+        for name in ("height", "width"):
+            value = getattr(self, name)
+            require(
+                value > 0 and value % LATENT_FACTOR == 0,
+                name,
+                f"a positive multiple of {LATENT_FACTOR} (the VAE's latent factor)",
+                value,
+            )
+
+
+@dataclass(frozen=True)
+class PromptsConfig:
+    inline: list[str] | None = None
+    # A .txt (one prompt a line), .jsonl ({"prompt": ...} a line) or .parquet (column "prompt")
+    # file at any fsspec URL.
+    file: str | None = None
+    images_per_prompt: int = 1
+
+    def __post_init__(self):
+        if (self.inline is None) == (self.file is None):
+            raise ConfigError("", "", detail="give exactly one of prompts.inline or prompts.file")
+        if self.inline is not None:
+            require(len(self.inline) > 0, "inline", "a non-empty list of prompts", self.inline)
+        require(self.images_per_prompt > 0, "images_per_prompt", "a positive integer", self.images_per_prompt)
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    url: str
+    image_format: Literal["png", "jpg", "webp"] = "png"
+    quality: int = 95  # jpg and webp only
+    samples_per_shard: int = 256
+    save_latents: bool = False
+
+    def __post_init__(self):
+        require(bool(self.url.strip()), "url", "an output URL or path", self.url)
+        require(1 <= self.quality <= 100, "quality", "an integer from 1 to 100", self.quality)
+        require(self.samples_per_shard > 0, "samples_per_shard", "a positive integer", self.samples_per_shard)
+
+
+@dataclass(frozen=True)
+class Concurrency:
+    min: int = 1
+    max: int = 1
+
+    def __post_init__(self):
+        require(self.min > 0, "min", "a positive integer", self.min)
+        require(self.max >= self.min, "max", f"an integer >= min ({self.min})", self.max)
+
+
+@dataclass(frozen=True)
+class StageResources:
+    # "auto": one GPU per actor when the cluster has GPUs, none otherwise.
+    num_gpus: Union[float, Literal["auto"]] = "auto"
+    num_cpus: float = 1.0
+    concurrency: Union[int, Concurrency] = 1
+    batch_size: int = 4
+
+    def __post_init__(self):
+        if self.num_gpus != "auto":
+            require(self.num_gpus >= 0, "num_gpus", "a number >= 0 or 'auto'", self.num_gpus)
+        require(self.num_cpus >= 0, "num_cpus", "a number >= 0", self.num_cpus)
+        require(self.batch_size > 0, "batch_size", "a positive integer", self.batch_size)
+        if isinstance(self.concurrency, int):
+            require(self.concurrency > 0, "concurrency", "a positive integer or {min, max}", self.concurrency)
+
+    @property
+    def min_actors(self) -> int:
+        return self.concurrency if isinstance(self.concurrency, int) else self.concurrency.min
+
+    @property
+    def max_actors(self) -> int:
+        return self.concurrency if isinstance(self.concurrency, int) else self.concurrency.max
+
+    def gpus_per_actor(self, cluster_has_gpus: bool) -> float:
+        if self.num_gpus == "auto":
+            return 1.0 if cluster_has_gpus else 0.0
+        return float(self.num_gpus)
+
+
+@dataclass(frozen=True)
+class WriteResources:
+    num_cpus: float = 0.25
+    # Shards being written at once; also bounds how many decoded shards wait in memory.
+    concurrency: int = 2
+
+    def __post_init__(self):
+        require(self.num_cpus >= 0, "num_cpus", "a number >= 0", self.num_cpus)
+        require(self.concurrency > 0, "concurrency", "a positive integer", self.concurrency)
+
+
+@dataclass(frozen=True)
+class StagesConfig:
+    # Defaults fit a 2-CPU machine with no GPU: 1 + 0.5 + 0.25 CPUs leave room for Ray itself.
+    denoise: StageResources = field(default_factory=lambda: StageResources(num_cpus=1.0, batch_size=4))
+    decode: StageResources = field(default_factory=lambda: StageResources(num_cpus=0.5, batch_size=8))
+    write: WriteResources = field(default_factory=WriteResources)
+    # A batch that raises is retried this many times before the job fails.
+    max_retries: int = 2
+
+    def __post_init__(self):
+        require(self.max_retries >= 0, "max_retries", "an integer >= 0", self.max_retries)

@@ -1,0 +1,1 @@
+"""Model references: the built-in tiny SDXL, Hugging Face ids and local directories."""

@@ -1,0 +1,100 @@
+"""Resolve a model reference to something diffusers' from_pretrained loads, and load it.
+
+Every reference ends up on the same code path: the built-in tiny model is saved once to a local
+cache directory and loaded from there, a remote fsspec directory is copied to the cache first, and
+a Hugging Face id goes to from_pretrained as it is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import fsspec
+
+TINY_REFERENCE = "tiny"
+TINY_VERSION = "tiny-sdxl-v1"
+
+SCHEDULERS = {
+    "euler": "EulerDiscreteScheduler",
+    "euler_ancestral": "EulerAncestralDiscreteScheduler",
+    "ddim": "DDIMScheduler",
+    "dpmpp_2m": "DPMSolverMultistepScheduler",
+    "unipc": "UniPCMultistepScheduler",
+}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("LATENTMILL_CACHE", Path.home() / ".cache" / "latentmill"))
+
+
+def is_path_reference(reference: str) -> bool:
+    """A directory or URL rather than a Hugging Face id (which looks like org/name)."""
+    if "://" in reference or reference.startswith(("/", ".", "~")):
+        return True
+    return os.path.exists(reference)
+
+
+def resolve_reference(reference: str) -> str:
+    if reference == TINY_REFERENCE:
+        return str(ensure_tiny_sdxl())
+    if "://" in reference and not reference.startswith("file://"):
+        return str(_copy_remote_dir(reference))
+    if is_path_reference(reference):
+        return os.path.expanduser(reference.removeprefix("file://"))
+    return reference  # a Hugging Face id
+
+
+def ensure_tiny_sdxl() -> Path:
+    """Save the built-in tiny SDXL once per machine; concurrent actors race safely via rename."""
+    target = cache_dir() / "models" / TINY_VERSION
+    if (target / "model_index.json").exists():
+        return target
+    from pipelines.models.tiny_sdxl import build_tiny_sdxl_pipeline
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{TINY_VERSION}-", dir=target.parent))
+    build_tiny_sdxl_pipeline().save_pretrained(staging)
+    try:
+        staging.rename(target)
+    except OSError:  # another process finished first; its copy is identical
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _copy_remote_dir(url: str) -> Path:
+    target = cache_dir() / "remote" / hashlib.sha256(url.encode()).hexdigest()[:16]
+    if (target / "model_index.json").exists() or (target / "config.json").exists():
+        return target
+    fs, root = fsspec.core.url_to_fs(url)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".download-", dir=target.parent))
+    fs.get(root.rstrip("/") + "/", str(staging), recursive=True)
+    try:
+        staging.rename(target)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def torch_dtype(name: str):
+    import torch
+
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+
+
+def load_denoise_pipeline(reference: str, dtype: str, scheduler: str):
+    """An SDXL pipeline without its VAE: the decode stage owns decoding, on its own devices."""
+    import diffusers
+
+    pipe = diffusers.StableDiffusionXLPipeline.from_pretrained(
+        resolve_reference(reference), vae=None, torch_dtype=torch_dtype(dtype)
+    )
+    if scheduler != "default":
+        scheduler_cls = getattr(diffusers, SCHEDULERS[scheduler])
+        pipe.scheduler = scheduler_cls.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

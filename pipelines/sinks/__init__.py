@@ -1,0 +1,1 @@
+"""Sinks: sharded webdataset output with Parquet manifests, commit markers and an index."""

@@ -1,0 +1,61 @@
+"""Decode stage: latents -> pixels -> encoded image bytes, with a decoder from `decoders/`."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import torch
+from PIL import Image
+
+import decoders
+from pipelines.models.loading import resolve_reference, torch_dtype
+from pipelines.stages.device import pick_device
+
+PIL_FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}
+
+
+def load_decoder(decoder: str, model_reference: str, device: str, dtype: str):
+    """`sdxl-vae` means the model's own VAE; anything else goes to the decoder registry."""
+    if decoder == "sdxl-vae":
+        return decoders.load(resolve_reference(model_reference), subfolder="vae", device=device, dtype=torch_dtype(dtype))
+    return decoders.load(resolve_reference(decoder) if "://" in decoder else decoder, device=device, dtype=torch_dtype(dtype))
+
+
+def encode_image(pixels: np.ndarray, image_format: str, quality: int) -> bytes:
+    buffer = io.BytesIO()
+    options = {"quality": quality} if image_format in ("jpg", "webp") else {}
+    Image.fromarray(pixels).save(buffer, format=PIL_FORMATS[image_format], **options)
+    return buffer.getvalue()
+
+
+class Decode:
+    def __init__(
+        self,
+        decoder: str,
+        model_reference: str,
+        image_format: str,
+        quality: int = 95,
+        save_latents: bool = False,
+        dtype: str = "float32",
+        device: str | None = None,
+    ):
+        self.image_format = image_format
+        self.quality = quality
+        self.save_latents = save_latents
+        self.device = device or pick_device()
+        self.decoder = load_decoder(decoder, model_reference, self.device, dtype)
+
+    def __call__(self, denoised: dict) -> dict:
+        latents = torch.tensor(denoised["latents"])  # a copy: arrays from the object store are read-only
+        images = self.decoder.decode(latents)  # float in [0, 1], (B, 3, H, W)
+        pixels = (images * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        result = {
+            "keys": denoised["keys"],
+            "images": [encode_image(p, self.image_format, self.quality) for p in pixels],
+            "height": int(pixels.shape[1]),
+            "width": int(pixels.shape[2]),
+        }
+        if self.save_latents:
+            result["latents"] = denoised["latents"]
+        return result

@@ -1,0 +1,221 @@
+"""Job spec validation: every bad input gets an error naming the file, line or field and what was expected."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from jobs.cli import main as cli_main
+from jobs.local import plan_for
+from jobs.spec import load_spec, parse_spec
+from pipelines.errors import ConfigError
+from tests.jobspecs import spec_dict, write_spec
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def parse(spec: dict, overrides=()):
+    return parse_spec(yaml.safe_dump(spec, sort_keys=False), source="job.yaml", overrides=list(overrides))
+
+
+def error_of(spec: dict, overrides=()) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse(spec, overrides)
+    return str(info.value)
+
+
+def test_quickstart_example_is_valid_and_plans_enough():
+    spec = load_spec(os.path.join(REPO, "jobs/examples/quickstart.yaml"))
+    plan = plan_for(spec)
+    assert len(plan.samples) >= 64 and len(plan.shards) >= 2
+    assert spec.stages.decode.num_cpus == 0.5  # partial stage mappings keep the other defaults
+
+
+def test_partial_stage_mapping_keeps_stage_defaults(tmp_path):
+    spec = parse(spec_dict(tmp_path / "o", stages={"decode": {"batch_size": 16}}))
+    assert spec.stages.decode.batch_size == 16
+    assert spec.stages.decode.num_cpus == 0.5 and spec.stages.denoise.num_cpus == 1.0
+
+
+def test_plan_is_deterministic_and_seeds_come_from_the_index(tmp_path):
+    spec = parse(spec_dict(tmp_path / "o", num_images=10, seed=100))
+    a, b = plan_for(spec), plan_for(spec)
+    assert a.digest() == b.digest()
+    assert [s.seed for s in a.samples] == list(range(100, 110))
+    assert [s.key for s in a.samples][:2] == ["000000000", "000000001"]
+    # 3 prompts x 4 images each, consecutive: sample 4 is the second prompt's first image.
+    assert a.samples[4].prompt == "a blue whale"
+
+
+def test_set_overrides_fields_with_yaml_types(tmp_path):
+    spec = parse(spec_dict(tmp_path / "o"), ["sampler.steps=9", "output.save_latents=true", "stages.decode.concurrency={min: 1, max: 3}"])
+    assert spec.sampler.steps == 9 and spec.output.save_latents is True
+    assert (spec.stages.decode.min_actors, spec.stages.decode.max_actors) == (1, 3)
+
+
+def test_malformed_yaml_names_its_line():
+    with pytest.raises(ConfigError) as info:
+        parse_spec("name: x\nsampler:\n  steps: [1, 2\n  width: 64\n", source="bad.yaml")
+    assert "bad.yaml:" in str(info.value) and "malformed YAML" in str(info.value)
+    line = int(str(info.value).split("bad.yaml:")[1].split(":")[0])
+    assert line in (3, 4)
+
+
+def test_unknown_field_is_named_with_its_line(tmp_path):
+    text = yaml.safe_dump(spec_dict(tmp_path / "o"), sort_keys=False).replace("  steps: 2", "  stepz: 2")
+    with pytest.raises(ConfigError) as info:
+        parse_spec(text, source="job.yaml")
+    message = str(info.value)
+    expected_line = text.splitlines().index("  stepz: 2") + 1
+    assert f"job.yaml:{expected_line}: sampler.stepz: unknown field" in message
+    assert "steps" in message  # lists the known fields
+
+
+@pytest.mark.parametrize(
+    "change, field, expected",
+    [
+        ({"sampler": {"steps": "ten"}}, "sampler.steps", "an integer"),
+        ({"sampler": {"guidance_scale": [1]}}, "sampler.guidance_scale", "a number"),
+        ({"output": {"url": "x", "save_latents": "yes"}}, "output.save_latents", "true or false"),
+        ({"num_images": 2.5}, "num_images", "an integer"),
+        ({"output": {"url": "x", "image_format": "bmp"}}, "output.image_format", "one of 'png', 'jpg', 'webp'"),
+        ({"stages": {"denoise": {"num_gpus": "many"}}}, "stages.denoise.num_gpus", "'auto'"),
+    ],
+)
+def test_wrong_types_name_field_and_expectation(tmp_path, change, field, expected):
+    spec = spec_dict(tmp_path / "o")
+    for key, value in change.items():
+        spec[key] = {**spec[key], **value} if isinstance(value, dict) and isinstance(spec.get(key), dict) else value
+    message = error_of(spec)
+    assert f"{field}: expected" in message and expected in message
+
+
+@pytest.mark.parametrize(
+    "dotted, value, field",
+    [
+        ("num_images", 0, "num_images"),
+        ("num_images", -5, "num_images"),
+        ("sampler__steps", 0, "sampler.steps"),
+        ("prompts__images_per_prompt", 0, "prompts.images_per_prompt"),
+        ("output__samples_per_shard", -1, "output.samples_per_shard"),
+        ("stages__denoise__batch_size", 0, "stages.denoise.batch_size"),
+        ("stages__decode__concurrency", 0, "stages.decode.concurrency"),
+        ("stages__write__concurrency", 0, "stages.write.concurrency"),
+    ],
+)
+def test_zero_or_negative_counts_are_refused(tmp_path, dotted, value, field):
+    message = error_of(spec_dict(tmp_path / "o", **{dotted: value}))
+    assert f"{field}: expected a positive integer" in message
+
+
+@pytest.mark.parametrize("dotted", ["sampler__height", "sampler__width"])
+def test_size_must_be_a_multiple_of_the_latent_factor(tmp_path, dotted):
+    message = error_of(spec_dict(tmp_path / "o", **{dotted: 100}))
+    assert f"{dotted.replace('__', '.')}: expected a positive multiple of 8" in message and "100" in message
+
+
+def test_unknown_decoder(tmp_path):
+    message = error_of(spec_dict(tmp_path / "o", decoder="fastvae"))
+    assert "decoder: unknown decoder 'fastvae'" in message and "taesd" in message
+
+
+def test_missing_decoder_checkpoint(tmp_path):
+    message = error_of(spec_dict(tmp_path / "o", decoder=str(tmp_path / "nope.safetensors")))
+    assert "decoder: decoder checkpoint" in message and "does not exist" in message
+
+
+def test_model_path_that_does_not_exist(tmp_path):
+    message = error_of(spec_dict(tmp_path / "o", model__reference=str(tmp_path / "no-such-model")))
+    assert "model.reference: model directory" in message and "does not exist" in message
+
+
+def test_model_directory_without_model_index(tmp_path):
+    (tmp_path / "empty-model").mkdir()
+    message = error_of(spec_dict(tmp_path / "o", model__reference=str(tmp_path / "empty-model")))
+    assert "model_index.json" in message
+
+
+def test_unknown_output_protocol(tmp_path):
+    message = error_of(spec_dict("nosuchproto://bucket/prefix"))
+    assert "output.url: unknown protocol 'nosuchproto'" in message
+
+
+def test_inline_and_file_prompts_are_exclusive(tmp_path):
+    message = error_of(spec_dict(tmp_path / "o", prompts={"inline": ["a"], "file": "p.txt"}))
+    assert "prompts" in message and "exactly one" in message
+
+
+def _spec_with_prompt_file(tmp_path, content: bytes, name="prompts.txt"):
+    prompt_file = tmp_path / name
+    prompt_file.write_bytes(content)
+    return parse(spec_dict(tmp_path / "o", prompts={"file": str(prompt_file), "images_per_prompt": 4}, num_images=None))
+
+
+def test_prompt_files_txt_jsonl_parquet(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    spec = _spec_with_prompt_file(tmp_path, b"a cat\n\nthe moon \n")
+    assert [s.prompt for s in plan_for(spec).samples] == ["a cat"] * 4 + ["the moon"] * 4
+    spec = _spec_with_prompt_file(tmp_path, b'{"prompt": "a cat"}\n{"prompt": "the moon"}\n', "p.jsonl")
+    assert len(plan_for(spec).samples) == 8
+    pq.write_table(pa.table({"prompt": ["x", "y", "z"]}), tmp_path / "p.parquet")
+    spec = parse(spec_dict(tmp_path / "o", prompts={"file": str(tmp_path / "p.parquet")}, num_images=None))
+    assert [s.prompt for s in plan_for(spec).samples] == ["x", "y", "z"]
+
+
+def test_empty_prompt_file(tmp_path):
+    spec = _spec_with_prompt_file(tmp_path, b"\n  \n")
+    with pytest.raises(ConfigError, match=r"prompts.file: prompt file .* holds no prompts"):
+        plan_for(spec)
+
+
+def test_prompt_file_with_invalid_utf8_names_the_line(tmp_path):
+    spec = _spec_with_prompt_file(tmp_path, b"a cat\na d\xffog\n")
+    with pytest.raises(ConfigError, match=r"prompts.txt:2: not valid UTF-8 \(byte 0xff at column 4\)"):
+        plan_for(spec)
+
+
+def test_bad_jsonl_line(tmp_path):
+    spec = _spec_with_prompt_file(tmp_path, b'{"prompt": "a"}\n{"text": "b"}\n', "p.jsonl")
+    with pytest.raises(ConfigError, match=r'p.jsonl:2: expected an object with a non-empty "prompt"'):
+        plan_for(spec)
+
+
+def test_bad_override_syntax(tmp_path):
+    assert "expected FIELD=VALUE" in error_of(spec_dict(tmp_path / "o"), ["sampler.steps"])
+    assert "sampler.nope: unknown field" in error_of(spec_dict(tmp_path / "o"), ["sampler.nope=3"])
+
+
+def test_cli_reports_bad_spec_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "out"
+    spec_path = write_spec(tmp_path / "job.yaml", out, sampler__height=100)
+    assert cli_main(["run", spec_path]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "sampler.height" in err
+    assert not out.exists()
+
+
+def test_cli_bad_prompt_file_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "out"
+    (tmp_path / "p.txt").write_bytes(b"\xfe\n")
+    spec_path = write_spec(tmp_path / "job.yaml", out, prompts={"file": str(tmp_path / "p.txt")})
+    assert cli_main(["run", spec_path]) == 2
+    assert "not valid UTF-8" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_dry_run_prints_plan_and_starts_nothing(tmp_path):
+    out = tmp_path / "out"
+    spec_path = write_spec(tmp_path / "job.yaml", out)
+    result = subprocess.run(
+        [sys.executable, "-m", "jobs.cli", "run", spec_path, "--dry-run"], capture_output=True, text=True, cwd=REPO
+    )
+    assert result.returncode == 0, result.stderr
+    assert "samples: 24" in result.stdout and "shards: 3 of up to 8" in result.stdout
+    assert "denoise" in result.stdout and "batch_size=4" in result.stdout
+    assert not out.exists()
