@@ -9,6 +9,7 @@ latent scaling of this model, input validation, fp16 upcasting, and one mapping 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import logging
 import os
@@ -29,10 +30,13 @@ class Decoder(nn.Module):
     (B, F, C, h, w) and return (B, F, 3, 8h, 8w).
     """
 
-    def __init__(self, model: nn.Module, name: str, *, is_video: bool = False):
+    def __init__(self, model: nn.Module, name: str, *, is_video: bool | None = None):
         super().__init__()
         self.model = model
         self.name = name
+        # diffusers' video VAEs (and ours) take `num_frames` in decode; image VAEs do not.
+        if is_video is None:
+            is_video = "num_frames" in inspect.signature(model.decode).parameters
         self.is_video = is_video
         self.latent_channels = int(model.config.latent_channels)
         self.upscale_factor = 2 ** (len(model.config.block_out_channels) - 1)
@@ -115,17 +119,20 @@ class Decoder(nn.Module):
         """
         if self.dtype == torch.float16 and getattr(self.model.config, "force_upcast", False):
             log.info("%s: force_upcast is set, running in float32 instead of float16", self.name)
-            self.model.to(torch.float32)
+            nn.Module.to(self.model, torch.float32)
 
-    @torch.inference_mode()
     def decode(self, latents: torch.Tensor, *, tile: bool | int | None = None) -> torch.Tensor:
-        """Decode diffusion-space latents to float32 pixels in [0, 1].
+        """Decode diffusion-space latents to float32 pixels in [0, 1], under torch.inference_mode().
 
         tile: None uses `self.tiling`; True tiles with the model's default tile size; an int is the
         tile size in pixels. Only decoders with `supports_tiling` accept it.
         """
         z = self.check_latents(latents)
-        self.upcast_if_needed()
+        self.upcast_if_needed()  # outside inference_mode: upcast weights stay usable for training
+        with torch.inference_mode():
+            return self._decode(z, tile)
+
+    def _decode(self, z: torch.Tensor, tile: bool | int | None) -> torch.Tensor:
         z = z.to(device=self.device, dtype=self.dtype)
         frames = None
         if self.is_video:

@@ -262,6 +262,7 @@ def load(
 
     name_or_path:
       - a registered name (`available()`): built from its config with random weights (fixed seed);
+        registered names win over same-named directories (write `./taesd` for a directory);
       - a local or fsspec (`s3://...`) directory in diffusers `save_pretrained` layout, e.g. a saved
         AutoencoderKL, or a saved pipeline with `subfolder="vae"`;
       - a `.safetensors` file (or `.pt`/`.pth`, read with `weights_only=True`) whose config is
@@ -282,7 +283,13 @@ def load(
             raise FileNotFoundError(f"checkpoint not found: {s}")
         return _load_file(s, config, device, dtype)
     if local and not os.path.exists(s) and _looks_like_hub_id(s):
-        return _load_hub(s, subfolder, device, dtype)
+        try:
+            return _load_hub(s, subfolder, device, dtype)
+        except Exception as e:  # offline, missing repo, no safetensors: say what was tried
+            raise ValueError(
+                f"cannot load decoder {s!r}: no such local path, and loading it as a Hugging Face id failed: "
+                f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            ) from e
     raise ValueError(
         f"cannot load decoder {s!r}" + (f" (subfolder {subfolder!r})" if subfolder else "")
         + f": not a registered name {available()}, not a directory with config.json, not a "

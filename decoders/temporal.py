@@ -1,8 +1,8 @@
 """TAE-style video decoder: a TAESD decoder whose stages also mix information across frames.
 
 Decoding each frame alone flickers, because nothing ties frame t to frame t-1. Here each stage
-starts with a `TemporalMix` block: frame t's features are fused with frame t-1's (causal, so a
-stream of frames can be decoded chunk by chunk), in the spirit of TAESDV/taehv. Frames travel
+starts with a `TemporalMix` block: frame t's features are fused with frame t-1's (causal: a frame
+never depends on later ones), in the spirit of TAESDV/taehv. Frames travel
 stacked in the batch, (B*F, C, h, w), as in diffusers' video VAEs; `num_frames` says how to split.
 
 Takes diffusion-space latents at scale 1.0 (TAESD convention) and returns [-1, 1].

@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 from jobs.spec import JobSpec
-from pipelines.plan import Plan
+from pipelines.plan import Plan, shard_name
 
 
 def describe(spec: JobSpec, plan: Plan) -> str:
-    shards = plan.shards
+    first, last = plan.sample(0), plan.sample(len(plan) - 1)
     s = spec.sampler
     lines = [
-        f"job {spec.name!r} ({spec.kind}) -> {spec.output.url}",
+        f"job {spec.name!r} ({spec.kind}) -> {spec.output.url} (mode {spec.output.mode})",
         f"  model: {spec.model.family} {spec.model.reference} ({spec.model.dtype}); decoder: {spec.decoder}",
         f"  sampler: {s.scheduler}, {s.steps} steps, guidance {s.guidance_scale}, {s.width}x{s.height}",
-        f"  samples: {len(plan.samples)} (keys {plan.samples[0].key}..{plan.samples[-1].key}, "
-        f"seeds {plan.samples[0].seed}..{plan.samples[-1].seed})",
-        f"  shards: {len(shards)} of up to {plan.samples_per_shard} samples "
-        f"({shards[0].name}..{shards[-1].name}, {spec.output.image_format})",
+        f"  samples: {len(plan)} (keys {first.key}..{last.key}, seeds {first.seed}..{last.seed})",
+        f"  shards: {plan.num_shards} of up to {plan.samples_per_shard} samples "
+        f"({shard_name(0)}..{shard_name(plan.num_shards - 1)}, {spec.output.image_format})",
         "  stages:",
     ]
     for name in ("denoise", "decode"):

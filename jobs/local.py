@@ -6,6 +6,7 @@ import logging
 import os
 
 from jobs.spec import JobSpec
+from pipelines.faults import Fault
 from pipelines.plan import Plan, build_plan
 from pipelines.runner import GenerationJob, run_generation
 from pipelines.sources.prompts import read_prompts
@@ -31,7 +32,7 @@ def plan_for(spec: JobSpec) -> Plan:
     )
 
 
-def generation_job(spec: JobSpec, plan: Plan | None = None) -> GenerationJob:
+def generation_job(spec: JobSpec, plan: Plan | None = None, faults: tuple[Fault, ...] = ()) -> GenerationJob:
     return GenerationJob(
         name=spec.name,
         plan=plan or plan_for(spec),
@@ -42,6 +43,8 @@ def generation_job(spec: JobSpec, plan: Plan | None = None) -> GenerationJob:
         stages=spec.stages,
         identity=spec.identity(),
         spec=spec.to_dict(),
+        faults=faults,
+        cost=spec.cost,
     )
 
 
@@ -62,7 +65,15 @@ def connect_ray(address: str | None = None) -> None:
     )
 
 
-def run_job(spec: JobSpec, *, address: str | None = None, progress: bool = True, start_timeout_s: float = 900.0) -> dict:
-    job = generation_job(spec)
+def run_job(
+    spec: JobSpec,
+    *,
+    address: str | None = None,
+    progress: bool = True,
+    start_timeout_s: float = 900.0,
+    retry_failed: bool = False,
+    faults: tuple[Fault, ...] = (),
+) -> dict:
+    job = generation_job(spec, faults=faults)
     connect_ray(address)
-    return run_generation(job, progress=progress, start_timeout_s=start_timeout_s)
+    return run_generation(job, progress=progress, start_timeout_s=start_timeout_s, retry_failed=retry_failed)

@@ -17,6 +17,7 @@ import yaml
 
 from jobs.schema import build, parse_yaml
 from pipelines.config import (
+    CostConfig,
     ModelConfig,
     OutputConfig,
     PromptsConfig,
@@ -45,6 +46,8 @@ class JobSpec:
     # "sdxl-vae" (the model's own VAE), a registered lightweight decoder, or a checkpoint path.
     decoder: str = "sdxl-vae"
     stages: StagesConfig = field(default_factory=StagesConfig)
+    # Prices per GPU-hour and CPU-hour for the report's cost figures; none given: no cost shown.
+    cost: CostConfig | None = None
 
     def __post_init__(self):
         require(bool(self.name.strip()), "name", "a non-empty name", self.name)

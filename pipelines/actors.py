@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import ray
 
+from pipelines import faults as fault_injection
 from pipelines.errors import SchedulingError
 
 # Work queued per actor: one running and one waiting, so an actor never idles between calls.
@@ -20,11 +21,12 @@ CALLS_PER_ACTOR = 2
 
 
 class StageActor:
-    def __init__(self, stage_name: str, stage_cls: type, stage_kwargs: dict, threads: int):
+    def __init__(self, stage_name: str, stage_cls: type, stage_kwargs: dict, threads: int, faults: tuple = ()):
         import torch
 
         torch.set_num_threads(threads)
         self.stage_name = stage_name
+        self.faults = faults
         started = time.perf_counter()
         self.stage = stage_cls(**stage_kwargs)
         self.load_seconds = time.perf_counter() - started
@@ -42,10 +44,13 @@ class StageActor:
             "load_seconds": self.load_seconds,
         }
 
-    def run(self, payload):
+    def run(self, payload, attempt: int = 0):
         started_at = time.time()
         started = time.perf_counter()
+        keys = [s["key"] for s in payload] if isinstance(payload, list) else payload["keys"]
+        fault_injection.before_stage(self.faults, self.stage_name, keys, attempt)
         result = self.stage(payload)
+        fault_injection.after_stage(self.faults, self.stage_name, result, attempt)
         busy = time.perf_counter() - started
         items = len(result["keys"])
         # Per-sample stage times travel with the data to the manifest.
@@ -74,8 +79,10 @@ class StagePool:
     num_gpus: float
     min_actors: int
     max_actors: int
+    faults: tuple = ()
     max_restarts: int = 3
     members: list[_Member] = field(default_factory=list)
+    restarted: int = 0  # actors replaced after they died for good
 
     def _new_actor(self) -> None:
         remote_cls = _RemoteStageActor.options(
@@ -87,7 +94,7 @@ class StagePool:
             max_task_retries=self.max_restarts,
         )
         threads = max(1, int(self.num_cpus))
-        handle = remote_cls.remote(self.name, self.stage_cls, self.stage_kwargs, threads)
+        handle = remote_cls.remote(self.name, self.stage_cls, self.stage_kwargs, threads, self.faults)
         self.members.append(_Member(handle, handle.info.remote()))
 
     def start(self) -> None:
@@ -136,14 +143,20 @@ class StagePool:
     def free_slots(self) -> int:
         return sum(CALLS_PER_ACTOR - m.calls for m in self.members if m.info is not None)
 
-    def submit(self, payload) -> tuple[ray.ObjectRef, ray.ObjectRef, _Member]:
+    def submit(self, payload, attempt: int = 0) -> tuple[ray.ObjectRef, ray.ObjectRef, _Member]:
         member = min((m for m in self.members if m.info is not None), key=lambda m: m.calls)
         member.calls += 1
-        result_ref, stats_ref = member.handle.run.options(num_returns=2).remote(payload)
+        result_ref, stats_ref = member.handle.run.options(num_returns=2).remote(payload, attempt)
         return result_ref, stats_ref, member
 
-    def release(self, member: _Member) -> None:
+    def release(self, member: _Member, dead: bool = False) -> None:
+        """A call finished; `dead`: its actor is gone for good (out of restarts), so replace it."""
         member.calls -= 1
+        if dead and member in self.members:
+            self.members.remove(member)
+            self.restarted += 1
+            if len(self.members) < self.min_actors:
+                self._new_actor()
 
     def actor_infos(self) -> list[dict]:
         return [m.info for m in self.members if m.info is not None]

@@ -69,12 +69,37 @@ class PromptsConfig:
 
 
 @dataclass(frozen=True)
+class StorageConfig:
+    """How to reach object storage. Secrets are never written here, only the names of the
+    environment variables that hold them; unset fields fall back to the standard AWS chain
+    (AWS_* variables, ~/.aws profiles, instance roles)."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    profile: str | None = None
+    access_key_id_env: str | None = None
+    secret_access_key_env: str | None = None
+    session_token_env: str | None = None
+    # Keep retrying unreachable storage (with backoff) this long before failing the job.
+    timeout_s: float = 120.0
+
+    def __post_init__(self):
+        require(self.timeout_s > 0, "timeout_s", "a positive number of seconds", self.timeout_s)
+        if (self.access_key_id_env is None) != (self.secret_access_key_env is None):
+            raise ConfigError("", "", detail="give both access_key_id_env and secret_access_key_env, or neither")
+
+
+@dataclass(frozen=True)
 class OutputConfig:
     url: str
     image_format: Literal["png", "jpg", "webp"] = "png"
     quality: int = 95  # jpg and webp only
     samples_per_shard: int = 256
     save_latents: bool = False
+    # What to do when the URL already holds a job: "resume" it if it is this job (else refuse),
+    # "overwrite" it, or "extend" it when this spec plans the same samples and more.
+    mode: Literal["resume", "overwrite", "extend"] = "resume"
+    storage: StorageConfig = field(default_factory=StorageConfig)
 
     def __post_init__(self):
         require(bool(self.url.strip()), "url", "an output URL or path", self.url)
@@ -144,3 +169,21 @@ class StagesConfig:
 
     def __post_init__(self):
         require(self.max_retries >= 0, "max_retries", "an integer >= 0", self.max_retries)
+
+
+@dataclass(frozen=True)
+class CostConfig:
+    """Prices used to turn allocated resource-hours into money (report: cost per 1,000 images).
+
+    Allocated, not used: a GPU held by an idle actor costs the same as a busy one.
+    """
+
+    gpu_hour: float = 0.0  # price of one GPU for one hour
+    cpu_hour: float = 0.0  # price of one CPU core for one hour
+    currency: str = "USD"
+
+    def __post_init__(self):
+        for name in ("gpu_hour", "cpu_hour"):
+            value = getattr(self, name)
+            require(value >= 0 and value != float("inf"), name, "a price >= 0 (per hour)", value)
+        require(bool(self.currency.strip()), "currency", "a currency name, e.g. USD", self.currency)

@@ -2,6 +2,8 @@
 
 A sample's seed comes from the plan (base seed + index), never from batch composition or timing,
 so the same spec always plans the same samples, and a rerun can tell exactly what is missing.
+Samples are computed from their index on demand: a plan of 10 million samples costs no memory
+beyond its prompt list.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from typing import Iterator
 
 KEY_DIGITS = 9
 SHARD_DIGITS = 5
@@ -20,6 +23,9 @@ class Sample:
     key: str
     prompt: str
     seed: int
+
+    def as_dict(self) -> dict:
+        return {"key": self.key, "index": self.index, "prompt": self.prompt, "seed": self.seed}
 
 
 @dataclass(frozen=True)
@@ -36,20 +42,41 @@ class ShardPlan:
 
 @dataclass(frozen=True)
 class Plan:
-    samples: tuple[Sample, ...]
+    """Each prompt gets `images_per_prompt` consecutive samples; past the end, prompts cycle."""
+
+    prompts: tuple[str, ...]
+    images_per_prompt: int
+    total: int
+    seed: int
     samples_per_shard: int
 
+    def __len__(self) -> int:
+        return self.total
+
+    def sample(self, index: int) -> Sample:
+        if not 0 <= index < self.total:
+            raise IndexError(index)
+        prompt = self.prompts[(index // self.images_per_prompt) % len(self.prompts)]
+        return Sample(index=index, key=sample_key(index), prompt=prompt, seed=self.seed + index)
+
+    def samples(self) -> Iterator[Sample]:
+        return (self.sample(i) for i in range(self.total))
+
     @property
-    def shards(self) -> list[ShardPlan]:
-        n = self.samples_per_shard
-        return [
-            ShardPlan(i, shard_name(i), self.samples[start : start + n])
-            for i, start in enumerate(range(0, len(self.samples), n))
-        ]
+    def num_shards(self) -> int:
+        return -(-self.total // self.samples_per_shard)
+
+    def shard(self, index: int) -> ShardPlan:
+        start = index * self.samples_per_shard
+        stop = min(start + self.samples_per_shard, self.total)
+        return ShardPlan(index, shard_name(index), tuple(self.sample(i) for i in range(start, stop)))
+
+    def shard_size(self, index: int) -> int:
+        return min(self.samples_per_shard, self.total - index * self.samples_per_shard)
 
     def digest(self) -> str:
         h = hashlib.sha256()
-        for s in self.samples:
+        for s in self.samples():
             h.update(json.dumps([s.key, s.prompt, s.seed]).encode())
         h.update(str(self.samples_per_shard).encode())
         return h.hexdigest()
@@ -71,10 +98,5 @@ def build_plan(
     seed: int,
     samples_per_shard: int,
 ) -> Plan:
-    """Each prompt gets `images_per_prompt` consecutive samples; past the end, prompts cycle."""
     total = num_images if num_images is not None else len(prompts) * images_per_prompt
-    samples = tuple(
-        Sample(index=i, key=sample_key(i), prompt=prompts[(i // images_per_prompt) % len(prompts)], seed=seed + i)
-        for i in range(total)
-    )
-    return Plan(samples=samples, samples_per_shard=samples_per_shard)
+    return Plan(tuple(prompts), images_per_prompt, total, seed, samples_per_shard)

@@ -6,6 +6,10 @@ touches latents or pixels), and once all are decoded one write task streams the 
 and commits it. Keeping shards whole makes shard names fixed (no gaps, no duplicates on rerun),
 lets a rerun skip exactly the committed shards, and bounds memory by the shards in flight.
 Ray Data was measured to mix and split planned shards across write tasks (see DESIGN.md).
+
+A batch that fails is split into single samples, and each is retried up to `max_retries` times
+from denoise; a sample that still fails is written to its shard's manifest as failed, counted in
+the marker and the report, and can be retried later with `retry_failed`.
 """
 
 from __future__ import annotations
@@ -19,15 +23,17 @@ from dataclasses import dataclass, field
 
 import ray
 
-from pipelines.accounting import RunAccounting
+from pipelines.accounting import RunAccounting, pool_load, task_load
 from pipelines.actors import StagePool, check_fits
-from pipelines.config import ModelConfig, OutputConfig, SamplerConfig, StagesConfig
-from pipelines.errors import StageFailure
-from pipelines.plan import Plan, ShardPlan
+from pipelines.config import CostConfig, ModelConfig, OutputConfig, SamplerConfig, StagesConfig
+from pipelines.errors import OutputError
+from pipelines.faults import Fault
+from pipelines.plan import Plan, Sample, ShardPlan
 from pipelines.sinks.layout import OutputLayout
 from pipelines.sinks.webdataset_writer import write_shard
 from pipelines.stages.decode import Decode
 from pipelines.stages.denoise import Denoise
+from pipelines.tracking import run_listeners
 
 
 @dataclass(frozen=True)
@@ -40,52 +46,84 @@ class GenerationJob:
     output: OutputConfig
     stages: StagesConfig
     identity: dict
-    spec: dict  # the resolved spec, saved with the output (it holds no secrets)
-    storage_options: dict = field(default_factory=dict)
+    spec: dict  # the resolved spec, saved with the output (it names credentials, never holds them)
+    faults: tuple[Fault, ...] = ()
+    cost: CostConfig | None = None  # prices for the report's cost figures
+
+
+@dataclass
+class _ShardWork:
+    """One shard in flight: the samples to generate now (all, or only failed ones on repair)."""
+
+    shard: ShardPlan
+    todo: tuple[Sample, ...]
+    repair: bool
+    pending: set[str] = field(default_factory=set)
+    decoded: list = field(default_factory=list)  # refs of decoded batches
+    failed: list[dict] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.pending = {s.key for s in self.todo}
 
 
 @dataclass
 class _Batch:
-    shard: ShardPlan
-    index: int
-    samples: tuple
+    work: _ShardWork
+    samples: tuple[Sample, ...]
     attempts: int = 0
 
-
-@dataclass
-class _ActiveShard:
-    plan: ShardPlan
-    batches: int
-    decoded: dict = field(default_factory=dict)  # batch index -> decoded result ref
+    @property
+    def keys(self) -> str:
+        return self.samples[0].key if len(self.samples) == 1 else f"{self.samples[0].key}..{self.samples[-1].key}"
 
 
-def run_generation(job: GenerationJob, *, start_timeout_s: float = 900.0, progress: bool = True) -> dict:
+def run_generation(
+    job: GenerationJob, *, start_timeout_s: float = 900.0, progress: bool = True, retry_failed: bool = False
+) -> dict:
     """Generate every planned sample not yet committed under job.output.url. Returns the run report."""
-    layout = OutputLayout(job.output.url, job.storage_options)
-    layout.claim(_job_record(job), job.plan)
+    layout = OutputLayout(job.output.url, job.output.storage)
+    layout.check_reachable()
+    outcome = layout.claim(_job_record(job), job.plan, job.output.mode)
     markers = layout.committed_markers()
     debris = layout.remove_debris(set(markers))
     layout.write_index(markers)
-    todo = deque(s for s in job.plan.shards if s.name not in markers)
+
+    todo: deque[_ShardWork] = deque()
+    for index in range(job.plan.num_shards):
+        shard = job.plan.shard(index)
+        marker = markers.get(shard.name)
+        if marker is None:
+            todo.append(_ShardWork(shard, shard.samples, repair=False))
+        elif retry_failed and marker.get("failed"):
+            failed = set(marker["failed_keys"])
+            todo.append(_ShardWork(shard, tuple(s for s in shard.samples if s.key in failed), repair=True))
     run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
     accounting = RunAccounting(
         run_id=run_id,
-        planned=len(job.plan.samples),
+        planned=len(job.plan),
         already_committed=sum(m["samples"] for m in markers.values()),
-        to_generate=sum(len(s.samples) for s in todo),
+        to_generate=sum(len(w.todo) for w in todo),
+        job=job.name,
+        prices=vars(job.cost) if job.cost is not None else None,
+        listeners=run_listeners(layout, job.name, progress),
     )
+    accounting.note(f"output: {outcome}")
     if debris:
         accounting.note(f"removed {len(debris)} files of interrupted shard writes")
     if not todo:
         return _finish(layout, accounting, [], progress)
 
     pools = _make_pools(job)
+    accounting.pools_starting()
     try:
         for pool in pools.values():
             pool.start()
         for pool in pools.values():
             pool.wait_ready(start_timeout_s)
-        _stream(job, layout, todo, markers, pools, accounting, progress)
+        ShardScheduler(job, layout, markers, pools, accounting, progress).run(todo)
+    except BaseException as exc:
+        accounting.fail(exc, [info for pool in pools.values() for info in pool.actor_infos()])  # report kept
+        raise
     finally:
         infos = [info for pool in pools.values() for info in pool.actor_infos()]
         for pool in pools.values():
@@ -96,144 +134,178 @@ def run_generation(job: GenerationJob, *, start_timeout_s: float = 900.0, progre
 def _make_pools(job: GenerationJob) -> dict[str, StagePool]:
     has_gpus = ray.cluster_resources().get("GPU", 0) > 0
     d, c, w = job.stages.denoise, job.stages.decode, job.stages.write
-    denoise = StagePool(
-        "denoise",
-        Denoise,
-        {"model": job.model, "sampler": job.sampler},
-        d.num_cpus,
-        d.gpus_per_actor(has_gpus),
-        d.min_actors,
-        d.max_actors,
-    )
-    decode = StagePool(
-        "decode",
-        Decode,
-        {
-            "decoder": job.decoder,
-            "model_reference": job.model.reference,
-            "image_format": job.output.image_format,
-            "quality": job.output.quality,
-            "save_latents": job.output.save_latents,
-            "dtype": job.model.dtype,
-        },
-        c.num_cpus,
-        c.gpus_per_actor(has_gpus),
-        c.min_actors,
-        c.max_actors,
-    )
-    check_fits(
-        {
-            "denoise": (denoise.num_cpus, denoise.num_gpus, denoise.min_actors),
-            "decode": (decode.num_cpus, decode.num_gpus, decode.min_actors),
-            "write": (w.num_cpus, 0.0, 1),
-        }
-    )
-    return {"denoise": denoise, "decode": decode}
-
-
-def _stream(job, layout, todo, markers, pools, accounting, progress) -> None:
-    denoise, decode = pools["denoise"], pools["decode"]
-    write_cfg = job.stages.write
-    writer = ray.remote(write_shard).options(num_cpus=write_cfg.num_cpus, max_retries=3, retry_exceptions=True)
-    # Shards being computed at once: enough to keep every actor busy, few enough to bound memory.
-    max_active = 2 * (denoise.max_actors + decode.max_actors) + write_cfg.concurrency
-    sample_metadata = {
-        "job": job.name,
-        "model": job.model.reference,
+    decode_kwargs = {
         "decoder": job.decoder,
-        "scheduler": job.sampler.scheduler,
-        "steps": job.sampler.steps,
-        "guidance_scale": job.sampler.guidance_scale,
-        "negative_prompt": job.sampler.negative_prompt,
+        "model_reference": job.model.reference,
+        "image_format": job.output.image_format,
+        "quality": job.output.quality,
+        "save_latents": job.output.save_latents,
+        "dtype": job.model.dtype,
+    }
+    pools = {
+        "denoise": StagePool("denoise", Denoise, {"model": job.model, "sampler": job.sampler}, d.num_cpus,
+                             d.gpus_per_actor(has_gpus), d.min_actors, d.max_actors, faults=job.faults),
+        "decode": StagePool("decode", Decode, decode_kwargs, c.num_cpus, c.gpus_per_actor(has_gpus),
+                            c.min_actors, c.max_actors, faults=job.faults),
+    }
+    asks = {name: (p.num_cpus, p.num_gpus, p.min_actors) for name, p in pools.items()}
+    check_fits({**asks, "write": (w.num_cpus, 0.0, 1)})
+    return pools
+
+
+class ShardScheduler:
+    """The driver loop: keeps every pool fed from bounded queues and commits shards as they finish."""
+
+    def __init__(self, job: GenerationJob, layout: OutputLayout, markers: dict, pools: dict, accounting, progress: bool):
+        self.job, self.layout, self.markers, self.accounting, self.progress = job, layout, markers, accounting, progress
+        self.denoise, self.decode = pools["denoise"], pools["decode"]
+        write = job.stages.write
+        self.write_concurrency = write.concurrency
+        # Storage outages are retried inside the task (output.storage.timeout_s); Ray retries a
+        # write whose worker died.
+        self.writer = ray.remote(write_shard).options(num_cpus=write.num_cpus, max_retries=3)
+        # Shards in flight: enough to keep every actor busy, few enough to bound memory.
+        self.max_active = 2 * (self.denoise.max_actors + self.decode.max_actors) + write.concurrency
+        self.sample_metadata = {
+            "job": job.name,
+            "model": job.model.reference,
+            "decoder": job.decoder,
+            "scheduler": job.sampler.scheduler,
+            "steps": job.sampler.steps,
+            "guidance_scale": job.sampler.guidance_scale,
+            "negative_prompt": job.sampler.negative_prompt,
+        }
+        self.active: dict[str, _ShardWork] = {}
+        self.denoise_queue: deque[_Batch] = deque()
+        self.decode_queue: deque[tuple[_Batch, ray.ObjectRef]] = deque()
+        self.write_queue: deque[_ShardWork] = deque()
+        self.waiting: dict[ray.ObjectRef, tuple] = {}  # stats or marker ref -> what it is for
+        self.writes_in_flight = 0
+
+    def run(self, todo: deque[_ShardWork]) -> None:
+        while todo or self.active:
+            while todo and len(self.active) < self.max_active:
+                work = todo.popleft()
+                self.active[work.shard.name] = work
+                size = self.job.stages.denoise.batch_size
+                self.denoise_queue.extend(_Batch(work, work.todo[i : i + size]) for i in range(0, len(work.todo), size))
+            self._submit()
+            self.accounting.observe(_stage_loads(self))  # also drives progress, metrics, report flushes
+            ready, _ = ray.wait(list(self.waiting), num_returns=1, timeout=1.0)
+            for ref in ready:
+                self._on_ready(ref)
+
+    def _submit(self) -> None:
+        self.denoise.scale_for(len(self.denoise_queue))
+        while self.denoise_queue and self.denoise.free_slots() > 0:
+            batch = self.denoise_queue.popleft()
+            result_ref, stats_ref, member = self.denoise.submit([s.as_dict() for s in batch.samples], batch.attempts)
+            self.waiting[stats_ref] = ("denoise", batch, result_ref, member)
+            self.accounting.submitted("denoise", len(batch.samples), ref=stats_ref)
+        self.decode.scale_for(len(self.decode_queue))
+        while self.decode_queue and self.decode.free_slots() > 0:
+            batch, latents_ref = self.decode_queue.popleft()
+            result_ref, stats_ref, member = self.decode.submit(latents_ref, batch.attempts)
+            self.waiting[stats_ref] = ("decode", batch, result_ref, member)
+            self.accounting.submitted("decode", len(batch.samples), ref=stats_ref)
+        while self.write_queue and self.writes_in_flight < self.write_concurrency:
+            work = self.write_queue.popleft()
+            marker_ref = self.writer.remote(
+                self.job.output.url, self.job.output.storage, work.shard.name,
+                [s.as_dict() for s in work.shard.samples], self.sample_metadata, self.job.output.image_format,
+                work.failed, work.repair, *work.decoded,
+            )
+            self.waiting[marker_ref] = ("write", work, time.time())
+            self.writes_in_flight += 1
+            self.accounting.submitted("write", len(work.shard.samples))  # a write (re)writes the whole shard
+
+    def _on_ready(self, ref: ray.ObjectRef) -> None:
+        kind, *rest = self.waiting.pop(ref)
+        if kind == "write":
+            self._on_written(ref, *rest)
+            return
+        batch, result_ref, member = rest
+        pool = self.denoise if kind == "denoise" else self.decode
+        try:
+            stats = ray.get(ref)
+        except ray.exceptions.RayError as exc:
+            pool.release(member, dead=isinstance(exc, ray.exceptions.RayActorError))
+            _consume_error(result_ref)
+            self._on_failure(batch, kind, exc)
+            return
+        pool.release(member)
+        self.accounting.record(kind, **stats, ref=ref)
+        if kind == "denoise":
+            self.decode_queue.append((batch, result_ref))
+            return
+        work = batch.work
+        work.decoded.append(result_ref)
+        work.pending.difference_update(s.key for s in batch.samples)
+        self._maybe_ready_to_write(work)
+
+    def _on_failure(self, batch: _Batch, stage: str, exc: Exception) -> None:
+        """Split a failed batch into single samples; a sample out of retries is recorded as failed.
+
+        Retries start over at denoise: latents of a dead actor may be gone, and a NaN in decode
+        is a denoise problem.
+        """
+        batch.attempts += 1
+        cause = _cause(exc)
+        self.accounting.failure(stage, batch.keys, cause)
+        if len(batch.samples) > 1:
+            self.denoise_queue.extendleft(_Batch(batch.work, (s,), batch.attempts) for s in reversed(batch.samples))
+        elif batch.attempts <= self.job.stages.max_retries:
+            self.denoise_queue.appendleft(batch)
+        else:
+            work = batch.work
+            key = batch.samples[0].key
+            work.failed.append({"key": key, "stage": stage, "error": cause, "attempts": batch.attempts})
+            work.pending.discard(key)
+            self._maybe_ready_to_write(work)
+
+    def _maybe_ready_to_write(self, work: _ShardWork) -> None:
+        if not work.pending:
+            self.write_queue.append(work)
+
+    def _on_written(self, ref, work: _ShardWork, submitted_at: float) -> None:
+        self.writes_in_flight -= 1
+        try:
+            marker = ray.get(ref)
+        except ray.exceptions.RayError as exc:
+            raise OutputError(
+                f"writing shard {work.shard.name} failed: {_cause(exc)}. The {len(self.markers)} shards committed "
+                "before are intact; rerun the same command to resume."
+            ) from None
+        self.markers[work.shard.name] = marker
+        self.layout.write_index(self.markers)
+        self.accounting.record("write", items=marker["samples"], busy_s=marker["write_seconds"], started_at=submitted_at)
+        self.accounting.committed(len(work.todo) - marker["failed"], marker["failed"])
+        del self.active[work.shard.name]
+
+
+def _stage_loads(s: ShardScheduler) -> dict:
+    """Each stage's load now, for the accounting's time integrals."""
+    w = s.job.stages.write
+    return {
+        "denoise": pool_load(s.denoise, len(s.denoise_queue)),
+        "decode": pool_load(s.decode, len(s.decode_queue)),
+        "write": task_load(w.concurrency, s.writes_in_flight, len(s.write_queue), w.num_cpus),
     }
 
-    active: dict[str, _ActiveShard] = {}
-    denoise_queue: deque[_Batch] = deque()
-    decode_queue: deque[tuple[_Batch, ray.ObjectRef]] = deque()
-    write_queue: deque[str] = deque()
-    waiting: dict[ray.ObjectRef, tuple] = {}  # stats/marker ref -> (kind, batch or shard, refs...)
-    writes_in_flight = 0
-    last_progress = 0.0
 
-    while todo or active:
-        while todo and len(active) < max_active:
-            shard = todo.popleft()
-            batches = shard.batches(job.stages.denoise.batch_size)
-            active[shard.name] = _ActiveShard(shard, len(batches))
-            denoise_queue.extend(_Batch(shard, i, b) for i, b in enumerate(batches))
-
-        denoise.scale_for(len(denoise_queue))
-        while denoise_queue and denoise.free_slots() > 0:
-            batch = denoise_queue.popleft()
-            payload = [{"key": s.key, "index": s.index, "prompt": s.prompt, "seed": s.seed} for s in batch.samples]
-            result_ref, stats_ref, member = denoise.submit(payload)
-            waiting[stats_ref] = ("denoise", batch, result_ref, member)
-
-        decode.scale_for(len(decode_queue))
-        while decode_queue and decode.free_slots() > 0:
-            batch, latents_ref = decode_queue.popleft()
-            result_ref, stats_ref, member = decode.submit(latents_ref)
-            waiting[stats_ref] = ("decode", batch, result_ref, member)
-
-        while write_queue and writes_in_flight < write_cfg.concurrency:
-            name = write_queue.popleft()
-            shard = active[name]
-            samples = [{"key": s.key, "index": s.index, "prompt": s.prompt, "seed": s.seed} for s in shard.plan.samples]
-            decoded_refs = [shard.decoded[i] for i in range(shard.batches)]
-            marker_ref = writer.remote(
-                job.output.url, job.storage_options, name, samples, sample_metadata, job.output.image_format, *decoded_refs
-            )
-            waiting[marker_ref] = ("write", name, time.time())
-            writes_in_flight += 1
-
-        ready, _ = ray.wait(list(waiting), num_returns=1, timeout=1.0)
-        for ref in ready:
-            kind, *rest = waiting.pop(ref)
-            if kind == "write":
-                name, submitted_at = rest
-                writes_in_flight -= 1
-                marker = ray.get(ref)  # a write that failed after its retries fails the job here
-                markers[name] = marker
-                layout.write_index(markers)
-                accounting.record("write", items=marker["samples"], busy_s=marker["write_seconds"], started_at=submitted_at)
-                accounting.committed(marker["samples"])
-                del active[name]
-                continue
-            batch, result_ref, member = rest
-            pool = denoise if kind == "denoise" else decode
-            pool.release(member)
-            try:
-                stats = ray.get(ref)
-            except ray.exceptions.RayError as exc:
-                _retry_or_fail(batch, kind, exc, denoise_queue, job.stages.max_retries, accounting)
-                continue
-            accounting.record(kind, **stats)
-            if kind == "denoise":
-                decode_queue.append((batch, result_ref))
-            else:
-                shard = active[batch.shard.name]
-                shard.decoded[batch.index] = result_ref
-                if len(shard.decoded) == shard.batches:
-                    write_queue.append(batch.shard.name)
-
-        now = time.monotonic()
-        if progress and now - last_progress >= 5.0:
-            print(accounting.progress_line(job.name), file=sys.stderr, flush=True)
-            last_progress = now
+def _consume_error(ref: ray.ObjectRef) -> None:
+    """Fetch a failed call's other output so Ray does not log its error again as unhandled."""
+    try:
+        ray.get(ref)
+    except ray.exceptions.RayError:
+        pass
 
 
-def _retry_or_fail(batch: _Batch, stage: str, exc: Exception, denoise_queue, max_retries: int, accounting) -> None:
-    """A failed batch starts over at denoise (its latents may be gone with a dead actor)."""
-    batch.attempts += 1
-    keys = f"{batch.samples[0].key}..{batch.samples[-1].key}"
-    cause = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-    accounting.failure(stage, keys, cause)
-    if batch.attempts > max_retries:
-        raise StageFailure(
-            f"stage {stage!r} failed on shard {batch.shard.name} (samples {keys}) {batch.attempts} times; "
-            f"last error: {cause}. Committed shards are kept; rerun to resume."
-        )
-    denoise_queue.appendleft(batch)
+def _cause(exc: BaseException) -> str:
+    """The user-facing last line of a (remote) error."""
+    cause = getattr(exc, "cause", None) or exc
+    text = str(cause).strip()
+    return f"{type(cause).__name__}: {text.splitlines()[-1] if text else ''}".rstrip(": ")
 
 
 def _job_record(job: GenerationJob) -> dict:
@@ -241,16 +313,13 @@ def _job_record(job: GenerationJob) -> dict:
         "format_version": 1,
         "name": job.name,
         "identity": {**job.identity, "plan_sha256": job.plan.digest()},
-        "planned": len(job.plan.samples),
-        "shards": len(job.plan.shards),
+        "planned": len(job.plan),
+        "shards": job.plan.num_shards,
         "samples_per_shard": job.plan.samples_per_shard,
         "spec": job.spec,
     }
 
 
 def _finish(layout: OutputLayout, accounting: RunAccounting, actors: list[dict], progress: bool) -> dict:
-    report = accounting.report(actors)
-    layout.write_run_report(accounting.run_id, report)
-    if progress:
-        print(accounting.progress_line("done"), file=sys.stderr, flush=True)
-    return report
+    # Listeners (pipelines/tracking.py) write runs/RUN_ID.json and the job report, and end the live progress.
+    return accounting.finish(actors)

@@ -23,9 +23,30 @@ def cache_dir(tmp_path_factory):
     return path
 
 
+# Names of the environment variables that hold the local S3 server's keys: specs name these,
+# never the keys themselves.
+S3_KEY_ENV = "LATENTMILL_TEST_S3_KEY"
+S3_SECRET_ENV = "LATENTMILL_TEST_S3_SECRET"
+
+
 @pytest.fixture(scope="session")
-def ray_cluster(cache_dir):
-    """A real local Ray: 2 CPUs as on a laptop, 2 logical GPUs. Yields its address."""
+def s3_server():
+    """A real S3-compatible server (moto, credentials checked) on 127.0.0.1, in its own process."""
+    from infra.local_s3 import LocalS3
+
+    server = LocalS3(buckets=("latentmill",))
+    os.environ[S3_KEY_ENV] = server.key
+    os.environ[S3_SECRET_ENV] = server.secret
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(cache_dir, s3_server):
+    """A real local Ray: 2 CPUs as on a laptop, 2 logical GPUs. Yields its address.
+
+    Started after the S3 server, so its workers inherit the variables that hold the S3 keys.
+    """
     import ray
 
     from jobs.local import connect_ray
@@ -36,3 +57,14 @@ def ray_cluster(cache_dir):
     address = ray.get_runtime_context().gcs_address
     yield address
     ray.shutdown()
+
+
+def s3_storage(server, **changes) -> dict:
+    """The `output.storage` mapping of a spec that writes to `server`."""
+    return {
+        "endpoint_url": server.endpoint,
+        "region": "us-east-1",
+        "access_key_id_env": S3_KEY_ENV,
+        "secret_access_key_env": S3_SECRET_ENV,
+        **changes,
+    }

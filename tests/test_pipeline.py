@@ -50,7 +50,7 @@ def test_run_writes_verified_shards(finished_job):
 def test_report_accounts_every_stage_and_actor(finished_job):
     _, out, report = finished_job
     for stage in ("denoise", "decode", "write"):
-        assert report["stages"][stage]["items"] == 24
+        assert report["stages"][stage]["items_out"] == 24
     assert {a["stage"] for a in report["actors"]} == {"denoise", "decode"}
     (saved,) = (out / "runs").iterdir()
     assert json.loads(saved.read_text())["run_id"] == report["run_id"]

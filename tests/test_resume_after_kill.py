@@ -8,12 +8,14 @@ import subprocess
 import sys
 import time
 
+import pytest
 import yaml
 
 from jobs.local import run_job
 from jobs.spec import parse_spec
 from pipelines.sinks.layout import OutputLayout
 from pipelines.verify import verify_output
+from tests.conftest import s3_storage
 from tests.jobspecs import spec_dict
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -21,14 +23,25 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SLOW = {"num_images": 64, "sampler__height": 128, "sampler__width": 128, "sampler__steps": 8}
 
 
-def committed(url) -> dict[str, str]:
-    return {name: m["tar_sha256"] for name, m in OutputLayout(str(url)).committed_markers().items()}
+def committed(spec) -> dict[str, str]:
+    layout = OutputLayout(spec.output.url, spec.output.storage)
+    return {name: m["tar_sha256"] for name, m in layout.committed_markers().items()}
 
 
-def test_driver_killed_mid_run_resumes_to_the_uninterrupted_output(ray_cluster, tmp_path):
-    out = tmp_path / "killed"
+def job_spec(target, output, s3_server) -> dict:
+    if target == "local":
+        return spec_dict(output, **SLOW)
+    data = spec_dict(f"s3://latentmill/kill-{output.parent.name}-{output.name}", **SLOW)
+    data["output"]["storage"] = s3_storage(s3_server)
+    return data
+
+
+@pytest.mark.parametrize("target", ["local", "s3"])
+def test_driver_killed_mid_run_resumes_to_the_uninterrupted_output(ray_cluster, s3_server, tmp_path, target):
     spec_path = tmp_path / "job.yaml"
-    spec_path.write_text(yaml.safe_dump(spec_dict(out, **SLOW)))
+    spec_path.write_text(yaml.safe_dump(job_spec(target, tmp_path / "killed", s3_server)))
+    spec = parse_spec(spec_path.read_text(), source=str(spec_path))
+    layout = OutputLayout(spec.output.url, spec.output.storage)
     driver = subprocess.Popen(
         [sys.executable, "-m", "jobs.cli", "run", str(spec_path), "--address", ray_cluster, "--quiet"],
         cwd=REPO,
@@ -37,26 +50,25 @@ def test_driver_killed_mid_run_resumes_to_the_uninterrupted_output(ray_cluster, 
     )
     deadline = time.monotonic() + 180
     try:
-        while not (out / "latentmill.json").exists() or not committed(out):
+        while layout.read_job() is None or not committed(spec):
             assert driver.poll() is None, driver.stdout.read().decode()[-3000:]
             assert time.monotonic() < deadline, "no shard committed in time"
             time.sleep(0.05)
     finally:
         driver.send_signal(signal.SIGKILL)
         driver.wait()
-    at_kill = committed(out)
+    at_kill = committed(spec)
     assert 1 <= len(at_kill) < 8, f"the kill must land mid-run, {len(at_kill)} of 8 shards were committed"
-    assert not verify_output(str(out))["ok"]
+    assert not verify_output(spec.output.url, spec.output.storage)["ok"]
 
-    spec = parse_spec(spec_path.read_text(), source=str(spec_path))
     report = run_job(spec, progress=False)
     assert report["already_committed"] + report["generated"] == 64
     assert report["generated"] <= 64 - 8 * len(at_kill)
-    result = verify_output(str(out))
+    result = verify_output(spec.output.url, spec.output.storage)
     assert result["ok"], result["problems"]
     assert (result["unique_keys"], result["duplicates"], result["missing"]) == (64, 0, 0)
 
-    reference = tmp_path / "uninterrupted"
-    run_job(parse_spec(yaml.safe_dump(spec_dict(reference, **SLOW))), progress=False)
+    reference = parse_spec(yaml.safe_dump(job_spec(target, tmp_path / "uninterrupted", s3_server)))
+    run_job(reference, progress=False)
     # Same batch composition on the same machine: every shard is byte-identical.
-    assert committed(out) == committed(reference)
+    assert committed(spec) == committed(reference)

@@ -31,7 +31,7 @@ def error_of(spec: dict, overrides=()) -> str:
 def test_quickstart_example_is_valid_and_plans_enough():
     spec = load_spec(os.path.join(REPO, "jobs/examples/quickstart.yaml"))
     plan = plan_for(spec)
-    assert len(plan.samples) >= 64 and len(plan.shards) >= 2
+    assert len(plan) >= 64 and plan.num_shards >= 2
     assert spec.stages.decode.num_cpus == 0.5  # partial stage mappings keep the other defaults
 
 
@@ -45,10 +45,10 @@ def test_plan_is_deterministic_and_seeds_come_from_the_index(tmp_path):
     spec = parse(spec_dict(tmp_path / "o", num_images=10, seed=100))
     a, b = plan_for(spec), plan_for(spec)
     assert a.digest() == b.digest()
-    assert [s.seed for s in a.samples] == list(range(100, 110))
-    assert [s.key for s in a.samples][:2] == ["000000000", "000000001"]
+    assert [s.seed for s in a.samples()] == list(range(100, 110))
+    assert [a.sample(0).key, a.sample(1).key] == ["000000000", "000000001"]
     # 3 prompts x 4 images each, consecutive: sample 4 is the second prompt's first image.
-    assert a.samples[4].prompt == "a blue whale"
+    assert a.sample(4).prompt == "a blue whale"
 
 
 def test_set_overrides_fields_with_yaml_types(tmp_path):
@@ -160,12 +160,12 @@ def test_prompt_files_txt_jsonl_parquet(tmp_path):
     import pyarrow.parquet as pq
 
     spec = _spec_with_prompt_file(tmp_path, b"a cat\n\nthe moon \n")
-    assert [s.prompt for s in plan_for(spec).samples] == ["a cat"] * 4 + ["the moon"] * 4
+    assert [s.prompt for s in plan_for(spec).samples()] == ["a cat"] * 4 + ["the moon"] * 4
     spec = _spec_with_prompt_file(tmp_path, b'{"prompt": "a cat"}\n{"prompt": "the moon"}\n', "p.jsonl")
-    assert len(plan_for(spec).samples) == 8
+    assert len(plan_for(spec)) == 8
     pq.write_table(pa.table({"prompt": ["x", "y", "z"]}), tmp_path / "p.parquet")
     spec = parse(spec_dict(tmp_path / "o", prompts={"file": str(tmp_path / "p.parquet")}, num_images=None))
-    assert [s.prompt for s in plan_for(spec).samples] == ["x", "y", "z"]
+    assert [s.prompt for s in plan_for(spec).samples()] == ["x", "y", "z"]
 
 
 def test_empty_prompt_file(tmp_path):

@@ -89,9 +89,13 @@ def torch_dtype(name: str):
 def load_denoise_pipeline(reference: str, dtype: str, scheduler: str):
     """An SDXL pipeline without its VAE: the decode stage owns decoding, on its own devices."""
     import diffusers
+    import transformers
 
+    # Loading bars in every actor's log would bury the job's own progress.
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
     pipe = diffusers.StableDiffusionXLPipeline.from_pretrained(
-        resolve_reference(reference), vae=None, torch_dtype=torch_dtype(dtype)
+        resolve_reference(reference), vae=None, dtype=torch_dtype(dtype)
     )
     if scheduler != "default":
         scheduler_cls = getattr(diffusers, SCHEDULERS[scheduler])

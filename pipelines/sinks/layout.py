@@ -5,7 +5,7 @@
       plan.parquet             every planned sample: key, prompt, seed, shard
       index.json               committed shards; loaders read this instead of listing a bucket
       shards/NNNNN.tar         webdataset shard
-      shards/NNNNN.parquet     its manifest, one row per sample
+      shards/NNNNN.parquet     its manifest, one row per sample (failed samples included)
       shards/NNNNN.done.json   commit marker, written last: a shard exists only once this does
       runs/RUN_ID.json         one report per run of the job
 
@@ -15,15 +15,16 @@ driver killed between the two loses nothing.
 
 from __future__ import annotations
 
-import io
 import posixpath
+from typing import Callable, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipelines.config import StorageConfig
 from pipelines.errors import OutputError
 from pipelines.plan import Plan
-from pipelines.sinks.storage import open_output, read_json, write_atomic, write_json
+from pipelines.sinks.storage import check_reachable, open_output, read_json, retrying, write_json
 
 JOB_FILE = "latentmill.json"
 PLAN_FILE = "plan.parquet"
@@ -31,12 +32,17 @@ INDEX_FILE = "index.json"
 SHARD_DIR = "shards"
 MARKER_SUFFIX = ".done.json"
 FORMAT_VERSION = 1
+PLAN_ROWS_PER_GROUP = 65536
+
+T = TypeVar("T")
 
 
 class OutputLayout:
-    def __init__(self, url: str, storage_options: dict | None = None):
+    def __init__(self, url: str, storage: StorageConfig | None = None):
         self.url = url
-        self.fs, self.root = open_output(url, storage_options)
+        self.storage = storage
+        self.timeout_s = storage.timeout_s if storage else StorageConfig().timeout_s
+        self.fs, self.root = open_output(url, storage)
 
     def path(self, *parts: str) -> str:
         return posixpath.join(self.root, *parts)
@@ -45,66 +51,135 @@ class OutputLayout:
         base = self.path(SHARD_DIR, name)
         return {"tar": base + ".tar", "manifest": base + ".parquet", "marker": base + MARKER_SUFFIX}
 
+    def retrying(self, what: str, operation: Callable[[], T]) -> T:
+        return retrying(f"{what} ({self.url})", operation, self.timeout_s)
+
+    def check_reachable(self) -> None:
+        check_reachable(self.url, self.fs, self.root, self.timeout_s)
+
+    def _exists(self, path: str) -> bool:
+        return self.retrying(f"checking {posixpath.basename(path)}", lambda: self.fs.exists(path))
+
+    def _listing(self, path: str) -> list[str]:
+        def ls():
+            try:
+                return [posixpath.basename(p.rstrip("/")) for p in self.fs.ls(path, detail=False, refresh=True)]
+            except FileNotFoundError:
+                return []
+
+        return self.retrying(f"listing {path}", ls)
+
     # -- the job -------------------------------------------------------------------------------
 
     def read_job(self) -> dict | None:
         path = self.path(JOB_FILE)
-        return read_json(self.fs, path) if self.fs.exists(path) else None
+        return self.retrying("reading the job record", lambda: read_json(self.fs, path)) if self._exists(path) else None
 
-    def claim(self, job_record: dict, plan: Plan) -> None:
-        """Record the job here, or check that what is here is the same job (then we resume)."""
+    def claim(self, job_record: dict, plan: Plan, mode: str) -> str:
+        """Make this output this job's, per `mode`; returns what happened: new, resume, extend or overwrite."""
         existing = self.read_job()
-        if existing is not None:
-            if existing.get("identity") != job_record["identity"]:
+        if existing is None:
+            ours = (JOB_FILE, PLAN_FILE, INDEX_FILE, SHARD_DIR)
+            foreign = [f for f in self._listing(self.root) if f.split(".tmp-")[0] not in ours]
+            if foreign:
                 raise OutputError(
-                    f"{self.url} already holds a different job ({existing.get('name')!r}, planned "
-                    f"{existing.get('planned')} samples) whose model, sampler, prompts, seed, decoder "
-                    "or output format differ from this spec; choose another output.url"
+                    f"{self.url} holds data that is not a latentmill job ({', '.join(sorted(foreign)[:5])}); "
+                    "choose an empty output.url"
                 )
-            return
-        self.fs.makedirs(self.root, exist_ok=True)
+            outcome = "new"
+        elif existing.get("identity") == job_record["identity"]:
+            if not self._exists(self.path(PLAN_FILE)):  # killed between the job record and the plan
+                self.write_plan(plan)
+            return "resume"
+        elif mode == "overwrite":
+            self.retrying("removing the previous job", lambda: self.fs.rm(self.root, recursive=True))
+            outcome = "overwrite"
+        elif mode == "extend":
+            self._check_extends(existing, job_record, plan)
+            outcome = "extend"
+        else:
+            raise OutputError(
+                f"{self.url} already holds a different job ({existing.get('name')!r}, planned "
+                f"{existing.get('planned')} samples) whose model, sampler, prompts, seed, decoder "
+                "or output format differ from this spec; choose another output.url, or set "
+                "output.mode to overwrite (delete it) or extend (add samples to it)"
+            )
+        # The job record first: a run killed before the plan is written finds its job and writes it.
+        self.retrying("writing the job record", lambda: write_json(self.fs, self.path(JOB_FILE), job_record))
         self.write_plan(plan)
-        write_json(self.fs, self.path(JOB_FILE), job_record)
+        return outcome
+
+    def _check_extends(self, existing: dict, job_record: dict, plan: Plan) -> None:
+        old, new = dict(existing["identity"]), dict(job_record["identity"])
+        old.pop("plan_sha256", None), new.pop("plan_sha256", None)
+        if old != new:
+            raise OutputError(
+                f"{self.url}: output.mode extend needs the same model, sampler, seed, decoder and output "
+                "format as the job already there; only prompts and num_images may grow"
+            )
+        table = self.read_plan_table()
+        if table.num_rows > len(plan):
+            raise OutputError(f"{self.url}: cannot extend a job of {table.num_rows} samples to {len(plan)}")
+        for i, (key, prompt, seed) in enumerate(zip(*(table.column(c).to_pylist() for c in ("key", "prompt", "seed")))):
+            sample = plan.sample(i)
+            if (key, prompt, seed) != (sample.key, sample.prompt, sample.seed):
+                raise OutputError(
+                    f"{self.url}: cannot extend: planned sample {key} would change (prompt or seed differ); "
+                    "extend only appends samples"
+                )
+        # A last shard that was partial gets more samples in the new plan: it is generated again.
+        for name, marker in self.committed_markers().items():
+            index = int(name)
+            if index >= plan.num_shards or marker["samples"] + marker.get("failed", 0) != plan.shard_size(index):
+                self.uncommit(name)
 
     def write_plan(self, plan: Plan) -> None:
-        shard_of = [s.index // plan.samples_per_shard for s in plan.samples]
-        table = pa.table(
-            {
-                "key": [s.key for s in plan.samples],
-                "prompt": [s.prompt for s in plan.samples],
-                "seed": pa.array([s.seed for s in plan.samples], pa.int64()),
-                "shard": pa.array(shard_of, pa.int32()),
-            }
-        )
-        buffer = io.BytesIO()
-        pq.write_table(table, buffer)
-        write_atomic(self.fs, self.path(PLAN_FILE), buffer.getvalue())
+        def write():
+            with self.fs.open(self.path(PLAN_FILE), "wb") as f:
+                schema = pa.schema([("key", pa.string()), ("prompt", pa.string()), ("seed", pa.int64()), ("shard", pa.int32())])
+                with pq.ParquetWriter(f, schema) as writer:
+                    for start in range(0, len(plan), PLAN_ROWS_PER_GROUP):
+                        rows = [plan.sample(i) for i in range(start, min(start + PLAN_ROWS_PER_GROUP, len(plan)))]
+                        writer.write_table(
+                            pa.table(
+                                {
+                                    "key": [s.key for s in rows],
+                                    "prompt": [s.prompt for s in rows],
+                                    "seed": [s.seed for s in rows],
+                                    "shard": [s.index // plan.samples_per_shard for s in rows],
+                                },
+                                schema=schema,
+                            )
+                        )
 
-    def read_planned_keys(self) -> list[str]:
-        with self.fs.open(self.path(PLAN_FILE), "rb") as f:
-            return pq.read_table(f, columns=["key"]).column("key").to_pylist()
+        self.retrying("writing the plan", write)
+
+    def read_plan_table(self, columns=("key", "prompt", "seed")) -> pa.Table:
+        def read():
+            with self.fs.open(self.path(PLAN_FILE), "rb") as f:
+                return pq.read_table(f, columns=list(columns))
+
+        return self.retrying("reading the plan", read)
 
     # -- shards --------------------------------------------------------------------------------
 
-    def list_shard_files(self) -> list[str]:
-        directory = self.path(SHARD_DIR)
-        if not self.fs.exists(directory):
-            return []
-        return [posixpath.basename(p) for p in self.fs.ls(directory, detail=False)]
-
     def committed_markers(self) -> dict[str, dict]:
         """name -> marker, for every shard whose commit marker exists. Lists the shard folder once."""
-        names = sorted(f[: -len(MARKER_SUFFIX)] for f in self.list_shard_files() if f.endswith(MARKER_SUFFIX))
-        return {name: read_json(self.fs, self.shard_paths(name)["marker"]) for name in names}
+        names = sorted(f[: -len(MARKER_SUFFIX)] for f in self._listing(self.path(SHARD_DIR)) if f.endswith(MARKER_SUFFIX))
+        return {
+            name: self.retrying(f"reading marker {name}", lambda name=name: read_json(self.fs, self.shard_paths(name)["marker"]))
+            for name in names
+        }
+
+    def uncommit(self, name: str) -> None:
+        self.retrying(f"uncommitting shard {name}", lambda: self.fs.rm(self.shard_paths(name)["marker"]))
 
     def remove_debris(self, committed: set[str]) -> list[str]:
         """Delete what an interrupted write left: anything but the three files of a committed shard."""
         keep = {posixpath.basename(p) for name in committed for p in self.shard_paths(name).values()}
-        removed = []
-        for filename in self.list_shard_files():
-            if filename not in keep:
-                self.fs.rm(self.path(SHARD_DIR, filename))
-                removed.append(filename)
+        removed = [f for f in self._listing(self.path(SHARD_DIR)) if f not in keep]
+        for filename in removed:
+            self.retrying(f"removing {filename}", lambda filename=filename: self.fs.rm(self.path(SHARD_DIR, filename)))
         return removed
 
     def write_index(self, markers: dict[str, dict]) -> None:
@@ -122,14 +197,15 @@ class OutputLayout:
             "format_version": FORMAT_VERSION,
             "shards": shards,
             "samples": sum(s["samples"] for s in shards),
+            "failed": sum(s["failed"] for s in shards),
         }
-        write_json(self.fs, self.path(INDEX_FILE), index)
+        self.retrying("writing index.json", lambda: write_json(self.fs, self.path(INDEX_FILE), index))
 
     def read_index(self) -> dict:
         path = self.path(INDEX_FILE)
-        if not self.fs.exists(path):
-            return {"format_version": FORMAT_VERSION, "shards": [], "samples": 0}
-        return read_json(self.fs, path)
+        if not self._exists(path):
+            return {"format_version": FORMAT_VERSION, "shards": [], "samples": 0, "failed": 0}
+        return self.retrying("reading index.json", lambda: read_json(self.fs, path))
 
     def tar_urls(self) -> list[str]:
         """Full URLs of committed shards, for webdataset or ray.data.read_webdataset."""
@@ -137,4 +213,5 @@ class OutputLayout:
         return [f"{base}/{s['tar']}" for s in self.read_index()["shards"]]
 
     def write_run_report(self, run_id: str, report: dict) -> None:
-        write_json(self.fs, self.path("runs", f"{run_id}.json"), report)
+        path = self.path("runs", f"{run_id}.json")
+        self.retrying("writing the run report", lambda: write_json(self.fs, path, report))

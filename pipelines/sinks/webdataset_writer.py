@@ -1,6 +1,8 @@
 """Write one shard: a webdataset tar streamed to storage, its Parquet manifest, then its marker.
 
 Every tar member has a fixed mtime and owner, so the same samples always give the same bytes.
+Samples that failed after their retries are not in the tar; they are rows of the manifest with
+status "failed" and their error, and the marker counts them.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipelines.config import StorageConfig
 from pipelines.sinks.layout import OutputLayout
 from pipelines.sinks.storage import write_atomic, write_json
 
@@ -47,23 +50,57 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def _new_members(sample: dict, item: dict, ext: str, sample_metadata: dict) -> list[tuple[str, bytes]]:
+    key = sample["key"]
+    meta = {**sample_metadata, **sample, "height": item["height"], "width": item["width"]}
+    members = [
+        (f"{key}.{ext}", item["image"]),
+        (f"{key}.txt", sample["prompt"].encode("utf-8")),
+        (f"{key}.json", json.dumps(meta, sort_keys=True).encode()),
+    ]
+    if item["latents"] is not None:
+        members.append((f"{key}.latent.npy", _npy_bytes(item["latents"])))
+    return members
+
+
+def _read_existing(layout: OutputLayout, shard_name: str) -> tuple[dict, dict]:
+    """Members (by key) and manifest rows (by key) of the committed shard, to rewrite it with repairs."""
+    paths = layout.shard_paths(shard_name)
+
+    def read():
+        with layout.fs.open(paths["tar"], "rb") as f:
+            data = f.read()
+        members: dict[str, list[tuple[str, bytes]]] = {}
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+            for member in tar.getmembers():
+                members.setdefault(member.name.split(".", 1)[0], []).append((member.name, tar.extractfile(member).read()))
+        with layout.fs.open(paths["manifest"], "rb") as f:
+            rows = {row["key"]: row for row in pq.read_table(f).to_pylist() if row.get("status", "ok") == "ok"}
+        return members, rows
+
+    return layout.retrying(f"reading shard {shard_name} to repair it", read)
+
+
 def write_shard(
     output_url: str,
-    storage_options: dict | None,
+    storage: StorageConfig | None,
     shard_name: str,
     samples: list[dict],
     sample_metadata: dict,
     image_format: str,
+    failed: list[dict],
+    repair: bool,
     *decoded_batches: dict,
 ) -> dict:
     """Write the shard and return its commit marker.
 
     `samples` are the planned samples (key, index, prompt, seed) in order; `decoded_batches` hold
-    their encoded images and per-sample stage timings (top-level arguments, so Ray hands them over
-    resolved). Rewriting a shard gives the same bytes.
+    the encoded images and per-sample stage timings of those that succeeded (top-level arguments,
+    so Ray hands them over resolved); `failed` the ones that did not. With `repair`, samples
+    neither decoded nor failed now are copied from the shard already committed.
     """
     started = time.perf_counter()
-    layout = OutputLayout(output_url, storage_options)
+    layout = OutputLayout(output_url, storage)
     paths = layout.shard_paths(shard_name)
     decoded = {}
     for batch in decoded_batches:
@@ -75,55 +112,60 @@ def write_shard(
                 "width": batch["width"],
                 "timings": batch["timings"],
             }
-    missing = [s["key"] for s in samples if s["key"] not in decoded]
+    failures = {f["key"]: f for f in failed}
+    old_members, old_rows = _read_existing(layout, shard_name) if repair else ({}, {})
+    missing = [s["key"] for s in samples if s["key"] not in decoded and s["key"] not in failures and s["key"] not in old_rows]
     if missing:
-        raise ValueError(f"shard {shard_name}: no decoded image for keys {missing[:5]}")
+        raise ValueError(f"shard {shard_name}: no image and no recorded failure for samples {missing[:5]}")
 
     ext = EXTENSIONS[image_format]
-    rows = []
-    layout.fs.makedirs(layout.path("shards"), exist_ok=True)
-    with layout.fs.open(paths["tar"], "wb") as raw:
-        counted = _HashingWriter(raw)
-        with tarfile.open(fileobj=counted, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
-            for sample in samples:
-                key, item = sample["key"], decoded[sample["key"]]
-                meta = {**sample_metadata, **sample, "height": item["height"], "width": item["width"]}
-                _add(tar, f"{key}.{ext}", item["image"])
-                _add(tar, f"{key}.txt", sample["prompt"].encode("utf-8"))
-                _add(tar, f"{key}.json", json.dumps(meta, sort_keys=True).encode())
-                if item["latents"] is not None:
-                    _add(tar, f"{key}.latent.npy", _npy_bytes(item["latents"]))
-                rows.append(
-                    {
-                        "key": key,
-                        "index": sample["index"],
-                        "shard": shard_name,
-                        "prompt": sample["prompt"],
-                        "seed": sample["seed"],
-                        "width": item["width"],
-                        "height": item["height"],
-                        "format": ext,
-                        "bytes": len(item["image"]),
-                        **{f"{stage}_ms": 1000 * seconds for stage, seconds in item["timings"].items()},
-                    }
-                )
+    rows: list[dict] = []
 
+    def write_tar():
+        rows.clear()
+        with layout.fs.open(paths["tar"], "wb") as raw:
+            counted = _HashingWriter(raw)
+            with tarfile.open(fileobj=counted, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
+                for sample in samples:
+                    key = sample["key"]
+                    if key in decoded:
+                        item = decoded[key]
+                        members = _new_members(sample, item, ext, sample_metadata)
+                        timings = {f"{stage}_ms": 1000 * s for stage, s in item["timings"].items()}
+                        row = {**sample, "shard": shard_name, "status": "ok", "error": None, "width": item["width"],
+                               "height": item["height"], "format": ext, "bytes": len(item["image"]), **timings}
+                    elif key in old_rows:
+                        members, row = old_members[key], old_rows[key]
+                    else:
+                        f = failures[key]
+                        rows.append({**sample, "shard": shard_name, "status": "failed", "error": f["error"],
+                                     "failed_stage": f["stage"], "attempts": f["attempts"]})
+                        continue
+                    for name, data in members:
+                        _add(tar, name, data)
+                    rows.append(row)
+        return counted
+
+    counted = layout.retrying(f"writing shard {shard_name}", write_tar)
     manifest = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(rows), manifest)
+    # Every row gets every column (failed rows have no size, ok rows no error): from_pylist takes
+    # its schema from the first row alone.
+    columns = list(dict.fromkeys(column for row in rows for column in row))
+    pq.write_table(pa.Table.from_pylist([{c: row.get(c) for c in columns} for row in rows]), manifest)
     manifest_bytes = manifest.getvalue()
-    write_atomic(layout.fs, paths["manifest"], manifest_bytes)
+    layout.retrying(f"writing manifest {shard_name}", lambda: write_atomic(layout.fs, paths["manifest"], manifest_bytes))
 
+    ok_rows = [r for r in rows if r["status"] == "ok"]
     marker = {
         "shard": shard_name,
-        "samples": len(rows),
-        "failed": 0,
-        "first_key": rows[0]["key"],
-        "last_key": rows[-1]["key"],
+        "samples": len(ok_rows),
+        "failed": len(rows) - len(ok_rows),
+        "failed_keys": [r["key"] for r in rows if r["status"] == "failed"],
         "tar_bytes": counted.size,
         "tar_sha256": counted.sha256.hexdigest(),
         "manifest_sha256": hashlib.sha256(manifest_bytes).hexdigest(),
         "write_seconds": time.perf_counter() - started,
     }
     # Written last: until it exists the shard does not count and the next run rewrites it.
-    write_json(layout.fs, paths["marker"], marker)
+    layout.retrying(f"committing shard {shard_name}", lambda: write_json(layout.fs, paths["marker"], marker))
     return marker

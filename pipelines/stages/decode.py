@@ -48,6 +48,10 @@ class Decode:
 
     def __call__(self, denoised: dict) -> dict:
         latents = torch.tensor(denoised["latents"])  # a copy: arrays from the object store are read-only
+        finite = torch.isfinite(latents.flatten(1)).all(dim=1)
+        if not finite.all():
+            bad = [key for key, ok in zip(denoised["keys"], finite.tolist()) if not ok]
+            raise ValueError(f"latents of samples {bad} hold NaN or Inf (the denoiser diverged; fp16 overflow?)")
         images = self.decoder.decode(latents)  # float in [0, 1], (B, 3, H, W)
         pixels = (images * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
         result = {

@@ -85,7 +85,7 @@ def svd_pipe():
 
     torch.manual_seed(0)
     unet = UNetSpatioTemporalConditionModel(
-        block_out_channels=(16, 32), layers_per_block=1, sample_size=8, in_channels=8, out_channels=4,
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=8, in_channels=8, out_channels=4,
         down_block_types=("CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"),
         up_block_types=("UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"),
         cross_attention_dim=32, num_attention_heads=(2, 4), projection_class_embeddings_input_dim=3 * 8,
@@ -105,7 +105,10 @@ def svd_pipe():
 
 
 def _svd_call(pipe, output_type):
-    image = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    from PIL import Image
+
+    pixels = torch.randint(0, 256, (64, 64, 3), generator=torch.Generator().manual_seed(2), dtype=torch.uint8)
+    image = Image.fromarray(pixels.numpy())  # a PIL image takes SVD's resize-for-CLIP path
     g = torch.Generator().manual_seed(0)
     return pipe(image, height=64, width=64, num_frames=3, num_inference_steps=2, decode_chunk_size=3,
                 generator=g, output_type=output_type).frames
@@ -115,7 +118,8 @@ def test_svd_latents_decode_like_the_pipeline_itself(svd_pipe):
     latents = _svd_call(svd_pipe, "latent")
     assert latents.shape == (1, 3, 4, 8, 8)
     frames = _svd_call(svd_pipe, "pt")
-    dec = decoders.Decoder(svd_pipe.vae, "pipeline-vae", is_video=True)
+    dec = decoders.Decoder(svd_pipe.vae, "pipeline-vae")
+    assert dec.is_video  # detected from decode(..., num_frames)
     torch.testing.assert_close(dec.decode(latents), frames, rtol=0, atol=1e-5)
 
 

@@ -134,3 +134,18 @@ def test_decoders_imports_neither_pipelines_nor_jobs():
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     r = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_hub_ids_take_the_from_pretrained_path_and_fail_clearly(monkeypatch):
+    import huggingface_hub
+
+    asked = []
+
+    def offline(repo_id, filename, **kw):  # no network in tests: fail the way an offline hub does
+        asked.append((repo_id, filename, kw.get("subfolder")))
+        raise OSError("offline")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    with pytest.raises(ValueError, match="Hugging Face id failed: OSError: offline"):
+        decoders.load("someone/some-vae", subfolder="vae")
+    assert asked == [("someone/some-vae", "config.json", "vae")]

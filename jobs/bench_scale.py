@@ -1,0 +1,165 @@
+"""`latentmill bench scale`: 10K and 100K images end to end, to local disk and to a local S3 server.
+
+It records wall time, images/s, and the peak resident memory of the driver and of the Ray worker
+processes, sampled through each run, so that memory growth with job size shows. The model is the
+built-in tiny SDXL at 32x32 with one step and no guidance: the pipeline, not the model, is what
+this measures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+
+import psutil
+import yaml
+
+SCALE_SPEC = {
+    "name": "bench-scale",
+    "model": {"reference": "tiny"},
+    "sampler": {"scheduler": "euler", "steps": 1, "guidance_scale": 0.0, "height": 32, "width": 32},
+    "prompts": {"inline": ["a red fox", "a lighthouse at dusk", "a bowl of ramen", "an isometric city"]},
+    "output": {"url": "", "samples_per_shard": 1000},
+    "stages": {
+        "denoise": {"num_gpus": 0, "num_cpus": 1, "batch_size": 125},
+        "decode": {"num_gpus": 0, "num_cpus": 0.5, "batch_size": 125},
+        "write": {"num_cpus": 0.25, "concurrency": 2},
+    },
+}
+
+
+class MemorySampler:
+    """Peak RSS of this process (the driver) and of Ray's worker processes, sampled in a thread."""
+
+    def __init__(self, exclude_pids: set[int], interval_s: float = 0.5):
+        self.exclude, self.interval = exclude_pids, interval_s
+        self.driver_peak = self.workers_peak = self.largest_worker_peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        me = psutil.Process()
+        while not self._stop.is_set():
+            self.driver_peak = max(self.driver_peak, me.memory_info().rss)
+            workers = []
+            for child in me.children(recursive=True):
+                try:
+                    if child.pid not in self.exclude and child.cmdline()[:1] and child.cmdline()[0].startswith("ray::"):
+                        workers.append(child.memory_info().rss)
+                except psutil.Error:
+                    continue  # a worker that ended between listing and reading
+            if workers:
+                self.workers_peak = max(self.workers_peak, sum(workers))
+                self.largest_worker_peak = max(self.largest_worker_peak, max(workers))
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def run_one(target: str, images: int, url: str, storage: dict | None, exclude: set[int]) -> dict:
+    from jobs.local import run_job
+    from jobs.spec import parse_spec
+    from pipelines.verify import verify_output
+
+    data = json.loads(json.dumps(SCALE_SPEC))
+    data["num_images"] = images
+    data["output"]["url"] = url
+    if storage:
+        data["output"]["storage"] = storage
+    spec = parse_spec(yaml.safe_dump(data), source="bench-scale")
+    with MemorySampler(exclude) as memory:
+        started = time.perf_counter()
+        report = run_job(spec, progress=False)
+        wall = time.perf_counter() - started
+    result = verify_output(spec.output.url, spec.output.storage)
+    mb = 1 / 2**20
+    return {
+        "target": target,
+        "images": images,
+        "wall_s": round(wall, 1),
+        "images_per_s": round(report["generated"] / wall, 1),
+        "unique_keys": result["unique_keys"],
+        "verified": result["ok"],
+        "driver_peak_mb": round(memory.driver_peak * mb),
+        "workers_peak_mb": round(memory.workers_peak * mb),
+        "largest_worker_peak_mb": round(memory.largest_worker_peak * mb),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="latentmill bench scale", description=__doc__)
+    parser.add_argument("--images", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--targets", nargs="+", choices=["local", "s3"], default=["local", "s3"])
+    parser.add_argument("--workdir", help="where local outputs go (default: a temporary folder, removed after)")
+    parser.add_argument("--json", action="store_true", help="one JSON object per run instead of the table")
+    args = parser.parse_args(argv)
+
+    from jobs.local import connect_ray
+
+    workdir = args.workdir or tempfile.mkdtemp(prefix="latentmill-bench-scale-")
+    server = None
+    exclude: set[int] = set()
+    if "s3" in args.targets:
+        from infra.local_s3 import LocalS3
+
+        server = LocalS3(buckets=("bench",))
+        os.environ["LATENTMILL_BENCH_S3_KEY"], os.environ["LATENTMILL_BENCH_S3_SECRET"] = server.key, server.secret
+        exclude.add(server.process.pid)
+    connect_ray()  # after the S3 keys are in the environment, which local workers inherit
+    rows = []
+    try:
+        for target in args.targets:
+            for images in args.images:
+                run_id = f"{target}-{images}-{int(time.time())}"
+                if target == "local":
+                    url, storage = os.path.join(workdir, run_id), None
+                else:
+                    url = f"s3://bench/{run_id}"
+                    storage = {"endpoint_url": server.endpoint, "access_key_id_env": "LATENTMILL_BENCH_S3_KEY",
+                               "secret_access_key_env": "LATENTMILL_BENCH_S3_SECRET"}
+                row = run_one(target, images, url, storage, exclude)
+                rows.append(row)
+                print(json.dumps(row) if args.json else f"done: {row}", flush=True)
+                if target == "local":
+                    shutil.rmtree(url, ignore_errors=True)
+    finally:
+        if server:
+            server.close()
+        if not args.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    if not args.json:
+        print(format_table(rows))
+    return 0 if all(r["verified"] and r["unique_keys"] == r["images"] for r in rows) else 1
+
+
+def format_table(rows: list[dict]) -> str:
+    header = "| target | images | wall s | images/s | verified unique keys | driver peak MB | Ray workers peak MB (sum) | largest worker MB |"
+    lines = [header, "|" + "---|" * 8]
+    for r in rows:
+        lines.append(
+            f"| {r['target']} | {r['images']:,} | {r['wall_s']} | {r['images_per_s']} | {r['unique_keys']:,} | "
+            f"{r['driver_peak_mb']} | {r['workers_peak_mb']} | {r['largest_worker_peak_mb']} |"
+        )
+    by_target: dict[str, list[dict]] = {}
+    for r in rows:
+        by_target.setdefault(r["target"], []).append(r)
+    for target, runs in by_target.items():
+        small, large = min(runs, key=lambda r: r["images"]), max(runs, key=lambda r: r["images"])
+        if small is not large:
+            lines.append(
+                f"\n{target}: peak memory at {large['images']:,} vs {small['images']:,} images: driver "
+                f"{large['driver_peak_mb'] / small['driver_peak_mb']:.3f}x, workers "
+                f"{large['workers_peak_mb'] / small['workers_peak_mb']:.3f}x"
+            )
+    return "\n".join(lines)

@@ -1,0 +1,62 @@
+"""Fault injection, to prove on real runs that failures are retried, recorded and never lost.
+
+`latentmill run --inject-fault STAGE:KIND:KEY[:TIMES]` makes a stage raise for one sample
+(`raise`) or return NaN latents for it (`nan`, denoise only), on its first TIMES attempts or on
+every attempt. The faults fire inside the real stage actors; nothing else changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipelines.errors import ConfigError
+
+STAGES = ("denoise", "decode")
+KINDS = ("raise", "nan")
+
+
+class InjectedFault(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Fault:
+    stage: str
+    kind: str
+    key: str
+    times: int | None = None  # None: every attempt
+
+    @classmethod
+    def parse(cls, text: str) -> "Fault":
+        parts = text.split(":")
+        if len(parts) not in (3, 4) or parts[0] not in STAGES or parts[1] not in KINDS or not parts[2]:
+            raise ConfigError(
+                "--inject-fault", "", detail=f"{text!r}: expected STAGE:KIND:KEY[:TIMES] with STAGE in {STAGES}, KIND in {KINDS}"
+            )
+        if parts[1] == "nan" and parts[0] != "denoise":
+            raise ConfigError("--inject-fault", "", detail=f"{text!r}: nan faults corrupt denoise output only")
+        times = None
+        if len(parts) == 4:
+            if not parts[3].isdigit() or int(parts[3]) < 1:
+                raise ConfigError("--inject-fault", "", detail=f"{text!r}: TIMES must be a positive integer")
+            times = int(parts[3])
+        return cls(parts[0], parts[1], parts[2], times)
+
+    def fires(self, stage: str, keys: list[str], attempt: int) -> bool:
+        return self.stage == stage and self.key in keys and (self.times is None or attempt < self.times)
+
+
+def before_stage(faults: tuple[Fault, ...], stage: str, keys: list[str], attempt: int) -> None:
+    for fault in faults:
+        if fault.kind == "raise" and fault.fires(stage, keys, attempt):
+            raise InjectedFault(f"injected fault in {stage} for sample {fault.key} (attempt {attempt})")
+
+
+def after_stage(faults: tuple[Fault, ...], stage: str, result: dict, attempt: int) -> None:
+    for fault in faults:
+        if fault.kind == "nan" and fault.fires(stage, result["keys"], attempt):
+            latents = np.array(result["latents"])  # writable copy
+            latents[result["keys"].index(fault.key)] = np.nan
+            result["latents"] = latents

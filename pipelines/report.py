@@ -1,0 +1,286 @@
+"""The job report: every run's accounting (OUTPUT/runs/*.json) summed into one, next to the data.
+
+    OUTPUT/report.json   totals, per-stage figures over all runs, one row per run, the bottleneck
+    OUTPUT/report.md     the same, readable; its first lines name the bottleneck stage
+    OUTPUT/report.png    per-stage throughput and utilisation over time (pipelines/chart.py)
+
+Rebuilt from the run reports at the end of every run and by `latentmill report OUTPUT`, which
+also works while a job runs: a running run keeps its runs/RUN_ID.json current.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import time
+
+from pipelines.accounting import STAGE_ORDER, cost_of, percentiles_from_histogram
+from pipelines.errors import OutputError
+from pipelines.sinks.layout import OutputLayout
+from pipelines.sinks.storage import read_json, write_atomic
+
+RUNS_DIR = "runs"
+REPORT_JSON, REPORT_MD, REPORT_PNG = "report.json", "report.md", "report.png"
+# A run whose report says "running" but was not updated for this long was killed.
+STALE_AFTER_S = 60.0
+
+_SUMMED = (
+    "items_in", "items_out", "batches", "failed_batches", "busy_s", "actor_s", "reserved_actor_s", "idle_s",
+    "waiting_for_input_s", "input_backlog_s", "queued_batch_s", "backpressured_s", "gpu_s", "cpu_s", "observed_s",
+)
+
+
+def open_job_output(url: str, storage=None) -> OutputLayout:
+    """The layout of a job output, or an OutputError that says why `url` is not one."""
+    try:
+        layout = OutputLayout(url, storage)
+        record = layout.read_job()
+    except OutputError:
+        raise
+    except Exception as exc:
+        raise OutputError(f"{url!r} cannot be read as a job output: {type(exc).__name__}: {exc}") from None
+    if record is None:
+        what = "does not exist" if not layout.fs.exists(layout.root) else "has no latentmill.json"
+        raise OutputError(
+            f"{url!r} is not a latentmill job output: it {what}. Give the output.url of a job "
+            "(the folder holding latentmill.json, index.json and shards/)"
+        )
+    return layout
+
+
+def load_runs(layout: OutputLayout) -> list[dict]:
+    directory = layout.path(RUNS_DIR)
+    try:
+        names = sorted(posixpath.basename(p) for p in layout.fs.ls(directory, detail=False, refresh=True))
+    except FileNotFoundError:
+        return []
+    runs = [read_json(layout.fs, posixpath.join(directory, n)) for n in names if n.endswith(".json")]
+    return sorted(runs, key=lambda r: r.get("started", ""))
+
+
+def build_job_report(layout: OutputLayout, now: float | None = None) -> dict:
+    now = time.time() if now is None else now
+    record = layout.read_job() or {}
+    index = layout.read_index()
+    runs = [_run_status(run, now) for run in load_runs(layout)]
+    wall = sum(run.get("wall_s", 0.0) for run in runs)
+    stages = aggregate_stages([run.get("stages", {}) for run in runs], wall)
+    generated = sum(run.get("generated", 0) for run in runs)
+    gpu_hours = sum(run.get("gpu_hours", 0.0) for run in runs)
+    cpu_hours = sum(run.get("cpu_hours", 0.0) for run in runs)
+    priced = [run["cost"] for run in runs if run.get("cost")]
+    prices = priced[-1] if priced else None  # the latest prices given
+    committed = index.get("samples", 0)
+    planned = record.get("planned", 0)
+    running = [run for run in runs if run["status"] == "running"]
+    complete = len(index.get("shards", [])) == record.get("shards", -1)
+    return {
+        "job": record.get("name"),
+        "output": layout.url,
+        "status": "running" if running else ("complete" if complete else "incomplete"),
+        "planned": planned,
+        "committed": committed,
+        "failed_samples": index.get("failed", 0),
+        "committed_shards": len(index.get("shards", [])),
+        "planned_shards": record.get("shards"),
+        "eta_s": running[-1].get("eta_s") if running else None,
+        "bottleneck": bottleneck(stages),
+        "totals": {
+            "runs": len(runs),
+            "wall_s": round(wall, 3),
+            "generated": generated,
+            "images_per_s": round(generated / wall, 3) if wall > 0 else None,
+            "gpu_hours": round(gpu_hours, 8),
+            "cpu_hours": round(cpu_hours, 8),
+            "cost": cost_of(gpu_hours, cpu_hours, prices, generated),
+        },
+        "stages": stages,
+        "runs": [_run_row(run) for run in runs],
+        "generated_at": round(now, 3),
+    }
+
+
+def _run_status(run: dict, now: float) -> dict:
+    if run.get("status") == "running" and now - run.get("updated_unix", now) > STALE_AFTER_S:
+        run = {**run, "status": "interrupted"}  # killed: its accounting stops at its last update
+    return run
+
+
+def _run_row(run: dict) -> dict:
+    keys = ("run_id", "status", "started", "updated", "wall_s", "startup_s", "already_committed", "generated",
+            "samples_per_s", "gpu_hours", "cpu_hours", "cost", "error")
+    row = {k: run.get(k) for k in keys}
+    row["failed_samples"] = run.get("failed", run.get("failed_samples", 0))
+    row["timeline"] = run.get("timeline", [])
+    return row
+
+
+def aggregate_stages(per_run: list[dict], wall_s: float) -> dict:
+    """Sum per-stage figures over runs; derive ratios and percentiles from the sums."""
+    names = sorted({n for stages in per_run for n in stages}, key=lambda n: (STAGE_ORDER + (n,)).index(n))
+    out = {}
+    for name in names:
+        parts = [stages[name] for stages in per_run if name in stages]
+        total = {k: sum(p.get(k) or 0 for p in parts) for k in _SUMMED}
+        service_hist, latency_hist = _merge([p.get("service_hist", {}) for p in parts]), _merge(
+            [p.get("latency_hist", {}) for p in parts]
+        )
+        latency_n = sum(latency_hist.values())
+        latency_sum = sum((p["latency_s"]["mean"] or 0) * sum(p.get("latency_hist", {}).values()) for p in parts)
+        mean_actors = total["actor_s"] / total["observed_s"] if total["observed_s"] > 0 else None
+        items, busy = total["items_out"], total["busy_s"]
+        out[name] = {
+            **{k: round(v, 4) if isinstance(v, float) else v for k, v in total.items()},
+            "kind": parts[-1].get("kind"),
+            "utilisation": round(busy / total["actor_s"], 4) if total["actor_s"] > 0 else None,
+            "items_per_s": round(items / wall_s, 3) if wall_s > 0 else None,
+            "capacity_items_per_s": round(items * mean_actors / busy, 3) if busy > 0 and mean_actors else None,
+            "items_per_busy_s": round(items / busy, 3) if busy > 0 else None,
+            "gpu_s_per_item": round(total["gpu_s"] / items, 6) if items else None,
+            "cpu_s_per_item": round(total["cpu_s"] / items, 6) if items else None,
+            "batch_s": {
+                "mean": round(busy / total["batches"], 4) if total["batches"] else None,
+                **percentiles_from_histogram(service_hist),
+                "max": max((p["batch_s"]["max"] or 0 for p in parts), default=None),
+            },
+            "latency_s": {
+                "mean": round(latency_sum / latency_n, 4) if latency_n else None,
+                **percentiles_from_histogram(latency_hist),
+                "max": max((p["latency_s"]["max"] or 0 for p in parts), default=None),
+            },
+            "actors": {
+                "min": min(p["actors"]["min"] for p in parts),
+                "max": max(p["actors"]["max"] for p in parts),
+                "mean": round(mean_actors, 3) if mean_actors is not None else None,
+            },
+            "service_hist": service_hist,
+            "latency_hist": latency_hist,
+        }
+    return out
+
+
+def _merge(hists: list[dict]) -> dict:
+    merged: dict[str, int] = {}
+    for hist in hists:
+        for bucket, count in hist.items():
+            merged[str(bucket)] = merged.get(str(bucket), 0) + count
+    return dict(sorted(merged.items(), key=lambda kv: int(kv[0])))
+
+
+def bottleneck(stages: dict) -> dict | None:
+    """The stage with the lowest capacity (items/s it could do with its actors if never starved)."""
+    rated = {n: s["capacity_items_per_s"] for n, s in stages.items() if s.get("capacity_items_per_s")}
+    if not rated:
+        return None
+    name = min(rated, key=rated.get)
+    s = stages[name]
+    others = ", ".join(f"{n} {c:.3g}/s" for n, c in rated.items() if n != name)
+    util = f"{100 * s['utilisation']:.0f}% busy" if s.get("utilisation") is not None else "busy time unknown"
+    actors = s["actors"]["mean"]
+    return {
+        "stage": name,
+        "capacity_items_per_s": rated[name],
+        "why": (
+            f"lowest capacity: {rated[name]:.3g} items/s with {actors:g} "
+            f"{'slots' if s.get('kind') == 'tasks' else 'actors'} on average ({util})"
+            + (f"; others: {others}" if others else "")
+        ),
+    }
+
+
+# -- rendering --------------------------------------------------------------------------------
+
+
+def _num(value, digits: int = 2, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, int):
+        return f"{value:,}{unit}"
+    return f"{value:,.{digits}f}{unit}"
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.0f}%"
+
+
+def render_markdown(report: dict, chart: bool = True) -> str:
+    b = report["bottleneck"]
+    t = report["totals"]
+    cost = t["cost"]
+    lines = [
+        f"# latentmill report: {report['job']}",
+        "",
+        f"**Bottleneck: {b['stage']}** ({b['why']})" if b else "**Bottleneck: unknown** (no stage finished a batch yet)",
+        "",
+        f"Status: **{report['status']}**: {report['committed']:,}/{report['planned']:,} samples committed "
+        f"({report['committed_shards']}/{report['planned_shards']} shards"
+        + (f", {report['failed_samples']} failed samples" if report.get("failed_samples") else "")
+        + f") over {t['runs']} run(s)"
+        + (f"; ETA {report['eta_s']:.0f} s" if report.get("eta_s") is not None else "")
+        + f". Output: `{report['output']}`",
+        "",
+        "## Totals (all runs)",
+        "",
+        "| wall time | images generated | images/s | GPU-hours | CPU-hours | cost | cost per 1,000 images |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+        f"| {_num(t['wall_s'], 1, ' s')} | {t['generated']:,} | {_num(t['images_per_s'], 3)} | "
+        f"{_num(t['gpu_hours'], 5)} | {_num(t['cpu_hours'], 5)} | "
+        + (f"{cost['total']:.4f} {cost['currency']} | {_num(cost['per_1000_images'], 4)} {cost['currency']} |"
+           if cost else "not priced | add `cost: {gpu_hour: ..., cpu_hour: ...}` to the spec |"),
+        "",
+        "## Stages (all runs)",
+        "",
+        "| stage | items in | items out | batches | items/s | busy s | idle s | utilisation | capacity items/s | batch s mean / p50 / p95 "
+        "| latency s p50 / p95 | waiting for input s | input backlog s | backpressured s | actors min-max (mean) "
+        "| GPU-s/item | CPU-s/item |",
+        "| --- " * 17 + "|",
+    ]
+    for name, s in report["stages"].items():
+        bs, lat, act = s["batch_s"], s["latency_s"], s["actors"]
+        lines.append(
+            f"| {name} | {s['items_in']:,} | {s['items_out']:,} | {s['batches']:,} | {_num(s['items_per_s'])} | {_num(s['busy_s'], 1)} | "
+            f"{_num(s['idle_s'], 1)} | {_pct(s['utilisation'])} | {_num(s['capacity_items_per_s'])} | "
+            f"{_num(bs['mean'], 3)} / {_num(bs['p50'], 3)} / {_num(bs['p95'], 3)} | {_num(lat['p50'], 3)} / {_num(lat['p95'], 3)} | "
+            f"{_num(s['waiting_for_input_s'], 1)} | {_num(s['input_backlog_s'], 1)} | {_num(s['backpressured_s'], 1)} | "
+            f"{act['min']}-{act['max']} ({_num(act['mean'])}) | {_num(s['gpu_s_per_item'], 4)} | {_num(s['cpu_s_per_item'], 4)} |"
+        )
+    lines += [
+        "",
+        "## Runs",
+        "",
+        "| run | status | started | wall s | already committed | generated | images/s | GPU-hours | CPU-hours | cost |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in report["runs"]:
+        cost_text = f"{r['cost']['total']:.4f} {r['cost']['currency']}" if r.get("cost") else "-"
+        lines.append(
+            f"| {r['run_id']} | {r['status']} | {r['started']} | {_num(r['wall_s'], 1)} | {r['already_committed']:,} | "
+            f"{r['generated']:,} | {_num(r['samples_per_s'], 3)} | {_num(r['gpu_hours'], 5)} | {_num(r['cpu_hours'], 5)} | {cost_text} |"
+        )
+    if chart:
+        lines += ["", f"![per-stage throughput and utilisation]({REPORT_PNG})"]
+    lines += [
+        "",
+        "How to read it: *busy* is time a stage's code ran, summed over its actors; *utilisation* is busy / the time its "
+        "actors were ready; *capacity* is what a stage could do with its actors if it never waited, and the bottleneck is "
+        "the stage with the lowest. *Waiting for input*: wall time with an idle actor and nothing queued for it. *Input "
+        "backlog*: wall time with batches queued and no free actor slot (this stage holds up the one before). "
+        "*Backpressured*: wall time this stage's output waited for the next stage. GPU- and CPU-seconds are allocated "
+        "resources x time (model loading included, idle included), which is what cost is computed from. The write stage "
+        "runs as tasks: its actors are write slots and it holds CPUs only while a write runs.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_job_report(layout: OutputLayout) -> dict:
+    """Write report.json, report.md and report.png next to the data; returns the report."""
+    from pipelines.chart import render_chart
+
+    report = build_job_report(layout)
+    png = render_chart(report)
+    write_atomic(layout.fs, layout.path(REPORT_JSON), json.dumps(report, indent=2, sort_keys=True).encode())
+    write_atomic(layout.fs, layout.path(REPORT_MD), render_markdown(report, chart=png is not None).encode())
+    if png is not None:
+        write_atomic(layout.fs, layout.path(REPORT_PNG), png)
+    return report

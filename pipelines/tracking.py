@@ -1,0 +1,58 @@
+"""What watches a run: the run report kept current on storage, live progress, and Ray metrics.
+
+Each is a listener of pipelines.accounting.RunAccounting: `update(acc)` after every driver-loop
+turn (each decides how often it acts), `finish(acc, report)` once at the end, failed runs included.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from pipelines.metrics import RayMetrics
+from pipelines.progress import LiveProgress
+from pipelines.report import write_job_report
+
+
+def run_listeners(layout, job_name: str, progress: bool) -> list:
+    listeners = [RunReportWriter(layout), RayMetrics(job_name)]
+    if progress:
+        listeners.append(LiveProgress(job_name))
+    return listeners
+
+
+class RunReportWriter:
+    """Keeps OUTPUT/runs/RUN_ID.json current while the run goes (so `latentmill report` works on a
+    running job, and a killed run still leaves its accounting up to its last commit), then writes
+    the job report (report.json, report.md, report.png) over all runs."""
+
+    def __init__(self, layout, every_s: float = 10.0, min_gap_s: float = 2.0):
+        self.layout = layout
+        self.every_s, self.min_gap_s = every_s, min_gap_s
+        self._last = float("-inf")
+        self._written = -1
+
+    def update(self, acc) -> None:
+        now = time.monotonic()
+        committed_more = acc.written != self._written
+        if now - self._last >= self.every_s or (committed_more and now - self._last >= self.min_gap_s):
+            self.layout.write_run_report(acc.run_id, acc.report())
+            self._last, self._written = now, acc.written
+
+    def finish(self, acc, report: dict) -> None:
+        try:
+            self.layout.write_run_report(acc.run_id, report)
+        except Exception as exc:
+            if acc.status != "failed":
+                raise
+            # The run is failing already (storage down?): say so, and let its own error through.
+            print(f"warning: could not write the run report: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return
+        try:
+            write_job_report(self.layout)
+        except Exception as exc:  # the data and the run report are written; the summary can be redone
+            print(
+                f"warning: could not write the job report ({type(exc).__name__}: {exc}); "
+                f"`latentmill report {self.layout.url}` rebuilds it",
+                file=sys.stderr,
+            )

@@ -1,0 +1,179 @@
+"""Throughput accounting checked against what really happened, on real runs on the local Ray."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import yaml
+
+from jobs.cli import main as cli_main
+from jobs.local import run_job
+from jobs.spec import parse_spec
+from pipelines.accounting import bucket_of, exact_percentile, percentiles_from_histogram
+from pipelines.errors import SchedulingError
+from pipelines.report import build_job_report, open_job_output
+from pipelines.verify import verify_output
+from tests.jobspecs import spec_dict
+
+PRICES = {"gpu_hour": 2.5, "cpu_hour": 0.04}
+# Denoise holds one (logical) GPU per actor, so GPU-seconds are not trivially zero.
+CHANGES = {"cost": PRICES, "stages__denoise__num_gpus": 1}
+
+
+def make_spec(output, **changes):
+    return parse_spec(yaml.safe_dump(spec_dict(output, **{**CHANGES, **changes})), source="test.yaml")
+
+
+@pytest.fixture(scope="module")
+def finished(ray_cluster, tmp_path_factory):
+    out = tmp_path_factory.mktemp("accounting") / "out"
+    report = run_job(make_spec(out), progress=False)
+    return out, report
+
+
+def test_item_counts_equal_samples_written(finished):
+    out, report = finished
+    written = verify_output(str(out))["samples"]
+    assert written == report["generated"] == 24
+    for name in ("denoise", "decode", "write"):
+        stage = report["stages"][name]
+        assert stage["items_in"] == stage["items_out"] == written, name
+        assert stage["failed_batches"] == 0
+    assert report["stages"]["denoise"]["batches"] == report["stages"]["decode"]["batches"] == 6  # 24 / batch_size 4
+    assert report["stages"]["write"]["batches"] == 3  # one write per shard of 8
+
+
+def test_busy_time_fits_in_the_actor_time_held(finished):
+    _, report = finished
+    for name, stage in report["stages"].items():
+        assert 0 < stage["busy_s"] <= report["wall_s"] * stage["actors"]["max"], name
+        # Busy is measured inside the actors, actor time by the driver: they must agree.
+        assert stage["busy_s"] <= stage["actor_s"] * 1.02 + 0.05, name
+        assert 0 < stage["utilisation"] <= 1.02, name
+        assert stage["idle_s"] == pytest.approx(max(0.0, stage["actor_s"] - stage["busy_s"]), abs=2e-3)
+        latency = stage["latency_s"]
+        assert latency["p50"] <= latency["p95"] <= latency["max"]
+        # A batch's latency (submission to result) includes its service time.
+        assert latency["max"] >= stage["batch_s"]["max"] - 0.01
+    # Reserved time includes model loading, so it is at least the ready time.
+    denoise = report["stages"]["denoise"]
+    assert denoise["reserved_actor_s"] >= denoise["actor_s"] - 1e-3
+    assert report["startup_s"] > 0
+
+
+def test_gpu_seconds_and_cost_are_resource_hours_times_price(finished):
+    _, report = finished
+    denoise, decode, write = (report["stages"][n] for n in ("denoise", "decode", "write"))
+    assert denoise["gpus_per_actor"] == 1 and decode["gpus_per_actor"] == 0
+    assert denoise["gpu_s"] == pytest.approx(denoise["reserved_actor_s"], rel=1e-3)
+    assert decode["gpu_s"] == write["gpu_s"] == 0
+    assert denoise["gpu_s_per_item"] == pytest.approx(denoise["gpu_s"] / 24, rel=1e-3)
+    assert decode["cpu_s"] == pytest.approx(0.5 * decode["reserved_actor_s"], rel=1e-3)
+    assert write["cpu_s"] == pytest.approx(0.25 * write["reserved_actor_s"], rel=1e-3)
+    gpu_hours = sum(s["gpu_s"] for s in report["stages"].values()) / 3600
+    cpu_hours = sum(s["cpu_s"] for s in report["stages"].values()) / 3600
+    assert report["gpu_hours"] == pytest.approx(gpu_hours, rel=1e-4) and gpu_hours > 0
+    assert report["cpu_hours"] == pytest.approx(cpu_hours, rel=1e-4)
+    cost = report["cost"]
+    assert cost["total"] == pytest.approx(gpu_hours * 2.5 + cpu_hours * 0.04, rel=1e-3)
+    assert cost["per_1000_images"] == pytest.approx(1000 * cost["total"] / 24, rel=1e-3)
+
+
+def test_reports_are_written_next_to_the_data(finished):
+    out, report = finished
+    (run_file,) = (out / "runs").iterdir()
+    saved = json.loads(run_file.read_text())
+    assert saved["run_id"] == report["run_id"] and saved["status"] == "finished"
+    job = json.loads((out / "report.json").read_text())
+    assert job["status"] == "complete" and job["committed"] == 24 and job["totals"]["runs"] == 1
+    assert job["bottleneck"]["stage"] in {"denoise", "decode", "write"}
+    markdown = (out / "report.md").read_text().splitlines()
+    assert f"Bottleneck: {job['bottleneck']['stage']}" in "\n".join(markdown[:3])
+    assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    timeline = saved["timeline"]
+    assert timeline[-1]["items"]["write"] == 24 and timeline[-1]["committed"] == 24
+    assert all(a["t"] <= b["t"] for a, b in zip(timeline, timeline[1:]))
+
+
+def test_report_command_names_the_bottleneck_first(finished, capsys):
+    out, _ = finished
+    assert cli_main(["report", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    stage = json.loads((out / "report.json").read_text())["bottleneck"]["stage"]
+    assert any(line.startswith(f"**Bottleneck: {stage}**") for line in lines[:3]), lines[:3]
+    assert cli_main(["report", str(out), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["totals"]["generated"] == 24 and printed["bottleneck"]["stage"] == stage
+
+
+def test_resumed_job_totals_are_the_sum_of_its_runs(finished, tmp_path):
+    """Second run: the last shard's commit marker is lost (as if the first run died while writing it)."""
+    first_out, first = finished
+    out = tmp_path / "out"
+    shutil.copytree(first_out, out)
+    (out / "shards" / "00002.done.json").unlink()
+    second = run_job(make_spec(out), progress=False)
+    assert (second["already_committed"], second["generated"]) == (16, 8)
+    assert verify_output(str(out))["ok"]
+
+    job = build_job_report(open_job_output(str(out)))
+    runs = (first, second)
+    assert [r["run_id"] for r in job["runs"]] == [r["run_id"] for r in runs]
+    totals = job["totals"]
+    assert totals["runs"] == 2 and totals["generated"] == 24 + 8  # the lost shard was generated twice
+    assert job["committed"] == 24 and job["status"] == "complete"
+    for key in ("wall_s", "gpu_hours", "cpu_hours"):
+        assert totals[key] == pytest.approx(sum(r[key] for r in runs), rel=1e-4), key
+    assert totals["cost"]["total"] == pytest.approx(sum(r["cost"]["total"] for r in runs), rel=1e-3)
+    for name in ("denoise", "decode", "write"):
+        for key in ("items_in", "items_out", "batches", "busy_s", "actor_s", "gpu_s", "cpu_s"):
+            expected = sum(r["stages"][name][key] for r in runs)
+            assert job["stages"][name][key] == pytest.approx(expected, rel=1e-3, abs=1e-3), (name, key)
+        assert job["stages"][name]["items_out"] == 32
+    # Both runs are in the markdown, and the job report on disk is the aggregate.
+    assert json.loads((out / "report.json").read_text())["totals"]["generated"] == 32
+    markdown = (out / "report.md").read_text()
+    assert first["run_id"] in markdown and second["run_id"] in markdown
+
+
+def test_running_and_killed_runs_are_told_apart(finished, tmp_path):
+    """A run report that says running is live while it is being updated, interrupted once it stops."""
+    out = tmp_path / "out"
+    shutil.copytree(finished[0], out)
+    (run_file,) = (out / "runs").iterdir()
+    run = json.loads(run_file.read_text())
+    run.update(status="running", eta_s=12.0)
+    run_file.write_text(json.dumps(run))
+    layout = open_job_output(str(out))
+    live = build_job_report(layout, now=run["updated_unix"] + 5)
+    assert live["status"] == "running" and live["eta_s"] == 12.0
+    dead = build_job_report(layout, now=run["updated_unix"] + 3600)
+    assert dead["runs"][0]["status"] == "interrupted" and dead["eta_s"] is None
+
+
+def test_latency_histograms_merge_within_their_bucket_width():
+    values = [0.02 * 1.003**i for i in range(1500)] + [0.2] * 300  # dense, so ranks interpolate little
+    hist: dict[int, int] = {}
+    for v in values:
+        hist[bucket_of(v)] = hist.get(bucket_of(v), 0) + 1
+    approx = percentiles_from_histogram(hist)
+    for name, q in (("p50", 0.5), ("p95", 0.95)):
+        exact = exact_percentile(values, q)
+        # Buckets are 5% wide and report their middle: within 2.5% (plus rounding) of the exact value.
+        assert exact / 1.03 <= approx[name] <= exact * 1.03, (name, approx[name], exact)
+
+
+def test_a_failed_run_still_leaves_its_report(ray_cluster, tmp_path):
+    """Actors that cannot start in time fail the run; its report says so and counts what it held."""
+    out = tmp_path / "out"
+    with pytest.raises(SchedulingError, match="did not start"):
+        run_job(make_spec(out), progress=False, start_timeout_s=0.01)
+    (run_file,) = (out / "runs").iterdir()
+    run = json.loads(run_file.read_text())
+    assert run["status"] == "failed" and "did not start" in run["error"]
+    assert run["generated"] == 0
+    job = json.loads((out / "report.json").read_text())
+    assert job["status"] == "incomplete" and job["runs"][0]["status"] == "failed"
+    assert job["committed"] == 0 and job["bottleneck"] is None
