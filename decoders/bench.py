@@ -49,6 +49,9 @@ def parse_args(argv):
                    help="skip timing rows whose counted GFLOP exceed this (params/FLOPs still reported)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads on CPU")
     p.add_argument("--no-latency", action="store_true", help="params and FLOPs only (fast, no weights allocated)")
+    p.add_argument("--interleave", action="store_true",
+                   help="time all decoders of a size round-robin in one process, so load from other processes "
+                        "hits each alike (fairer speed-ups on a shared machine; peak memory not measured)")
     p.add_argument("--in-process", action="store_true",
                    help="time CPU rows in this process (faster start; CPU peak memory less meaningful)")
     p.add_argument("--json", action="store_true", help="one JSON object per decoder, size and device/dtype")
@@ -172,6 +175,7 @@ def run(args) -> list[dict]:
         for size in args.sizes:
             # Baselines first, so every row can report its speed-up.
             names = sorted(args.decoders, key=lambda n: n not in (IMAGE_BASELINE, VIDEO_BASELINE))
+            rr = _interleaved(args, names, device, dtype_name, size, flops) if args.interleave and device != "meta" else {}
             for name in names:
                 spec = SPECS[name]
                 frames = args.frames if spec.is_video else 1
@@ -187,7 +191,7 @@ def run(args) -> list[dict]:
                     "flops_ratio": round(base_gflop / gflop, 2),  # how many times fewer FLOPs
                 }
                 if device != "meta":
-                    row.update(_time_row(args, name, device, dtype_name, size, frames, gflop))
+                    row.update(rr[name] if rr else _time_row(args, name, device, dtype_name, size, frames, gflop))
                     if row.get("median_s"):
                         timed[(name, size)] = (row["median_s"], row["min_s"])
                     base = timed.get((baseline, size))
@@ -209,6 +213,40 @@ def _time_row(args, name, device, dtype_name, size, frames, gflop) -> dict:
     if device == "cpu" and not args.in_process:
         return _time_row_subprocess(args, name, dtype_name, size, frames)
     return _time_row_here(args, name, device, dtype_name, size, frames)
+
+
+def _interleaved(args, names, device, dtype_name, size, flops) -> dict[str, dict]:
+    """Round-robin timing: repeat r decodes every decoder once before repeat r+1 starts."""
+    decs, zs, out = {}, {}, {}
+    for name in names:
+        frames = args.frames if SPECS[name].is_video else 1
+        gflop = flops(name, size, frames) / 1e9
+        if args.max_gflop is not None and gflop > args.max_gflop:
+            out[name] = {"skipped": f"{gflop:.0f} GFLOP > --max-gflop {args.max_gflop:g}", "median_s": None}
+            continue
+        decs[name] = build(name, device=device, dtype=DTYPES[dtype_name])
+        lead = (args.batch, frames) if decs[name].is_video else (args.batch,)
+        zs[name] = torch.randn(*lead, 4, size // 8, size // 8, generator=torch.Generator().manual_seed(0)).to(device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    times = {n: [] for n in decs}
+    for n in decs:
+        for _ in range(args.warmup):
+            decs[n].decode(zs[n])
+    for _ in range(args.repeats):
+        for n in decs:
+            sync()
+            t0 = time.perf_counter()
+            decs[n].decode(zs[n])
+            sync()
+            times[n].append(time.perf_counter() - t0)
+    for n, ts in times.items():
+        out[n] = {
+            "median_s": statistics.median(ts), "min_s": min(ts), "max_s": max(ts),
+            "stdev_s": statistics.stdev(ts) if len(ts) > 1 else 0.0, "repeats": len(ts), "warmup": args.warmup,
+            "peak_mem_mb": None, "mem_method": "not measured (--interleave)", "interleaved": True,
+            "compute_dtype": str(decs[n].dtype).replace("torch.", ""), "loadavg_1m": round(os.getloadavg()[0], 2),
+        }
+    return out
 
 
 def _time_row_subprocess(args, name, dtype_name, size, frames) -> dict:

@@ -34,28 +34,41 @@ SCALE_SPEC = {
 
 
 class MemorySampler:
-    """Peak RSS of this process (the driver) and of Ray's worker processes, sampled in a thread."""
+    """Peak memory of this process (the driver) and of Ray's worker processes, sampled in a thread.
 
-    def __init__(self, exclude_pids: set[int], interval_s: float = 0.5):
+    RSS counts the object-store pages a worker has touched (shared memory, bounded by the store),
+    so it creeps up as a run goes on; USS counts memory private to the process, where a leak shows.
+    """
+
+    def __init__(self, exclude_pids: set[int], interval_s: float = 1.0):
         self.exclude, self.interval = exclude_pids, interval_s
-        self.driver_peak = self.workers_peak = self.largest_worker_peak = 0
+        self.peaks = {"driver_rss": 0, "driver_uss": 0, "workers_rss": 0, "workers_uss": 0, "largest_worker_uss": 0}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self, me: psutil.Process) -> None:
+        driver = me.memory_full_info()
+        workers = []
+        for child in me.children(recursive=True):
+            try:
+                if child.pid not in self.exclude and child.cmdline()[:1] and child.cmdline()[0].startswith("ray::"):
+                    workers.append(child.memory_full_info())
+            except psutil.Error:
+                continue  # a worker that ended between listing and reading
+        now = {
+            "driver_rss": driver.rss,
+            "driver_uss": driver.uss,
+            "workers_rss": sum(w.rss for w in workers),
+            "workers_uss": sum(w.uss for w in workers),
+            "largest_worker_uss": max((w.uss for w in workers), default=0),
+        }
+        for name, value in now.items():
+            self.peaks[name] = max(self.peaks[name], value)
 
     def _run(self):
         me = psutil.Process()
         while not self._stop.is_set():
-            self.driver_peak = max(self.driver_peak, me.memory_info().rss)
-            workers = []
-            for child in me.children(recursive=True):
-                try:
-                    if child.pid not in self.exclude and child.cmdline()[:1] and child.cmdline()[0].startswith("ray::"):
-                        workers.append(child.memory_info().rss)
-                except psutil.Error:
-                    continue  # a worker that ended between listing and reading
-            if workers:
-                self.workers_peak = max(self.workers_peak, sum(workers))
-                self.largest_worker_peak = max(self.largest_worker_peak, max(workers))
+            self._sample(me)
             self._stop.wait(self.interval)
 
     def __enter__(self):
@@ -91,9 +104,7 @@ def run_one(target: str, images: int, url: str, storage: dict | None, exclude: s
         "images_per_s": round(report["generated"] / wall, 1),
         "unique_keys": result["unique_keys"],
         "verified": result["ok"],
-        "driver_peak_mb": round(memory.driver_peak * mb),
-        "workers_peak_mb": round(memory.workers_peak * mb),
-        "largest_worker_peak_mb": round(memory.largest_worker_peak * mb),
+        **{f"{name}_peak_mb": round(value * mb) for name, value in memory.peaks.items()},
     }
 
 
@@ -101,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="latentmill bench scale", description=__doc__)
     parser.add_argument("--images", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--targets", nargs="+", choices=["local", "s3"], default=["local", "s3"])
+    parser.add_argument("--warmup", type=int, default=2000,
+                        help="images of one unreported run per target first, so one-time growth (imports, "
+                             "worker start) is not charged to the first measured size")
     parser.add_argument("--workdir", help="where local outputs go (default: a temporary folder, removed after)")
     parser.add_argument("--json", action="store_true", help="one JSON object per run instead of the table")
     args = parser.parse_args(argv)
@@ -120,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     try:
         for target in args.targets:
-            for images in args.images:
+            sizes = ([(args.warmup, True)] if args.warmup else []) + [(n, False) for n in args.images]
+            for images, warmup in sizes:
                 run_id = f"{target}-{images}-{int(time.time())}"
                 if target == "local":
                     url, storage = os.path.join(workdir, run_id), None
@@ -129,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
                     storage = {"endpoint_url": server.endpoint, "access_key_id_env": "LATENTMILL_BENCH_S3_KEY",
                                "secret_access_key_env": "LATENTMILL_BENCH_S3_SECRET"}
                 row = run_one(target, images, url, storage, exclude)
+                row["warmup"] = warmup
                 rows.append(row)
                 print(json.dumps(row) if args.json else f"done: {row}", flush=True)
                 if target == "local":
@@ -139,17 +155,20 @@ def main(argv: list[str] | None = None) -> int:
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
     if not args.json:
-        print(format_table(rows))
+        print(format_table([r for r in rows if not r["warmup"]]))
     return 0 if all(r["verified"] and r["unique_keys"] == r["images"] for r in rows) else 1
 
 
 def format_table(rows: list[dict]) -> str:
-    header = "| target | images | wall s | images/s | verified unique keys | driver peak MB | Ray workers peak MB (sum) | largest worker MB |"
-    lines = [header, "|" + "---|" * 8]
+    columns = ["driver_rss", "driver_uss", "workers_rss", "workers_uss", "largest_worker_uss"]
+    lines = [
+        "| target | images | wall s | images/s | verified unique keys | " + " | ".join(f"{c} peak MB" for c in columns) + " |",
+        "|" + "---|" * (5 + len(columns)),
+    ]
     for r in rows:
         lines.append(
             f"| {r['target']} | {r['images']:,} | {r['wall_s']} | {r['images_per_s']} | {r['unique_keys']:,} | "
-            f"{r['driver_peak_mb']} | {r['workers_peak_mb']} | {r['largest_worker_peak_mb']} |"
+            + " | ".join(str(r[f"{c}_peak_mb"]) for c in columns) + " |"
         )
     by_target: dict[str, list[dict]] = {}
     for r in rows:
@@ -157,9 +176,6 @@ def format_table(rows: list[dict]) -> str:
     for target, runs in by_target.items():
         small, large = min(runs, key=lambda r: r["images"]), max(runs, key=lambda r: r["images"])
         if small is not large:
-            lines.append(
-                f"\n{target}: peak memory at {large['images']:,} vs {small['images']:,} images: driver "
-                f"{large['driver_peak_mb'] / small['driver_peak_mb']:.3f}x, workers "
-                f"{large['workers_peak_mb'] / small['workers_peak_mb']:.3f}x"
-            )
+            ratios = ", ".join(f"{c} {large[f'{c}_peak_mb'] / small[f'{c}_peak_mb']:.3f}x" for c in columns)
+            lines.append(f"\n{target}: peak at {large['images']:,} vs {small['images']:,} images: {ratios}")
     return "\n".join(lines)

@@ -10,13 +10,14 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Union
 
 import fsspec
 import yaml
 
 from jobs.schema import build, parse_yaml
 from pipelines.config import (
+    LATENT_FACTOR,
     CostConfig,
     ModelConfig,
     OutputConfig,
@@ -45,6 +46,9 @@ class JobSpec:
     seed: int = 0
     # "sdxl-vae" (the model's own VAE), a registered lightweight decoder, or a checkpoint path.
     decoder: str = "sdxl-vae"
+    # Decode in overlapping tiles (true, or a tile size in pixels) for sizes beyond memory; for
+    # decoders that support it (sdxl-vae, taesd, tae-192).
+    decoder_tiling: Union[bool, int] = False
     stages: StagesConfig = field(default_factory=StagesConfig)
     # Prices per GPU-hour and CPU-hour for the report's cost figures; none given: no cost shown.
     cost: CostConfig | None = None
@@ -54,6 +58,13 @@ class JobSpec:
         if self.num_images is not None:
             require(self.num_images > 0, "num_images", "a positive integer", self.num_images)
         require(self.seed >= 0, "seed", "an integer >= 0", self.seed)
+        if not isinstance(self.decoder_tiling, bool):
+            require(
+                self.decoder_tiling > 0 and self.decoder_tiling % LATENT_FACTOR == 0,
+                "decoder_tiling",
+                f"true, false or a tile size in pixels (a positive multiple of {LATENT_FACTOR})",
+                self.decoder_tiling,
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -69,6 +80,7 @@ class JobSpec:
             "sampler": spec["sampler"],
             "seed": self.seed,
             "decoder": self.decoder,
+            "decoder_tiling": self.decoder_tiling,
             "output": {k: output[k] for k in ("image_format", "quality", "samples_per_shard", "save_latents")},
         }
 

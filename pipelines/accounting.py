@@ -25,7 +25,6 @@ resources are held only while a write task runs (reserved_actor_s = summed task 
 
 from __future__ import annotations
 
-import bisect
 import datetime as dt
 import math
 import time

@@ -130,15 +130,21 @@ class StagePool:
                 if m.ready_ref in ready:
                     m.info = self._get_info(m.ready_ref)
 
-    def scale_for(self, backlog: int) -> None:
-        """Add an actor when work waits, the pool is below max, and the cluster has room now."""
+    def scale_for(self, backlog: int, spare_cpus: float) -> None:
+        """Add an actor when work waits, the pool is below max, and the cluster has room now.
+
+        `spare_cpus`: CPUs no actor holds and no write task needs; taking more would starve writes.
+        """
         self.poll_new_actors()
         starting = any(m.info is None for m in self.members)
         if starting or len(self.members) >= self.max_actors or backlog <= self.free_slots():
             return
         free = ray.available_resources()
-        if free.get("CPU", 0) >= self.num_cpus and free.get("GPU", 0) >= self.num_gpus:
+        if min(spare_cpus, free.get("CPU", 0)) >= self.num_cpus and free.get("GPU", 0) >= self.num_gpus:
             self._new_actor()
+
+    def held_cpus(self) -> float:
+        return len(self.members) * self.num_cpus
 
     def free_slots(self) -> int:
         return sum(CALLS_PER_ACTOR - m.calls for m in self.members if m.info is not None)

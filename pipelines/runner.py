@@ -28,7 +28,7 @@ from pipelines.actors import StagePool, check_fits
 from pipelines.config import CostConfig, ModelConfig, OutputConfig, SamplerConfig, StagesConfig
 from pipelines.errors import OutputError
 from pipelines.faults import Fault
-from pipelines.plan import Plan, Sample, ShardPlan
+from pipelines.plan import Plan, Sample, ShardPlan, shard_name
 from pipelines.sinks.layout import OutputLayout
 from pipelines.sinks.webdataset_writer import write_shard
 from pipelines.stages.decode import Decode
@@ -48,6 +48,7 @@ class GenerationJob:
     identity: dict
     spec: dict  # the resolved spec, saved with the output (it names credentials, never holds them)
     faults: tuple[Fault, ...] = ()
+    decoder_tiling: bool | int = False
     cost: CostConfig | None = None  # prices for the report's cost figures
 
 
@@ -88,21 +89,24 @@ def run_generation(
     debris = layout.remove_debris(set(markers))
     layout.write_index(markers)
 
-    todo: deque[_ShardWork] = deque()
+    # Shards to do, as (shard index, keys to regenerate or None for all). Work items are built
+    # when a shard is activated, so the driver's memory does not grow with the plan.
+    todo: deque[tuple[int, frozenset | None]] = deque()
+    to_generate = 0
     for index in range(job.plan.num_shards):
-        shard = job.plan.shard(index)
-        marker = markers.get(shard.name)
+        marker = markers.get(shard_name(index))
         if marker is None:
-            todo.append(_ShardWork(shard, shard.samples, repair=False))
+            todo.append((index, None))
+            to_generate += job.plan.shard_size(index)
         elif retry_failed and marker.get("failed"):
-            failed = set(marker["failed_keys"])
-            todo.append(_ShardWork(shard, tuple(s for s in shard.samples if s.key in failed), repair=True))
+            todo.append((index, frozenset(marker["failed_keys"])))
+            to_generate += marker["failed"]
     run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
     accounting = RunAccounting(
         run_id=run_id,
         planned=len(job.plan),
         already_committed=sum(m["samples"] for m in markers.values()),
-        to_generate=sum(len(w.todo) for w in todo),
+        to_generate=to_generate,
         job=job.name,
         prices=vars(job.cost) if job.cost is not None else None,
         listeners=run_listeners(layout, job.name, progress),
@@ -141,6 +145,7 @@ def _make_pools(job: GenerationJob) -> dict[str, StagePool]:
         "quality": job.output.quality,
         "save_latents": job.output.save_latents,
         "dtype": job.model.dtype,
+        "tiling": job.decoder_tiling,
     }
     pools = {
         "denoise": StagePool("denoise", Denoise, {"model": job.model, "sampler": job.sampler}, d.num_cpus,
@@ -161,6 +166,8 @@ class ShardScheduler:
         self.denoise, self.decode = pools["denoise"], pools["decode"]
         write = job.stages.write
         self.write_concurrency = write.concurrency
+        self.total_cpus = ray.cluster_resources().get("CPU", 0)
+        self.write_cpus = write.num_cpus
         # Storage outages are retried inside the task (output.storage.timeout_s); Ray retries a
         # write whose worker died.
         self.writer = ray.remote(write_shard).options(num_cpus=write.num_cpus, max_retries=3)
@@ -182,10 +189,13 @@ class ShardScheduler:
         self.waiting: dict[ray.ObjectRef, tuple] = {}  # stats or marker ref -> what it is for
         self.writes_in_flight = 0
 
-    def run(self, todo: deque[_ShardWork]) -> None:
+    def run(self, todo: deque[tuple[int, frozenset | None]]) -> None:
         while todo or self.active:
             while todo and len(self.active) < self.max_active:
-                work = todo.popleft()
+                index, only = todo.popleft()
+                shard = self.job.plan.shard(index)
+                samples = shard.samples if only is None else tuple(s for s in shard.samples if s.key in only)
+                work = _ShardWork(shard, samples, repair=only is not None)
                 self.active[work.shard.name] = work
                 size = self.job.stages.denoise.batch_size
                 self.denoise_queue.extend(_Batch(work, work.todo[i : i + size]) for i in range(0, len(work.todo), size))
@@ -196,13 +206,13 @@ class ShardScheduler:
                 self._on_ready(ref)
 
     def _submit(self) -> None:
-        self.denoise.scale_for(len(self.denoise_queue))
+        self.denoise.scale_for(len(self.denoise_queue), self._spare_cpus())
         while self.denoise_queue and self.denoise.free_slots() > 0:
             batch = self.denoise_queue.popleft()
             result_ref, stats_ref, member = self.denoise.submit([s.as_dict() for s in batch.samples], batch.attempts)
             self.waiting[stats_ref] = ("denoise", batch, result_ref, member)
             self.accounting.submitted("denoise", len(batch.samples), ref=stats_ref)
-        self.decode.scale_for(len(self.decode_queue))
+        self.decode.scale_for(len(self.decode_queue), self._spare_cpus())
         while self.decode_queue and self.decode.free_slots() > 0:
             batch, latents_ref = self.decode_queue.popleft()
             result_ref, stats_ref, member = self.decode.submit(latents_ref, batch.attempts)
@@ -218,6 +228,9 @@ class ShardScheduler:
             self.waiting[marker_ref] = ("write", work, time.time())
             self.writes_in_flight += 1
             self.accounting.submitted("write", len(work.shard.samples))  # a write (re)writes the whole shard
+
+    def _spare_cpus(self) -> float:
+        return self.total_cpus - self.denoise.held_cpus() - self.decode.held_cpus() - self.write_cpus
 
     def _on_ready(self, ref: ray.ObjectRef) -> None:
         kind, *rest = self.waiting.pop(ref)

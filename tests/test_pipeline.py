@@ -202,3 +202,17 @@ def test_model_loaded_from_a_saved_directory_gives_the_same_images(finished_job,
         return {s["__key__"]: s["png"] for s in wds.WebDataset(OutputLayout(str(url)).tar_urls(), shardshuffle=False)}
 
     assert pngs(tmp_path / "from-dir") == pngs(out)
+
+
+def test_pools_scale_up_within_the_cluster_and_leave_room_for_writes(ray_cluster, tmp_path):
+    # 2 CPUs: decode 0.5 + write 0.25 leave 1.25 for denoise actors of 0.5 each -> at most 2.
+    spec = make_spec(
+        tmp_path / "scaled",
+        ["stages.denoise.num_cpus=0.5", "stages.denoise.concurrency={min: 1, max: 4}", "stages.denoise.batch_size=2"],
+        # Long enough (~15 s) for a second actor to load its model and join.
+        num_images=64, sampler__height=128, sampler__width=128, sampler__steps=8,
+    )
+    report = run_job(spec, progress=False)
+    denoise = [a for a in report["actors"] if a["stage"] == "denoise"]
+    assert len(denoise) == 2
+    assert verify_output(str(tmp_path / "scaled"))["ok"]

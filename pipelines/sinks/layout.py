@@ -32,7 +32,7 @@ INDEX_FILE = "index.json"
 SHARD_DIR = "shards"
 MARKER_SUFFIX = ".done.json"
 FORMAT_VERSION = 1
-PLAN_ROWS_PER_GROUP = 65536
+PLAN_ROWS_PER_GROUP = 8192  # also bounds the memory writing the plan takes
 
 T = TypeVar("T")
 

@@ -30,8 +30,9 @@ def storage_options(url: str, storage: StorageConfig | None) -> dict:
     protocol, _ = fsspec.core.split_protocol(url)
     if protocol in (None, "file", "local"):
         return {"auto_mkdir": True}
-    if protocol not in S3_PROTOCOLS or storage is None:
+    if protocol not in S3_PROTOCOLS:
         return {}
+    storage = storage or StorageConfig()
     options: dict[str, Any] = {
         # Other processes (write tasks, a rerun) change these objects: cached listings would serve
         # stale sizes and ETags.

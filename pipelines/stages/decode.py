@@ -38,6 +38,7 @@ class Decode:
         quality: int = 95,
         save_latents: bool = False,
         dtype: str = "float32",
+        tiling: bool | int = False,
         device: str | None = None,
     ):
         self.image_format = image_format
@@ -45,6 +46,9 @@ class Decode:
         self.save_latents = save_latents
         self.device = device or pick_device()
         self.decoder = load_decoder(decoder, model_reference, self.device, dtype)
+        if tiling and not self.decoder.supports_tiling:
+            raise ValueError(f"decoder_tiling: decoder {decoder!r} does not support tiled decoding")
+        self.decoder.tiling = tiling
 
     def __call__(self, denoised: dict) -> dict:
         latents = torch.tensor(denoised["latents"])  # a copy: arrays from the object store are read-only

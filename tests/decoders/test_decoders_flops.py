@@ -66,3 +66,11 @@ def test_bench_times_a_decoder_and_prints_a_table(capsys):
 def test_bench_rejects_unknown_decoders():
     with pytest.raises(SystemExit):
         bench.main(["--decoders", "nope"])
+
+
+def test_bench_interleaved_mode_times_every_decoder(capsys):
+    argv = ["--decoders", "taesd,effvit", "--sizes", "64", "--repeats", "2", "--interleave", "--json"]
+    assert bench.main(argv) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["decoder"] for r in rows] == ["taesd", "effvit"]
+    assert all(r["interleaved"] and r["repeats"] == 2 and r["median_s"] > 0 for r in rows)

@@ -1,6 +1,5 @@
 """Registry, parameter counts, save/load round trips (every decoder), loading paths."""
 
-import json
 import os
 import subprocess
 import sys
