@@ -162,13 +162,22 @@ class WriteResources:
 class StagesConfig:
     # Defaults fit a 2-CPU machine with no GPU: 1 + 0.5 + 0.25 CPUs leave room for Ray itself.
     denoise: StageResources = field(default_factory=lambda: StageResources(num_cpus=1.0, batch_size=4))
-    decode: StageResources = field(default_factory=lambda: StageResources(num_cpus=0.5, batch_size=8))
+    # The decode stage decodes each denoise batch in chunks of its own batch_size (bounding decode
+    # memory), so its batch_size is at most the denoise batch_size.
+    decode: StageResources = field(default_factory=lambda: StageResources(num_cpus=0.5, batch_size=4))
     write: WriteResources = field(default_factory=WriteResources)
-    # A batch that raises is retried this many times before the job fails.
+    # A failing sample is retried this many times, then recorded as failed.
     max_retries: int = 2
 
     def __post_init__(self):
         require(self.max_retries >= 0, "max_retries", "an integer >= 0", self.max_retries)
+        require(
+            self.decode.batch_size <= self.denoise.batch_size,
+            "decode.batch_size",
+            f"at most stages.denoise.batch_size ({self.denoise.batch_size}): each denoise batch is decoded "
+            "in chunks of this size",
+            self.decode.batch_size,
+        )
 
 
 @dataclass(frozen=True)

@@ -146,6 +146,7 @@ def _make_pools(job: GenerationJob) -> dict[str, StagePool]:
         "save_latents": job.output.save_latents,
         "dtype": job.model.dtype,
         "tiling": job.decoder_tiling,
+        "batch_size": c.batch_size,
     }
     pools = {
         "denoise": StagePool("denoise", Denoise, {"model": job.model, "sampler": job.sampler}, d.num_cpus,

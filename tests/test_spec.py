@@ -36,9 +36,14 @@ def test_quickstart_example_is_valid_and_plans_enough():
 
 
 def test_partial_stage_mapping_keeps_stage_defaults(tmp_path):
-    spec = parse(spec_dict(tmp_path / "o", stages={"decode": {"batch_size": 16}}))
-    assert spec.stages.decode.batch_size == 16
+    spec = parse(spec_dict(tmp_path / "o", stages={"decode": {"batch_size": 2}}))
+    assert spec.stages.decode.batch_size == 2
     assert spec.stages.decode.num_cpus == 0.5 and spec.stages.denoise.num_cpus == 1.0
+
+
+def test_decode_batch_larger_than_denoise_batch_is_refused(tmp_path):
+    message = error_of(spec_dict(tmp_path / "o"), ["stages.decode.batch_size=8"])
+    assert "stages.decode.batch_size: expected at most stages.denoise.batch_size (4)" in message
 
 
 def test_plan_is_deterministic_and_seeds_come_from_the_index(tmp_path):

@@ -39,8 +39,10 @@ class Decode:
         save_latents: bool = False,
         dtype: str = "float32",
         tiling: bool | int = False,
+        batch_size: int | None = None,
         device: str | None = None,
     ):
+        self.batch_size = batch_size
         self.image_format = image_format
         self.quality = quality
         self.save_latents = save_latents
@@ -56,7 +58,9 @@ class Decode:
         if not finite.all():
             bad = [key for key, ok in zip(denoised["keys"], finite.tolist()) if not ok]
             raise ValueError(f"latents of samples {bad} hold NaN or Inf (the denoiser diverged; fp16 overflow?)")
-        images = self.decoder.decode(latents)  # float in [0, 1], (B, 3, H, W)
+        # float in [0, 1], (B, 3, H, W), decoded `batch_size` samples at a time to bound memory.
+        chunk = self.batch_size or len(latents)
+        images = torch.cat([self.decoder.decode(part) for part in latents.split(chunk)])
         pixels = (images * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
         result = {
             "keys": denoised["keys"],
