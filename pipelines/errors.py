@@ -33,7 +33,3 @@ class SchedulingError(LatentmillError):
 
 class OutputError(LatentmillError):
     """The output location cannot be used as asked (another job's data, unreadable, ...)."""
-
-
-class StageFailure(LatentmillError):
-    """A stage kept failing on some samples after its retries."""

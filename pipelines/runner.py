@@ -15,7 +15,6 @@ the marker and the report, and can be retried later with `retry_failed`.
 from __future__ import annotations
 
 import datetime as dt
-import sys
 import time
 import uuid
 from collections import deque

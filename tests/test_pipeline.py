@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 
 import numpy as np
 import pytest
@@ -208,7 +207,8 @@ def test_pools_scale_up_within_the_cluster_and_leave_room_for_writes(ray_cluster
     # 2 CPUs: decode 0.5 + write 0.25 leave 1.25 for denoise actors of 0.5 each -> at most 2.
     spec = make_spec(
         tmp_path / "scaled",
-        ["stages.denoise.num_cpus=0.5", "stages.denoise.concurrency={min: 1, max: 4}", "stages.denoise.batch_size=2"],
+        ["stages.denoise.num_cpus=0.5", "stages.denoise.concurrency={min: 1, max: 4}", "stages.denoise.batch_size=2",
+         "stages.decode.batch_size=2"],
         # Long enough (~15 s) for a second actor to load its model and join.
         num_images=64, sampler__height=128, sampler__width=128, sampler__steps=8,
     )

@@ -18,7 +18,6 @@ from PIL import Image
 
 from jobs.local import run_job
 from jobs.spec import parse_spec
-from pipelines.config import StorageConfig
 from pipelines.errors import ConfigError, OutputError
 from pipelines.faults import Fault
 from pipelines.readers import ray_dataset, webdataset
