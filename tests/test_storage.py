@@ -108,12 +108,14 @@ def test_killed_actor_processes_are_restarted_and_nothing_is_lost(ray_cluster, s
     wait_for_commit(spec, thread)
     # This test process started the Ray cluster: its stage actors are its descendants.
     actors = [p for p in psutil.Process().children(recursive=True) if "StageActor" in " ".join(p.cmdline())]
-    assert {"denoise", "decode"} and len(actors) >= 2
+    assert len(actors) >= 2  # the denoise and the decode actor (a finished job's may still be exiting)
+    at_kill = len(markers(spec))
     for process in actors:
         process.send_signal(signal.SIGKILL)
+    assert at_kill < 8, "the kill must land mid-run"
     thread.join(timeout=300)
     assert "error" not in outcome, outcome.get("error")
-    assert len(markers(spec)) < 8 or outcome["report"]["generated"] == 64
+    assert outcome["report"]["generated"] == 64
     result = verify(spec)
     assert result["ok"], result["problems"]
     assert (result["unique_keys"], result["duplicates"], result["missing"]) == (64, 0, 0)
