@@ -82,7 +82,6 @@ class StagePool:
     faults: tuple = ()
     max_restarts: int = 3
     members: list[_Member] = field(default_factory=list)
-    restarted: int = 0  # actors replaced after they died for good
 
     def _new_actor(self) -> None:
         remote_cls = _RemoteStageActor.options(
@@ -160,7 +159,6 @@ class StagePool:
         member.calls -= 1
         if dead and member in self.members:
             self.members.remove(member)
-            self.restarted += 1
             if len(self.members) < self.min_actors:
                 self._new_actor()
 

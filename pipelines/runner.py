@@ -114,7 +114,7 @@ def run_generation(
     if debris:
         accounting.note(f"removed {len(debris)} files of interrupted shard writes")
     if not todo:
-        return _finish(layout, accounting, [], progress)
+        return accounting.finish([])
 
     pools = _make_pools(job)
     accounting.pools_starting()
@@ -123,7 +123,7 @@ def run_generation(
             pool.start()
         for pool in pools.values():
             pool.wait_ready(start_timeout_s)
-        ShardScheduler(job, layout, markers, pools, accounting, progress).run(todo)
+        ShardScheduler(job, layout, markers, pools, accounting).run(todo)
     except BaseException as exc:
         accounting.fail(exc, [info for pool in pools.values() for info in pool.actor_infos()])  # report kept
         raise
@@ -131,7 +131,8 @@ def run_generation(
         infos = [info for pool in pools.values() for info in pool.actor_infos()]
         for pool in pools.values():
             pool.shutdown()
-    return _finish(layout, accounting, infos, progress)
+    # Listeners (pipelines/tracking.py) write runs/RUN_ID.json and the job report, and end the live progress.
+    return accounting.finish(infos)
 
 
 def _make_pools(job: GenerationJob) -> dict[str, StagePool]:
@@ -161,8 +162,8 @@ def _make_pools(job: GenerationJob) -> dict[str, StagePool]:
 class ShardScheduler:
     """The driver loop: keeps every pool fed from bounded queues and commits shards as they finish."""
 
-    def __init__(self, job: GenerationJob, layout: OutputLayout, markers: dict, pools: dict, accounting, progress: bool):
-        self.job, self.layout, self.markers, self.accounting, self.progress = job, layout, markers, accounting, progress
+    def __init__(self, job: GenerationJob, layout: OutputLayout, markers: dict, pools: dict, accounting):
+        self.job, self.layout, self.markers, self.accounting = job, layout, markers, accounting
         self.denoise, self.decode = pools["denoise"], pools["decode"]
         write = job.stages.write
         self.write_concurrency = write.concurrency
@@ -331,8 +332,3 @@ def _job_record(job: GenerationJob) -> dict:
         "samples_per_shard": job.plan.samples_per_shard,
         "spec": job.spec,
     }
-
-
-def _finish(layout: OutputLayout, accounting: RunAccounting, actors: list[dict], progress: bool) -> dict:
-    # Listeners (pipelines/tracking.py) write runs/RUN_ID.json and the job report, and end the live progress.
-    return accounting.finish(actors)

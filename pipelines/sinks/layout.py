@@ -40,7 +40,6 @@ T = TypeVar("T")
 class OutputLayout:
     def __init__(self, url: str, storage: StorageConfig | None = None):
         self.url = url
-        self.storage = storage
         self.timeout_s = storage.timeout_s if storage else StorageConfig().timeout_s
         self.fs, self.root = open_output(url, storage)
 
