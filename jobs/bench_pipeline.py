@@ -85,28 +85,30 @@ def _timed(fn, batches: list, threads: int) -> tuple[float, list]:
     started = time.perf_counter()
     for batch in batches:
         outputs.append(fn(batch))
-        items += len(batch["keys"] if isinstance(batch, dict) else batch)
+        items += len(batch["keys"])
     return (time.perf_counter() - started) / items, outputs
 
 
 def measure_stages(spec, plan, batches: int, workdir: str, all_cores: int | None = None) -> dict:
     """(a) Each stage alone, in this process, on the threads and device its actor would use; with
     `all_cores`, also on that many threads (per_item_all_cores_s), for the shared-CPU bound."""
-    from pipelines.stages.decode import Decode
-    from pipelines.stages.denoise import Denoise
+    from jobs.local import pipeline_for
 
+    denoise_def, decode_def = pipeline_for(spec, plan).stages
     size = spec.stages.denoise.batch_size
     samples = [plan.sample(i).as_dict() for i in range(min(len(plan), size * (batches + 1)))]
-    denoise_batches = [samples[i : i + size] for i in range(0, len(samples), size)][:batches]
+    denoise_batches = [
+        {"keys": [s["key"] for s in samples[i : i + size]], "samples": samples[i : i + size]}
+        for i in range(0, len(samples), size)
+    ][:batches]
     d_threads = actor_threads(spec.stages.denoise.num_cpus)
     c_threads = actor_threads(spec.stages.decode.num_cpus)
 
-    denoise = Denoise(spec.model, spec.sampler)
+    denoise = denoise_def.cls(**denoise_def.kwargs)
     t_denoise, latents = _timed(denoise, denoise_batches, d_threads)
     t_denoise_all = _timed(denoise, denoise_batches, all_cores)[0] if all_cores else None
     del denoise
-    decode = Decode(spec.decoder, spec.model.reference, spec.output.image_format, spec.output.quality,
-                    spec.output.save_latents, spec.model.dtype, spec.decoder_tiling, spec.stages.decode.batch_size)
+    decode = decode_def.cls(**decode_def.kwargs)
     # The pipeline hands decode the denoise batches as they are; it decodes them in chunks of its own batch_size.
     t_decode, decoded = _timed(decode, latents, c_threads)
     t_decode_all = _timed(decode, latents, all_cores)[0] if all_cores else None
@@ -136,23 +138,17 @@ def measure_stages(spec, plan, batches: int, workdir: str, all_cores: int | None
 
 
 def _writer(spec, workdir, shard, metadata, decoded):
-    import inspect
-
     from pipelines.sinks.webdataset_writer import write_shard
 
     url = os.path.join(workdir, "write-alone")
-    names = list(inspect.signature(write_shard).parameters)
-    storage = spec.output.storage if hasattr(spec.output, "storage") else None
 
     def write(_):
-        if "failed" in names:  # write_shard(url, storage, name, samples, metadata, format, failed, repair, *decoded)
-            return write_shard(url, storage, "00000", shard, metadata, spec.output.image_format, [], False, *decoded)
-        return write_shard(url, storage, "00000", shard, metadata, spec.output.image_format, *decoded)
+        return write_shard(url, spec.output.storage, "00000", shard, metadata, [], False, *decoded)
 
     return write
 
 
-def run_pipeline(spec, address: str | None) -> dict:
+def run_whole_pipeline(spec, address: str | None) -> dict:
     """(b) The whole pipeline on a fresh output."""
     from jobs.local import run_job
 
@@ -245,7 +241,7 @@ def run_bench(args) -> dict:
     cpus = int(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
     shared = None if gpus > 0 else cpus
     stages = measure_stages(spec, plan, args.stage_batches, workdir, all_cores=shared)
-    pipeline = run_pipeline(spec, args.address)
+    pipeline = run_whole_pipeline(spec, args.address)
     naive = run_naive_loop(spec, plan, workdir)
     bound = bound_of(stages, shared)
     return {

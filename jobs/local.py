@@ -1,15 +1,14 @@
-"""Turn a validated spec into a pipeline job, and run it on the current (or a new local) Ray cluster."""
+"""Turn a validated spec into a pipeline, and run it on the current (or a new local) Ray cluster."""
 
 from __future__ import annotations
 
 import logging
 import os
 
-from jobs.spec import JobSpec
+from jobs.kinds import kind_of
 from pipelines.faults import Fault
-from pipelines.plan import Plan, build_plan
-from pipelines.runner import GenerationJob, run_generation
-from pipelines.sources.prompts import read_prompts
+from pipelines.pipeline import Pipeline
+from pipelines.runner import run_pipeline
 
 # Libraries' progress bars and notices would drown the job's own progress line.
 QUIET_ENV = {
@@ -21,32 +20,13 @@ QUIET_ENV = {
 }
 
 
-def plan_for(spec: JobSpec) -> Plan:
-    prompts = list(spec.prompts.inline) if spec.prompts.inline is not None else read_prompts(spec.prompts.file)
-    return build_plan(
-        prompts,
-        images_per_prompt=spec.prompts.images_per_prompt,
-        num_images=spec.num_images,
-        seed=spec.seed,
-        samples_per_shard=spec.output.samples_per_shard,
-    )
+def plan_for(spec):
+    return kind_of(spec).plan(spec)
 
 
-def generation_job(spec: JobSpec, plan: Plan | None = None, faults: tuple[Fault, ...] = ()) -> GenerationJob:
-    return GenerationJob(
-        name=spec.name,
-        plan=plan or plan_for(spec),
-        model=spec.model,
-        sampler=spec.sampler,
-        decoder=spec.decoder,
-        decoder_tiling=spec.decoder_tiling,
-        output=spec.output,
-        stages=spec.stages,
-        identity=spec.identity(),
-        spec=spec.to_dict(),
-        faults=faults,
-        cost=spec.cost,
-    )
+def pipeline_for(spec, plan=None, faults: tuple[Fault, ...] = ()) -> Pipeline:
+    kind = kind_of(spec)
+    return kind.pipeline(spec, plan if plan is not None else kind.plan(spec), faults)
 
 
 def connect_ray(address: str | None = None) -> None:
@@ -67,7 +47,7 @@ def connect_ray(address: str | None = None) -> None:
 
 
 def run_job(
-    spec: JobSpec,
+    spec,
     *,
     address: str | None = None,
     progress: bool = True,
@@ -75,6 +55,6 @@ def run_job(
     retry_failed: bool = False,
     faults: tuple[Fault, ...] = (),
 ) -> dict:
-    job = generation_job(spec, faults=faults)
+    pipeline = pipeline_for(spec, faults=faults)
     connect_ray(address)
-    return run_generation(job, progress=progress, start_timeout_s=start_timeout_s, retry_failed=retry_failed)
+    return run_pipeline(pipeline, progress=progress, start_timeout_s=start_timeout_s, retry_failed=retry_failed)

@@ -102,20 +102,6 @@ class StageLoad:
     gpus_per_actor: float
 
 
-def pool_load(pool, queued: int) -> StageLoad:
-    """The load of a pipelines.actors.StagePool."""
-    ready = [m for m in pool.members if m.info is not None]
-    return StageLoad(
-        actors=len(ready),
-        reserved=len(pool.members),
-        queued=queued,
-        free_slots=pool.free_slots(),
-        idle_actors=sum(1 for m in ready if m.calls == 0),
-        cpus_per_actor=float(pool.num_cpus),
-        gpus_per_actor=float(pool.num_gpus),
-    )
-
-
 def task_load(slots: int, running: int, queued: int, cpus_per_task: float) -> StageLoad:
     """The load of a stage run as Ray tasks with a fixed number of concurrent slots (write)."""
     return StageLoad(

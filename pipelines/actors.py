@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 import ray
 
 from pipelines import faults as fault_injection
+from pipelines.accounting import StageLoad
 from pipelines.errors import SchedulingError
+from pipelines.scheduler import error_cause
 
 # Work queued per actor: one running and one waiting, so an actor never idles between calls.
 CALLS_PER_ACTOR = 2
@@ -44,19 +46,20 @@ class StageActor:
             "load_seconds": self.load_seconds,
         }
 
-    def run(self, payload, attempt: int = 0):
+    def run(self, batch: dict, attempt: int = 0):
+        """Run the stage on one batch (a dict with `keys`, see pipelines/pipeline.py)."""
         started_at = time.time()
         started = time.perf_counter()
-        keys = [s["key"] for s in payload] if isinstance(payload, list) else payload["keys"]
-        fault_injection.before_stage(self.faults, self.stage_name, keys, attempt)
-        result = self.stage(payload)
+        fault_injection.before_stage(self.faults, self.stage_name, batch["keys"], attempt)
+        result = self.stage(batch)
         fault_injection.after_stage(self.faults, self.stage_name, result, attempt)
         busy = time.perf_counter() - started
-        items = len(result["keys"])
-        # Per-sample stage times travel with the data to the manifest.
-        earlier = payload.get("timings", {}) if isinstance(payload, dict) else {}
-        result["timings"] = {**earlier, self.stage_name: busy / items}
-        return result, {"items": items, "busy_s": busy, "started_at": started_at}
+        # Per-sample stage times and rejected inputs travel with the data to the manifest.
+        result["timings"] = {**batch.get("timings", {}), self.stage_name: busy / max(1, len(batch["keys"]))}
+        rejected = {**batch.get("rejected", {}), **result.get("rejected", {})}
+        if rejected:
+            result["rejected"] = rejected
+        return result, {"items": len(result["keys"]), "busy_s": busy, "started_at": started_at}
 
 
 _RemoteStageActor = ray.remote(StageActor)
@@ -119,7 +122,7 @@ class StagePool:
         try:
             return ray.get(ref)
         except ray.exceptions.RayError as exc:
-            raise SchedulingError(f"stage {self.name!r}: an actor failed to start: {_root_cause(exc)}") from None
+            raise SchedulingError(f"stage {self.name!r}: an actor failed to start: {error_cause(exc)}") from None
 
     def poll_new_actors(self) -> None:
         pending = [m for m in self.members if m.info is None]
@@ -162,6 +165,18 @@ class StagePool:
             if len(self.members) < self.min_actors:
                 self._new_actor()
 
+    def load(self, queued: int) -> StageLoad:
+        ready = [m for m in self.members if m.info is not None]
+        return StageLoad(
+            actors=len(ready),
+            reserved=len(self.members),
+            queued=queued,
+            free_slots=self.free_slots(),
+            idle_actors=sum(1 for m in ready if m.calls == 0),
+            cpus_per_actor=float(self.num_cpus),
+            gpus_per_actor=float(self.num_gpus),
+        )
+
     def actor_infos(self) -> list[dict]:
         return [m.info for m in self.members if m.info is not None]
 
@@ -196,6 +211,29 @@ def check_fits(asks: dict[str, tuple[float, float, int]]) -> None:
         )
 
 
-def _root_cause(exc: BaseException) -> str:
-    cause = getattr(exc, "cause", None)
-    return f"{type(cause).__name__}: {cause}" if cause is not None else str(exc).strip().splitlines()[-1]
+class RayRuntime:
+    """What the shard scheduler needs from Ray besides the pools: waiting, results and writes."""
+
+    def __init__(self, write):
+        self.write = write  # ShardWork -> ref of the shard's commit marker
+        self.total_cpus = ray.cluster_resources().get("CPU", 0)
+
+    @staticmethod
+    def wait(refs: list, timeout: float) -> list:
+        return ray.wait(refs, num_returns=1, timeout=timeout)[0]
+
+    @staticmethod
+    def get(ref):
+        return ray.get(ref)
+
+    @staticmethod
+    def is_actor_death(exc: BaseException) -> bool:
+        return isinstance(exc, ray.exceptions.RayActorError)
+
+    @staticmethod
+    def discard(ref) -> None:
+        """Fetch a failed call's other output so Ray does not log its error again as unhandled."""
+        try:
+            ray.get(ref)
+        except ray.exceptions.RayError:
+            pass

@@ -2,7 +2,8 @@
 
 Every tar member has a fixed mtime and owner, so the same samples always give the same bytes.
 Samples that failed after their retries are not in the tar; they are rows of the manifest with
-status "failed" and their error, and the marker counts them.
+status "failed" and their error, and the marker counts them. Samples whose input a stage rejected
+(a corrupt source image, say) are rows with status "rejected" and the reason.
 """
 
 from __future__ import annotations
@@ -13,15 +14,12 @@ import json
 import tarfile
 import time
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.config import StorageConfig
 from pipelines.sinks.layout import OutputLayout
 from pipelines.sinks.storage import write_atomic, write_json
-
-EXTENSIONS = {"png": "png", "jpg": "jpg", "webp": "webp"}
 
 
 class _HashingWriter:
@@ -44,22 +42,17 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def _npy_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    return buffer.getvalue()
-
-
-def _new_members(sample: dict, item: dict, ext: str, sample_metadata: dict) -> list[tuple[str, bytes]]:
+def sample_members(sample: dict, files: dict[str, bytes], fields: dict, sample_metadata: dict) -> list[tuple[str, bytes]]:
+    """A sample's tar members: its primary file, its text (prompt or caption), its metadata, the rest."""
     key = sample["key"]
-    meta = {**sample_metadata, **sample, "height": item["height"], "width": item["width"]}
-    members = [
-        (f"{key}.{ext}", item["image"]),
-        (f"{key}.txt", sample["prompt"].encode("utf-8")),
-        (f"{key}.json", json.dumps(meta, sort_keys=True).encode()),
-    ]
-    if item["latents"] is not None:
-        members.append((f"{key}.latent.npy", _npy_bytes(item["latents"])))
+    primary, *rest = files.items()
+    members = [(f"{key}.{primary[0]}", primary[1])]
+    text = sample.get("prompt") or sample.get("caption")
+    if text:
+        members.append((f"{key}.txt", text.encode("utf-8")))
+    meta = {**sample_metadata, **sample, **fields}
+    members.append((f"{key}.json", json.dumps(meta, sort_keys=True).encode()))
+    members += [(f"{key}.{ext}", data) for ext, data in rest]
     return members
 
 
@@ -75,7 +68,8 @@ def _read_existing(layout: OutputLayout, shard_name: str) -> tuple[dict, dict]:
             for member in tar.getmembers():
                 members.setdefault(member.name.split(".", 1)[0], []).append((member.name, tar.extractfile(member).read()))
         with layout.fs.open(paths["manifest"], "rb") as f:
-            rows = {row["key"]: row for row in pq.read_table(f).to_pylist() if row.get("status", "ok") == "ok"}
+            # Rejected inputs stay rejected; failed samples are what a repair runs again.
+            rows = {row["key"]: row for row in pq.read_table(f).to_pylist() if row.get("status", "ok") != "failed"}
         return members, rows
 
     return layout.retrying(f"reading shard {shard_name} to repair it", read)
@@ -87,38 +81,33 @@ def write_shard(
     shard_name: str,
     samples: list[dict],
     sample_metadata: dict,
-    image_format: str,
     failed: list[dict],
     repair: bool,
-    *decoded_batches: dict,
+    *batches: dict,
 ) -> dict:
     """Write the shard and return its commit marker.
 
-    `samples` are the planned samples (key, index, prompt, seed) in order; `decoded_batches` hold
-    the encoded images and per-sample stage timings of those that succeeded (top-level arguments,
-    so Ray hands them over resolved); `failed` the ones that did not. With `repair`, samples
-    neither decoded nor failed now are copied from the shard already committed.
+    `samples` are the planned samples in order; `batches` are the last stage's outputs (files and
+    fields per sample, see pipelines/pipeline.py; top-level arguments, so Ray hands them over
+    resolved); `failed` the samples that failed after their retries. Samples a stage rejected
+    (bad input) are manifest rows with status "rejected". With `repair`, samples neither produced
+    nor failed now are copied from the shard already committed.
     """
     started = time.perf_counter()
     layout = OutputLayout(output_url, storage)
     paths = layout.shard_paths(shard_name)
-    decoded = {}
-    for batch in decoded_batches:
-        for i, key in enumerate(batch["keys"]):
-            decoded[key] = {
-                "image": batch["images"][i],
-                "latents": batch["latents"][i] if "latents" in batch else None,
-                "height": batch["height"],
-                "width": batch["width"],
-                "timings": batch["timings"],
-            }
+    produced, rejected = {}, {}
+    for batch in batches:
+        rejected.update(batch.get("rejected", {}))
+        for key, files, fields in zip(batch["keys"], batch["files"], batch["fields"]):
+            produced[key] = (files, fields, batch["timings"])
     failures = {f["key"]: f for f in failed}
     old_members, old_rows = _read_existing(layout, shard_name) if repair else ({}, {})
-    missing = [s["key"] for s in samples if s["key"] not in decoded and s["key"] not in failures and s["key"] not in old_rows]
+    done = produced.keys() | rejected.keys() | failures.keys() | old_rows.keys()
+    missing = [s["key"] for s in samples if s["key"] not in done]
     if missing:
-        raise ValueError(f"shard {shard_name}: no image and no recorded failure for samples {missing[:5]}")
+        raise ValueError(f"shard {shard_name}: no output and no recorded failure for samples {missing[:5]}")
 
-    ext = EXTENSIONS[image_format]
     rows: list[dict] = []
 
     def write_tar():
@@ -128,14 +117,18 @@ def write_shard(
             with tarfile.open(fileobj=counted, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
                 for sample in samples:
                     key = sample["key"]
-                    if key in decoded:
-                        item = decoded[key]
-                        members = _new_members(sample, item, ext, sample_metadata)
-                        timings = {f"{stage}_ms": 1000 * s for stage, s in item["timings"].items()}
-                        row = {**sample, "shard": shard_name, "status": "ok", "error": None, "width": item["width"],
-                               "height": item["height"], "format": ext, "bytes": len(item["image"]), **timings}
+                    if key in produced:
+                        files, fields, stage_times = produced[key]
+                        members = sample_members(sample, files, fields, sample_metadata)
+                        timings = {f"{stage}_ms": 1000 * s for stage, s in stage_times.items()}
+                        primary_ext, primary = next(iter(files.items()))
+                        row = {**sample, "shard": shard_name, "status": "ok", "error": None, **fields,
+                               "format": primary_ext, "bytes": len(primary), **timings}
                     elif key in old_rows:
-                        members, row = old_members[key], old_rows[key]
+                        members, row = old_members.get(key, []), old_rows[key]
+                    elif key in rejected:
+                        rows.append({**sample, "shard": shard_name, "status": "rejected", "error": rejected[key]})
+                        continue
                     else:
                         f = failures[key]
                         rows.append({**sample, "shard": shard_name, "status": "failed", "error": f["error"],
@@ -155,12 +148,13 @@ def write_shard(
     manifest_bytes = manifest.getvalue()
     layout.retrying(f"writing manifest {shard_name}", lambda: write_atomic(layout.fs, paths["manifest"], manifest_bytes))
 
-    ok_rows = [r for r in rows if r["status"] == "ok"]
+    status = [r["status"] for r in rows]
     marker = {
         "shard": shard_name,
-        "samples": len(ok_rows),
-        "failed": len(rows) - len(ok_rows),
+        "samples": status.count("ok"),
+        "failed": status.count("failed"),
         "failed_keys": [r["key"] for r in rows if r["status"] == "failed"],
+        "rejected": status.count("rejected"),
         "tar_bytes": counted.size,
         "tar_sha256": counted.sha256.hexdigest(),
         "manifest_sha256": hashlib.sha256(manifest_bytes).hexdigest(),

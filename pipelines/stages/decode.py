@@ -29,6 +29,12 @@ def encode_image(pixels: np.ndarray, image_format: str, quality: int) -> bytes:
     return buffer.getvalue()
 
 
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
 class Decode:
     def __init__(
         self,
@@ -62,12 +68,9 @@ class Decode:
         chunk = self.batch_size or len(latents)
         images = torch.cat([self.decoder.decode(part) for part in latents.split(chunk)])
         pixels = (images * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-        result = {
-            "keys": denoised["keys"],
-            "images": [encode_image(p, self.image_format, self.quality) for p in pixels],
-            "height": int(pixels.shape[1]),
-            "width": int(pixels.shape[2]),
-        }
+        files = [{self.image_format: encode_image(p, self.image_format, self.quality)} for p in pixels]
         if self.save_latents:
-            result["latents"] = denoised["latents"]
-        return result
+            for item, latent in zip(files, denoised["latents"]):
+                item["latent.npy"] = npy_bytes(latent)
+        fields = {"height": int(pixels.shape[1]), "width": int(pixels.shape[2])}
+        return {"keys": denoised["keys"], "files": files, "fields": [fields] * len(files)}

@@ -16,8 +16,9 @@ class Denoise:
         self.device = device or pick_device()
         self.pipe = load_denoise_pipeline(model.reference, model.dtype, sampler.scheduler).to(self.device)
 
-    def __call__(self, samples: list[dict]) -> dict:
-        """`samples`: dicts with key, prompt and seed. Returns the keys and float32 latents."""
+    def __call__(self, batch: dict) -> dict:
+        """`batch["samples"]`: dicts with key, prompt and seed. Returns the keys and float32 latents."""
+        samples = batch["samples"]
         s = self.sampler
         # One CPU generator per sample: its initial noise depends on its seed alone, not on the
         # batch it lands in nor on the device.

@@ -1,0 +1,67 @@
+"""Job kinds: each is a spec class, a plan and a chain of stages; the engine runs them all alike.
+
+Adding a kind adds a `JobKind` row here (and its spec class and stages); no engine code changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from pipelines.faults import Fault
+from pipelines.pipeline import Pipeline, StageDef
+from pipelines.plan import build_plan
+from pipelines.sources.prompts import read_prompts
+
+
+@dataclass(frozen=True)
+class JobKind:
+    name: str
+    spec_class: type
+    plan: Callable  # spec -> plan
+    pipeline: Callable  # (spec, plan, faults) -> Pipeline
+
+
+def _base(spec, plan, stages, faults, sample_metadata) -> Pipeline:
+    return Pipeline(
+        name=spec.name, kind=spec.kind, plan=plan, stages=tuple(stages), output=spec.output, write=spec.stages.write,
+        identity=spec.identity(), spec=spec.to_dict(), sample_metadata=sample_metadata,
+        max_retries=spec.stages.max_retries, faults=faults, cost=spec.cost,
+    )
+
+
+# -- generate: prompts -> denoise -> decode -> image shards -------------------------------------------
+
+def generate_plan(spec):
+    prompts = list(spec.prompts.inline) if spec.prompts.inline is not None else read_prompts(spec.prompts.file)
+    return build_plan(prompts, images_per_prompt=spec.prompts.images_per_prompt, num_images=spec.num_images,
+                      seed=spec.seed, samples_per_shard=spec.output.samples_per_shard)
+
+
+def generate_pipeline(spec, plan, faults: tuple[Fault, ...] = ()) -> Pipeline:
+    from pipelines.stages.decode import Decode
+    from pipelines.stages.denoise import Denoise
+
+    decode = {
+        "decoder": spec.decoder, "model_reference": spec.model.reference, "image_format": spec.output.image_format,
+        "quality": spec.output.quality, "save_latents": spec.output.save_latents, "dtype": spec.model.dtype,
+        "tiling": spec.decoder_tiling, "batch_size": spec.stages.decode.batch_size,
+    }
+    stages = [
+        StageDef("denoise", Denoise, {"model": spec.model, "sampler": spec.sampler}, spec.stages.denoise),
+        StageDef("decode", Decode, decode, spec.stages.decode),
+    ]
+    s = spec.sampler
+    metadata = {"job": spec.name, "model": spec.model.reference, "decoder": spec.decoder, "scheduler": s.scheduler,
+                "steps": s.steps, "guidance_scale": s.guidance_scale, "negative_prompt": s.negative_prompt}
+    return _base(spec, plan, stages, faults, metadata)
+
+
+def _kinds() -> dict[str, JobKind]:
+    from jobs.spec import JobSpec
+
+    return {k.name: k for k in [JobKind("generate", JobSpec, generate_plan, generate_pipeline)]}
+
+
+def kind_of(spec) -> JobKind:
+    return _kinds()[spec.kind]

@@ -1,0 +1,59 @@
+"""What a job kind hands the engine: a plan, a chain of stages and what the sink needs to know.
+
+A job kind (jobs/kinds.py) is a small function from its spec to a `Pipeline`; the engine
+(pipelines/runner.py, pipelines/scheduler.py) runs any chain of any length the same way.
+
+The batch contract between stages: every stage is called with one dict holding `keys` (the samples
+of the batch, in order) and returns one dict holding the `keys` it produced. The first stage gets
+`{"keys", "samples"}` (the plan's sample dicts). The last stage returns, per key, the files of the
+sample and its fields:
+    {"keys": [...], "files": [{"png": b"...", "latent.npy": b"..."}, ...], "fields": [{...}, ...]}
+The first file of each sample is its primary file (image, clip or latents); `fields` go to the
+sample's manifest row and its `.json`. A stage may drop a sample whose *input* is bad by listing it
+in `rejected` ({key: reason}); the engine carries rejections down the chain to the manifest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pipelines.config import CostConfig, OutputConfig, StageResources, WriteResources
+from pipelines.faults import Fault
+
+
+@dataclass(frozen=True)
+class StageDef:
+    """One stage of a chain: its name, its class and constructor arguments, and its resources."""
+
+    name: str
+    cls: type
+    kwargs: dict
+    resources: StageResources
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    name: str
+    kind: str
+    plan: object  # pipelines.plan.Plan or any plan with the same protocol
+    stages: tuple[StageDef, ...]
+    output: OutputConfig
+    write: WriteResources
+    identity: dict
+    spec: dict  # the resolved spec, saved with the output (it names credentials, never holds them)
+    # Fields every sample's .json gets (job, model, decoder, ...).
+    sample_metadata: dict = field(default_factory=dict)
+    max_retries: int = 2
+    faults: tuple[Fault, ...] = ()
+    cost: CostConfig | None = None  # prices for the report's cost figures
+
+    def __post_init__(self):
+        if not self.stages:
+            raise ValueError("a pipeline needs at least one stage")
+        names = [s.name for s in self.stages]
+        if len(set(names)) != len(names) or "write" in names:
+            raise ValueError(f"stage names must be unique and not 'write': {names}")
+
+    @property
+    def stage_names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.stages) + ("write",)

@@ -1,0 +1,198 @@
+"""The shard scheduler: streams the batches of whole shards through a chain of stage pools.
+
+The shard is the unit of work from plan to storage. Each planned shard is cut into batches the
+same way every time (by the first stage's batch_size); a batch's output flows from stage to stage
+as an object reference (the driver never touches latents or pixels), and once every batch of a
+shard has left the last stage, one write task streams the shard to storage and commits it.
+Keeping shards whole makes shard names fixed (no gaps, no duplicates on rerun), lets a rerun skip
+exactly the committed shards, and bounds memory by the shards in flight. Ray Data was measured to
+mix and split planned shards across write tasks (see DESIGN.md).
+
+A batch that fails is split into single samples, and each is retried up to `max_retries` times
+from the first stage (the outputs of a dead actor may be gone, and a bad value found late is
+usually made early); a sample that still fails is written to its shard's manifest as failed.
+
+The scheduler knows nothing about Ray: it talks to pools (pipelines/actors.py) and a runtime
+(wait/get/write), so it can be driven by fake pools in unit tests.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from pipelines.accounting import task_load
+from pipelines.errors import OutputError
+
+IDLE_WAIT_S = 0.05
+
+
+@dataclass
+class ShardWork:
+    """One shard in flight: the samples to run now (all, or only failed ones on repair)."""
+
+    shard: object  # pipelines.plan.ShardPlan
+    todo: tuple
+    repair: bool
+    pending: set[str] = field(default_factory=set)
+    outputs: list = field(default_factory=list)  # refs of the last stage's batches
+    failed: list[dict] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.pending = {s.key for s in self.todo}
+
+
+@dataclass
+class Batch:
+    work: ShardWork
+    samples: tuple
+    attempts: int = 0
+
+    @property
+    def keys(self) -> str:
+        return self.samples[0].key if len(self.samples) == 1 else f"{self.samples[0].key}..{self.samples[-1].key}"
+
+    def payload(self) -> dict:
+        return {"keys": [s.key for s in self.samples], "samples": [s.as_dict() for s in self.samples]}
+
+
+class ShardScheduler:
+    """The driver loop: keeps every pool fed from bounded queues and commits shards as they finish.
+
+    `pools`: one per stage, in chain order. `runtime`: wait(refs, timeout), get(ref),
+    is_actor_death(exc), discard(ref), write(work) -> ref, total_cpus. `on_commit(name, marker)`
+    is called after each commit (the runner updates index.json there).
+    """
+
+    def __init__(self, plan, pools: list, runtime, accounting, *, batch_size: int, max_retries: int,
+                 write_concurrency: int, write_cpus: float, committed: int, on_commit):
+        self.plan, self.pools, self.runtime, self.accounting = plan, pools, runtime, accounting
+        self.batch_size, self.max_retries = batch_size, max_retries
+        self.write_concurrency, self.write_cpus = write_concurrency, write_cpus
+        self.committed, self.on_commit = committed, on_commit
+        # Shards in flight: enough to keep every actor busy, few enough to bound memory.
+        self.max_active = 2 * sum(p.max_actors for p in pools) + write_concurrency
+        self.active: dict[str, ShardWork] = {}
+        # queues[i]: batches waiting for stage i, with the previous stage's output ref (None for
+        # the first stage, which gets the samples themselves).
+        self.queues: list[deque[tuple[Batch, object]]] = [deque() for _ in pools]
+        self.write_queue: deque[ShardWork] = deque()
+        self.waiting: dict[object, tuple] = {}  # stats or marker ref -> what it is for
+        self.writes_in_flight = 0
+
+    def run(self, todo: deque[tuple[int, frozenset | None]]) -> None:
+        """`todo`: (shard index, keys to regenerate or None for all) for every shard to do."""
+        while todo or self.active:
+            while todo and len(self.active) < self.max_active:
+                self._activate(*todo.popleft())
+            self._submit()
+            self.accounting.observe(self.loads())  # also drives progress, metrics, report flushes
+            if not self.waiting:
+                # Nothing in flight (actors still starting, or only writes to queue): don't spin.
+                time.sleep(IDLE_WAIT_S)
+                continue
+            for ref in self.runtime.wait(list(self.waiting), timeout=1.0):
+                self._on_ready(ref)
+
+    def _activate(self, index: int, only: frozenset | None) -> None:
+        shard = self.plan.shard(index)
+        samples = shard.samples if only is None else tuple(s for s in shard.samples if s.key in only)
+        work = ShardWork(shard, samples, repair=only is not None)
+        self.active[shard.name] = work
+        size = self.batch_size
+        self.queues[0].extend((Batch(work, samples[i : i + size]), None) for i in range(0, len(samples), size))
+        self._maybe_ready_to_write(work)
+
+    def _submit(self) -> None:
+        spare = self._spare_cpus()
+        for stage, (pool, queue) in enumerate(zip(self.pools, self.queues)):
+            pool.scale_for(len(queue), spare)
+            while queue and pool.free_slots() > 0:
+                batch, input_ref = queue.popleft()
+                payload = batch.payload() if input_ref is None else input_ref
+                result_ref, stats_ref, member = pool.submit(payload, batch.attempts)
+                self.waiting[stats_ref] = (stage, batch, result_ref, member)
+                self.accounting.submitted(pool.name, len(batch.samples), ref=stats_ref)
+        while self.write_queue and self.writes_in_flight < self.write_concurrency:
+            work = self.write_queue.popleft()
+            self.waiting[self.runtime.write(work)] = ("write", work, time.time())
+            self.writes_in_flight += 1
+            self.accounting.submitted("write", len(work.shard.samples))  # a write (re)writes the whole shard
+
+    def _spare_cpus(self) -> float:
+        return self.runtime.total_cpus - sum(p.held_cpus() for p in self.pools) - self.write_cpus
+
+    def _on_ready(self, ref) -> None:
+        stage, *rest = self.waiting.pop(ref)
+        if stage == "write":
+            self._on_written(ref, *rest)
+            return
+        batch, result_ref, member = rest
+        pool = self.pools[stage]
+        try:
+            stats = self.runtime.get(ref)
+        except Exception as exc:
+            pool.release(member, dead=self.runtime.is_actor_death(exc))
+            self.runtime.discard(result_ref)
+            self._on_failure(batch, pool.name, exc)
+            return
+        pool.release(member)
+        self.accounting.record(pool.name, **stats, ref=ref)
+        if stage + 1 < len(self.pools):
+            self.queues[stage + 1].append((batch, result_ref))
+            return
+        work = batch.work
+        work.outputs.append(result_ref)
+        work.pending.difference_update(s.key for s in batch.samples)
+        self._maybe_ready_to_write(work)
+
+    def _on_failure(self, batch: Batch, stage: str, exc: Exception) -> None:
+        """Split a failed batch into single samples; a sample out of retries is recorded as failed."""
+        batch.attempts += 1
+        cause = error_cause(exc)
+        self.accounting.failure(stage, batch.keys, cause)
+        first = self.queues[0]
+        if len(batch.samples) > 1:
+            first.extendleft((Batch(batch.work, (s,), batch.attempts), None) for s in reversed(batch.samples))
+        elif batch.attempts <= self.max_retries:
+            first.appendleft((batch, None))
+        else:
+            work = batch.work
+            key = batch.samples[0].key
+            work.failed.append({"key": key, "stage": stage, "error": cause, "attempts": batch.attempts})
+            work.pending.discard(key)
+            self._maybe_ready_to_write(work)
+
+    def _maybe_ready_to_write(self, work: ShardWork) -> None:
+        if not work.pending:
+            self.write_queue.append(work)
+
+    def _on_written(self, ref, work: ShardWork, submitted_at: float) -> None:
+        self.writes_in_flight -= 1
+        try:
+            marker = self.runtime.get(ref)
+        except Exception as exc:
+            raise OutputError(
+                f"writing shard {work.shard.name} failed: {error_cause(exc)}. The {self.committed} shards committed "
+                "before are intact; rerun the same command to resume."
+            ) from None
+        self.committed += 1
+        self.on_commit(work.shard.name, marker)
+        self.accounting.record("write", items=marker["samples"], busy_s=marker["write_seconds"], started_at=submitted_at)
+        self.accounting.committed(len(work.todo) - marker["failed"], marker["failed"])
+        del self.active[work.shard.name]
+
+    def loads(self) -> dict:
+        """Each stage's load now, for the accounting's time integrals."""
+        loads = {pool.name: pool.load(len(queue)) for pool, queue in zip(self.pools, self.queues)}
+        loads["write"] = task_load(self.write_concurrency, self.writes_in_flight, len(self.write_queue), self.write_cpus)
+        return loads
+
+
+def error_cause(exc: BaseException) -> str:
+    """The user-facing last line of a (remote) error."""
+    cause = getattr(exc, "cause", None) or exc
+    text = str(cause).strip()
+    return f"{type(cause).__name__}: {text.splitlines()[-1] if text else ''}".rstrip(": ")
+
