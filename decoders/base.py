@@ -111,6 +111,33 @@ class Decoder(nn.Module):
             return latents * std / cfg.scaling_factor + mean
         return latents / cfg.scaling_factor + (getattr(cfg, "shift_factor", None) or 0.0)
 
+    def to_diffusion_space(self, z: torch.Tensor) -> torch.Tensor:
+        """The inverse of `to_decoder_space`: what a VAE encoder gives -> latents as pipelines use them."""
+        cfg = self.model.config
+        mean, std = getattr(cfg, "latents_mean", None), getattr(cfg, "latents_std", None)
+        if mean is not None and std is not None:
+            shape = (1, -1, 1, 1)
+            mean = torch.tensor(mean, device=z.device, dtype=z.dtype).view(shape)
+            std = torch.tensor(std, device=z.device, dtype=z.dtype).view(shape)
+            return (z - mean) * cfg.scaling_factor / std
+        return (z - (getattr(cfg, "shift_factor", None) or 0.0)) * cfg.scaling_factor
+
+    @property
+    def can_encode(self) -> bool:
+        return hasattr(self.model, "encoder") and hasattr(self.model, "encode") and not self.is_video
+
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels in [0, 1], (B, 3, H, W) -> diffusion-space latents, float32. Deterministic: a VAE's
+        posterior mean, not a sample, so the same image always gives the same latents."""
+        if not self.can_encode:
+            raise ValueError(f"{self.name}: {type(self.model).__name__} has no image encoder")
+        self.upcast_if_needed()
+        with torch.inference_mode():
+            x = pixels.to(device=self.device, dtype=self.dtype) * 2.0 - 1.0
+            out = self.model.encode(x)
+            z = out.latent_dist.mode() if hasattr(out, "latent_dist") else out.latents
+            return self.to_diffusion_space(z.float())
+
     def upcast_if_needed(self) -> None:
         """fp16 + `force_upcast` (the SDXL/SVD VAEs overflow in fp16): run in fp32, as diffusers does.
 

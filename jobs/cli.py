@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args) -> int:
-    from jobs.local import plan_for, run_job
+    from jobs.local import pipeline_for, run_job
     from jobs.spec import load_spec
     from pipelines.faults import Fault
 
@@ -78,7 +78,7 @@ def _run(args) -> int:
     if args.dry_run:
         from jobs.dry_run import describe
 
-        print(describe(spec, plan_for(spec)))
+        print(describe(spec, pipeline_for(spec)))
         return 0
     faults = tuple(Fault.parse(text) for text in args.inject_fault)
     report = run_job(

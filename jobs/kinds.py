@@ -1,6 +1,7 @@
-"""Job kinds: each is a spec class, a plan and a chain of stages; the engine runs them all alike.
+"""Job kinds: each plans its samples and builds a chain of stages; the engine runs them all alike.
 
-Adding a kind adds a `JobKind` row here (and its spec class and stages); no engine code changes.
+Adding a kind adds a `JobKind` row here, its spec class (jobs/spec.py) and its stages; no engine
+code changes.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from pipelines.sources.prompts import read_prompts
 @dataclass(frozen=True)
 class JobKind:
     name: str
-    spec_class: type
     plan: Callable  # spec -> plan
     pipeline: Callable  # (spec, plan, faults) -> Pipeline
 
@@ -57,11 +57,59 @@ def generate_pipeline(spec, plan, faults: tuple[Fault, ...] = ()) -> Pipeline:
     return _base(spec, plan, stages, faults, metadata)
 
 
-def _kinds() -> dict[str, JobKind]:
-    from jobs.spec import JobSpec
+# -- encode: images -> read -> VAE encoder -> latent shards (+ the resized image and caption) --------
 
-    return {k.name: k for k in [JobKind("generate", JobSpec, generate_plan, generate_pipeline)]}
+def input_plan(spec):
+    from pipelines.sources.images import plan_input
+
+    return plan_input(spec.input, samples_per_shard=spec.output.samples_per_shard)
+
+
+def encode_pipeline(spec, plan, faults: tuple[Fault, ...] = ()) -> Pipeline:
+    from pipelines.stages.encode import Encode
+    from pipelines.stages.read import ReadImages
+
+    encode = {
+        "encoder": "sdxl-vae", "model_reference": spec.model.reference, "latent_dtype": spec.latent_dtype,
+        "image_format": spec.output.image_format, "quality": spec.output.quality, "dtype": spec.model.dtype,
+        "batch_size": spec.stages.encode.batch_size,
+    }
+    stages = [
+        StageDef("read", ReadImages, {"image": spec.image, "storage": spec.input.storage}, spec.stages.read),
+        StageDef("encode", Encode, encode, spec.stages.encode),
+    ]
+    metadata = {"job": spec.name, "model": spec.model.reference, "input": spec.input.url}
+    return _base(spec, plan, stages, faults, metadata)
+
+
+# -- redecode: stored latents -> read -> decoder -> image shards with the same keys ----------------
+
+def redecode_pipeline(spec, plan, faults: tuple[Fault, ...] = ()) -> Pipeline:
+    from pipelines.stages.decode import Decode
+    from pipelines.stages.read import ReadLatents
+
+    decode = {
+        "decoder": spec.decoder, "model_reference": spec.model.reference, "image_format": spec.output.image_format,
+        "quality": spec.output.quality, "save_latents": spec.output.save_latents, "dtype": spec.model.dtype,
+        "tiling": spec.decoder_tiling, "batch_size": spec.stages.decode.batch_size,
+    }
+    stages = [
+        StageDef("read", ReadLatents, {"storage": spec.input.storage}, spec.stages.read),
+        StageDef("decode", Decode, decode, spec.stages.decode),
+    ]
+    metadata = {"job": spec.name, "decoder": spec.decoder, "input": spec.input.url}
+    return _base(spec, plan, stages, faults, metadata)
+
+
+KINDS = {
+    k.name: k
+    for k in [
+        JobKind("generate", generate_plan, generate_pipeline),
+        JobKind("encode", input_plan, encode_pipeline),
+        JobKind("redecode", input_plan, redecode_pipeline),
+    ]
+}
 
 
 def kind_of(spec) -> JobKind:
-    return _kinds()[spec.kind]
+    return KINDS[spec.kind]

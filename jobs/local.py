@@ -6,6 +6,7 @@ import logging
 import os
 
 from jobs.kinds import kind_of
+from pipelines.errors import ConfigError
 from pipelines.faults import Fault
 from pipelines.pipeline import Pipeline
 from pipelines.runner import run_pipeline
@@ -56,5 +57,9 @@ def run_job(
     faults: tuple[Fault, ...] = (),
 ) -> dict:
     pipeline = pipeline_for(spec, faults=faults)
+    for fault in faults:
+        if fault.stage not in pipeline.stage_names:
+            raise ConfigError("--inject-fault", "", detail=f"a {spec.kind} job has no stage {fault.stage!r} "
+                              f"(its stages: {', '.join(pipeline.stage_names[:-1])})")
     connect_ray(address)
     return run_pipeline(pipeline, progress=progress, start_timeout_s=start_timeout_s, retry_failed=retry_failed)

@@ -19,9 +19,13 @@ from jobs.schema import build, parse_yaml
 from pipelines.config import (
     LATENT_FACTOR,
     CostConfig,
+    EncodeStages,
+    ImageConfig,
+    InputConfig,
     ModelConfig,
     OutputConfig,
     PromptsConfig,
+    RedecodeStages,
     SamplerConfig,
     StagesConfig,
     require,
@@ -58,13 +62,7 @@ class JobSpec:
         if self.num_images is not None:
             require(self.num_images > 0, "num_images", "a positive integer", self.num_images)
         require(self.seed >= 0, "seed", "an integer >= 0", self.seed)
-        if not isinstance(self.decoder_tiling, bool):
-            require(
-                self.decoder_tiling > 0 and self.decoder_tiling % LATENT_FACTOR == 0,
-                "decoder_tiling",
-                f"true, false or a tile size in pixels (a positive multiple of {LATENT_FACTOR})",
-                self.decoder_tiling,
-            )
+        _check_tiling(self.decoder_tiling)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -73,7 +71,6 @@ class JobSpec:
         """What decides the samples' content. Two runs with equal identities write equal outputs;
         resources and batch sizes are left out, since they only change how fast."""
         spec = self.to_dict()
-        output = spec["output"]
         return {
             "kind": self.kind,
             "model": spec["model"],
@@ -81,11 +78,85 @@ class JobSpec:
             "seed": self.seed,
             "decoder": self.decoder,
             "decoder_tiling": self.decoder_tiling,
-            "output": {k: output[k] for k in ("image_format", "quality", "samples_per_shard", "save_latents")},
+            "output": _output_identity(self),
         }
 
 
-def load_spec(path: str, overrides: list[str] = ()) -> JobSpec:
+def _output_identity(spec) -> dict:
+    output = dataclasses.asdict(spec.output)
+    return {k: output[k] for k in ("image_format", "quality", "samples_per_shard", "save_latents")}
+
+
+def _check_tiling(tiling) -> None:
+    if not isinstance(tiling, bool):
+        require(
+            tiling > 0 and tiling % LATENT_FACTOR == 0,
+            "decoder_tiling",
+            f"true, false or a tile size in pixels (a positive multiple of {LATENT_FACTOR})",
+            tiling,
+        )
+
+
+@dataclass(frozen=True)
+class EncodeSpec:
+    """Latent precompute: images -> the model's frozen VAE encoder -> latents, images and captions."""
+
+    name: str
+    input: InputConfig
+    output: OutputConfig
+    kind: Literal["encode"] = "encode"
+    # The model whose VAE encodes ("tiny", a Hugging Face id or a from_pretrained directory).
+    model: ModelConfig = field(default_factory=ModelConfig)
+    image: ImageConfig = field(default_factory=ImageConfig)
+    # Latents are stored as the diffusion model sees them (VAE mean x scaling factor).
+    latent_dtype: Literal["float16", "float32"] = "float32"
+    stages: EncodeStages = field(default_factory=EncodeStages)
+    cost: CostConfig | None = None
+
+    def __post_init__(self):
+        require(bool(self.name.strip()), "name", "a non-empty name", self.name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def identity(self) -> dict[str, Any]:
+        spec = self.to_dict()
+        return {"kind": self.kind, "model": spec["model"], "image": spec["image"], "latent_dtype": self.latent_dtype,
+                "input": self.input.url, "output": _output_identity(self)}
+
+
+@dataclass(frozen=True)
+class RedecodeSpec:
+    """Decode the latents a latentmill output kept with another decoder, keeping keys and metadata."""
+
+    name: str
+    input: InputConfig
+    output: OutputConfig
+    kind: Literal["redecode"] = "redecode"
+    # The model whose VAE `decoder: sdxl-vae` means.
+    model: ModelConfig = field(default_factory=ModelConfig)
+    decoder: str = "sdxl-vae"
+    decoder_tiling: Union[bool, int] = False
+    stages: RedecodeStages = field(default_factory=RedecodeStages)
+    cost: CostConfig | None = None
+
+    def __post_init__(self):
+        require(bool(self.name.strip()), "name", "a non-empty name", self.name)
+        _check_tiling(self.decoder_tiling)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def identity(self) -> dict[str, Any]:
+        return {"kind": self.kind, "model": dataclasses.asdict(self.model), "decoder": self.decoder,
+                "decoder_tiling": self.decoder_tiling, "input": self.input.url, "output": _output_identity(self)}
+
+
+SPEC_CLASSES = {"generate": JobSpec, "encode": EncodeSpec, "redecode": RedecodeSpec}
+AnySpec = Union[JobSpec, EncodeSpec, RedecodeSpec]
+
+
+def load_spec(path: str, overrides: list[str] = ()) -> AnySpec:
     try:
         with fsspec.open(path, "rb") as f:
             raw = f.read()
@@ -98,7 +169,7 @@ def load_spec(path: str, overrides: list[str] = ()) -> JobSpec:
     return parse_spec(text, source=path, overrides=overrides)
 
 
-def parse_spec(text: str, source: str = "<spec>", overrides: list[str] = ()) -> JobSpec:
+def parse_spec(text: str, source: str = "<spec>", overrides: list[str] = ()) -> AnySpec:
     data, lines = parse_yaml(text, source)
     if data is None:
         data = {}
@@ -107,7 +178,10 @@ def parse_spec(text: str, source: str = "<spec>", overrides: list[str] = ()) -> 
     for item in overrides:
         apply_override(data, item)
     try:
-        spec = build(JobSpec, data)
+        kind = data.get("kind", "generate")
+        if kind not in SPEC_CLASSES:
+            raise ConfigError("kind", "one of " + ", ".join(repr(k) for k in SPEC_CLASSES), kind)
+        spec = build(SPEC_CLASSES[kind], data)
         check_references(spec)
     except ConfigError as exc:
         line = _line_of(exc.path, lines)
@@ -137,11 +211,13 @@ def apply_override(data: dict, item: str) -> None:
     node[keys[-1]] = value
 
 
-def check_references(spec: JobSpec) -> None:
+def check_references(spec: AnySpec) -> None:
     """Checks that need the outside world: files, protocols and registered decoders."""
     _check_protocol(spec.output.url, "output.url")
-    if spec.prompts.file is not None:
+    if getattr(spec, "prompts", None) is not None and spec.prompts.file is not None:
         _check_protocol(spec.prompts.file, "prompts.file")
+    if getattr(spec, "input", None) is not None:
+        _check_protocol(spec.input.url, "input.url")
     reference = spec.model.reference
     if reference != TINY_REFERENCE:
         if is_path_reference(reference):
@@ -152,7 +228,8 @@ def check_references(spec: JobSpec) -> None:
                 "",
                 detail=f"{reference!r} is neither 'tiny', a Hugging Face id (org/name) nor an existing directory",
             )
-    _check_decoder(spec.decoder)
+    if hasattr(spec, "decoder"):
+        _check_decoder(spec.decoder)
 
 
 def _check_protocol(url: str, path: str) -> None:

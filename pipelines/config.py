@@ -171,13 +171,72 @@ class StagesConfig:
 
     def __post_init__(self):
         require(self.max_retries >= 0, "max_retries", "an integer >= 0", self.max_retries)
-        require(
-            self.decode.batch_size <= self.denoise.batch_size,
-            "decode.batch_size",
-            f"at most stages.denoise.batch_size ({self.denoise.batch_size}): each denoise batch is decoded "
-            "in chunks of this size",
-            self.decode.batch_size,
-        )
+        _check_chunking("denoise", self.denoise.batch_size, "decode", self.decode.batch_size)
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    """Where a kind that reads data (encode, redecode) takes its samples from."""
+
+    # A latentmill output or other webdataset tar shards, a folder of images, or a .parquet/.jsonl
+    # list of image paths or URLs, at any fsspec URL.
+    url: str
+    format: Literal["auto", "webdataset", "folder", "list"] = "auto"
+    storage: StorageConfig = field(default_factory=StorageConfig)
+
+    def __post_init__(self):
+        require(bool(self.url.strip()), "url", "an input URL or path", self.url)
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    """The size images are brought to before encoding."""
+
+    height: int = 1024
+    width: int = 1024
+    # "center-crop": scale the short side to fit, then crop the middle; "refuse": reject images
+    # whose size differs (recorded as rejected inputs).
+    resize: Literal["center-crop", "refuse"] = "center-crop"
+
+    def __post_init__(self):
+        for name in ("height", "width"):
+            value = getattr(self, name)
+            require(value > 0 and value % LATENT_FACTOR == 0, name, f"a positive multiple of {LATENT_FACTOR}", value)
+
+
+def _check_chunking(first: str, first_size: int, later: str, later_size: int) -> None:
+    # Batches are cut by the first stage; a later stage works through each batch in chunks of its
+    # own batch_size (a memory bound), so it cannot be larger.
+    require(
+        later_size <= first_size,
+        f"{later}.batch_size",
+        f"at most stages.{first}.batch_size ({first_size}): each {first} batch is processed in chunks of this size",
+        later_size,
+    )
+
+
+@dataclass(frozen=True)
+class EncodeStages:
+    read: StageResources = field(default_factory=lambda: StageResources(num_gpus=0, num_cpus=0.25, batch_size=8))
+    encode: StageResources = field(default_factory=lambda: StageResources(num_cpus=1.0, batch_size=8))
+    write: WriteResources = field(default_factory=WriteResources)
+    max_retries: int = 2
+
+    def __post_init__(self):
+        require(self.max_retries >= 0, "max_retries", "an integer >= 0", self.max_retries)
+        _check_chunking("read", self.read.batch_size, "encode", self.encode.batch_size)
+
+
+@dataclass(frozen=True)
+class RedecodeStages:
+    read: StageResources = field(default_factory=lambda: StageResources(num_gpus=0, num_cpus=0.25, batch_size=8))
+    decode: StageResources = field(default_factory=lambda: StageResources(num_cpus=1.0, batch_size=8))
+    write: WriteResources = field(default_factory=WriteResources)
+    max_retries: int = 2
+
+    def __post_init__(self):
+        require(self.max_retries >= 0, "max_retries", "an integer >= 0", self.max_retries)
+        _check_chunking("read", self.read.batch_size, "decode", self.decode.batch_size)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import numpy as np
 
 from pipelines.errors import ConfigError
 
-STAGES = ("denoise", "decode")
+STAGES = ("read", "encode", "denoise", "decode")  # every stage name of every job kind
 KINDS = ("raise", "nan")
 
 

@@ -1,0 +1,75 @@
+"""Read stages: fetch what a sample points at from the input (images, stored latents), on CPUs.
+
+They run before the GPU stage of their chain so that GPUs never wait on storage or image decoding.
+An input that is there but unusable (an empty file, a truncated JPEG, text named .png) is *rejected*:
+recorded with its reason, not retried. Storage errors raise and are retried like any failure.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+from pipelines.config import ImageConfig, StorageConfig
+from pipelines.sources.images import read_image, read_member
+
+
+def fit_image(image: Image.Image, size: ImageConfig) -> Image.Image | str:
+    """The image at (width, height), or the reason it cannot be (`resize: refuse`)."""
+    target = (size.width, size.height)
+    if image.size == target:
+        return image
+    if size.resize == "refuse":
+        return f"image is {image.size[0]}x{image.size[1]}, expected {target[0]}x{target[1]} (image.resize: refuse)"
+    scale = max(target[0] / image.size[0], target[1] / image.size[1])
+    resized = image.resize((max(target[0], round(image.size[0] * scale)), max(target[1], round(image.size[1] * scale))),
+                           Image.Resampling.BICUBIC)
+    left, top = (resized.size[0] - target[0]) // 2, (resized.size[1] - target[1]) // 2
+    return resized.crop((left, top, left + target[0], top + target[1]))
+
+
+def decode_image(data: bytes) -> Image.Image | str:
+    """RGB image, or why the bytes are not one."""
+    if not data:
+        return "empty file (0 bytes)"
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()  # a truncated file fails here, not at open
+            return image.convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        return f"not a readable image ({type(exc).__name__}: {exc})"
+
+
+class ReadImages:
+    """samples -> uint8 pixels (B, H, W, 3) at the spec's size; unusable inputs rejected."""
+
+    def __init__(self, image: ImageConfig, storage: StorageConfig | None = None):
+        self.image, self.storage = image, storage
+
+    def __call__(self, batch: dict) -> dict:
+        keys, pixels, rejected = [], [], {}
+        for sample in batch["samples"]:
+            image = decode_image(read_image(sample, self.storage))
+            if not isinstance(image, str):
+                image = fit_image(image, self.image)
+            if isinstance(image, str):
+                rejected[sample["key"]] = image
+                continue
+            keys.append(sample["key"])
+            pixels.append(np.asarray(image, dtype=np.uint8))
+        empty = np.zeros((0, self.image.height, self.image.width, 3), np.uint8)
+        return {"keys": keys, "pixels": np.stack(pixels) if pixels else empty, "rejected": rejected}
+
+
+class ReadLatents:
+    """samples of a latentmill output that kept its latents -> float32 latents (B, C, h, w)."""
+
+    def __init__(self, storage: StorageConfig | None = None):
+        self.storage = storage
+
+    def __call__(self, batch: dict) -> dict:
+        latents = [np.load(io.BytesIO(read_member(s, "latent.npy", self.storage)), allow_pickle=False)
+                   for s in batch["samples"]]
+        return {"keys": list(batch["keys"]), "latents": np.stack(latents).astype(np.float32)}

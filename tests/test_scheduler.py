@@ -1,0 +1,197 @@
+"""The shard scheduler without Ray: fake pools that run stages in this process, real accounting.
+
+These pin the engine's rules for any chain length: shards stay whole, outputs flow stage to stage,
+failed batches split and retry from the first stage, dead actors are reported to their pool,
+repairs run only the listed keys, and the number of shards in flight stays bounded.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import pytest
+
+from pipelines.accounting import RunAccounting, task_load
+from pipelines.errors import OutputError
+from pipelines.plan import build_plan
+from pipelines.scheduler import ShardScheduler
+
+
+class Ref:
+    """A finished call: its value, or the exception it raised."""
+
+    def __init__(self, value=None, error: Exception | None = None):
+        self.value, self.error = value, error
+
+
+class ActorDied(Exception):
+    pass
+
+
+class FakePool:
+    """Runs `fn(batch)` at submit time; `fail(keys, attempt)` may return an exception to raise."""
+
+    def __init__(self, name, fn, actors=1, fail=None):
+        self.name, self.fn, self.max_actors, self.fail = name, fn, actors, fail
+        self.calls, self.in_flight, self.peak_in_flight, self.released_dead = [], 0, 0, 0
+
+    def scale_for(self, backlog, spare_cpus):
+        pass
+
+    def free_slots(self):
+        return 2 * self.max_actors - self.in_flight
+
+    def held_cpus(self):
+        return 0.0
+
+    def submit(self, payload, attempt=0):
+        batch = payload.value if isinstance(payload, Ref) else payload
+        self.calls.append((tuple(batch["keys"]), attempt))
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        error = self.fail(batch["keys"], attempt) if self.fail else None
+        if error is not None:
+            return Ref(error=error), Ref(error=error), object()
+        result = self.fn(batch)
+        return Ref(result), Ref({"items": len(result["keys"]), "busy_s": 0.001, "started_at": 0.0}), object()
+
+    def release(self, member, dead=False):
+        self.in_flight -= 1
+        self.released_dead += dead
+
+    def load(self, queued):
+        return task_load(self.max_actors, self.in_flight, queued, 0.0)
+
+
+class FakeRuntime:
+    total_cpus = 2.0
+
+    def __init__(self):
+        self.written: dict[str, dict] = {}
+        self.active_peak = 0
+
+    def wait(self, refs, timeout):
+        return refs[:1]
+
+    def get(self, ref):
+        if ref.error is not None:
+            raise ref.error
+        return ref.value
+
+    def is_actor_death(self, exc):
+        return isinstance(exc, ActorDied)
+
+    def discard(self, ref):
+        pass
+
+    def write(self, work):
+        outputs = [r.value for r in work.outputs]
+        keys = [k for out in outputs for k in out["keys"]]
+        self.written[work.shard.name] = {"keys": keys, "outputs": outputs, "failed": list(work.failed),
+                                         "repair": work.repair}
+        marker = {"samples": len(keys), "failed": len(work.failed), "write_seconds": 0.001}
+        return Ref(marker)
+
+
+def add(stage):
+    return lambda batch: {"keys": batch["keys"], "trail": [*batch.get("trail", []), stage]}
+
+
+def first(batch):
+    return {"keys": batch["keys"], "seeds": [s["seed"] for s in batch["samples"]], "trail": ["first"]}
+
+
+def run(plan, pools, todo, max_retries=2):
+    runtime = FakeRuntime()
+    accounting = RunAccounting(run_id="t", planned=len(plan), already_committed=0, to_generate=len(plan))
+    commits = []
+    scheduler = ShardScheduler(
+        plan, pools, runtime, accounting, batch_size=3, max_retries=max_retries, write_concurrency=2,
+        write_cpus=0.25, committed=0, on_commit=lambda name, marker: commits.append(name),
+    )
+    scheduler.run(deque(todo))
+    return runtime, accounting, commits, scheduler
+
+
+def plan_of(total=10, per_shard=4):
+    return build_plan(["a", "b"], images_per_prompt=1, num_images=total, seed=100, samples_per_shard=per_shard)
+
+
+@pytest.mark.parametrize("length", [1, 2, 4])
+def test_any_chain_length_writes_every_shard_whole_in_key_order(length):
+    plan = plan_of()
+    pools = [FakePool("s0", first)] + [FakePool(f"s{i}", add(f"s{i}")) for i in range(1, length)]
+    runtime, accounting, commits, _ = run(plan, pools, [(i, None) for i in range(plan.num_shards)])
+    assert sorted(commits) == ["00000", "00001", "00002"]
+    for index in range(plan.num_shards):
+        written = runtime.written[plan.shard(index).name]
+        assert written["keys"] == [s.key for s in plan.shard(index).samples]
+        # Every batch went through every stage, in chain order, and kept its first stage's data.
+        for out in written["outputs"]:
+            assert out["trail"] == ["first"] + [f"s{i}" for i in range(1, length)]
+    assert accounting.written == len(plan)
+    assert [p.calls[0][0] for p in pools] == [("000000000", "000000001", "000000002")] * length
+
+
+def test_a_failing_sample_is_split_out_retried_from_the_first_stage_and_recorded():
+    plan = plan_of(total=8, per_shard=8)
+
+    def fail(keys, attempt):
+        return ValueError("bad latents") if "000000004" in keys else None
+
+    pools = [FakePool("denoise", first), FakePool("decode", add("decode"), fail=fail)]
+    runtime, accounting, _, _ = run(plan, pools, [(0, None)], max_retries=2)
+    written = runtime.written["00000"]
+    assert sorted(written["keys"]) == [s.key for s in plan.shard(0).samples if s.key != "000000004"]
+    assert written["failed"] == [{"key": "000000004", "stage": "decode", "error": "ValueError: bad latents",
+                                  "attempts": 3}]
+    # The batch 3..5 failed whole (attempt 0), then sample 4 alone, from denoise, on attempts 1 and 2
+    # (max_retries=2): three failed decode batches in all.
+    denoised_alone = [attempt for keys, attempt in pools[0].calls if keys == ("000000004",)]
+    assert denoised_alone == [1, 2]
+    assert accounting.failed_samples == 1 and accounting.stages["decode"].failed_batches == 3
+
+
+def test_a_dead_actor_is_reported_to_its_pool_and_its_batch_retried():
+    plan = plan_of(total=3, per_shard=3)
+
+    def die_once(keys, attempt):
+        return ActorDied("worker died") if attempt == 0 else None
+
+    pools = [FakePool("denoise", first, fail=die_once), FakePool("decode", add("decode"))]
+    runtime, _, _, _ = run(plan, pools, [(0, None)])
+    assert pools[0].released_dead == 1
+    assert runtime.written["00000"]["keys"] == ["000000000", "000000001", "000000002"]
+    assert runtime.written["00000"]["failed"] == []
+
+
+def test_repair_runs_only_the_listed_keys():
+    plan = plan_of(total=8, per_shard=4)
+    pools = [FakePool("denoise", first), FakePool("decode", add("decode"))]
+    runtime, _, _, _ = run(plan, pools, [(1, frozenset({"000000005", "000000007"}))])
+    assert list(runtime.written) == ["00001"]
+    assert runtime.written["00001"]["repair"] is True
+    assert sorted(runtime.written["00001"]["keys"]) == ["000000005", "000000007"]
+    assert sorted(k for keys, _ in pools[0].calls for k in keys) == ["000000005", "000000007"]
+
+
+def test_shards_in_flight_stay_bounded_and_a_write_error_names_the_shard():
+    plan = plan_of(total=400, per_shard=4)
+    pools = [FakePool("denoise", first), FakePool("decode", add("decode"))]
+    runtime = FakeRuntime()
+    peak = []
+    accounting = RunAccounting(run_id="t", planned=len(plan), already_committed=0, to_generate=len(plan))
+    scheduler = ShardScheduler(plan, pools, runtime, accounting, batch_size=4, max_retries=0, write_concurrency=1,
+                               write_cpus=0.25, committed=0, on_commit=lambda n, m: peak.append(len(scheduler.active)))
+    scheduler.run(deque((i, None) for i in range(plan.num_shards)))
+    assert len(runtime.written) == 100
+    assert max(peak) <= scheduler.max_active == 2 * (1 + 1) + 1
+
+    def broken_write(work):
+        return Ref(error=OSError("disk full"))
+
+    runtime.write = broken_write
+    scheduler = ShardScheduler(plan, pools, runtime, accounting, batch_size=4, max_retries=0, write_concurrency=1,
+                               write_cpus=0.25, committed=7, on_commit=lambda n, m: None)
+    with pytest.raises(OutputError, match=r"writing shard 00000 failed: OSError: disk full\. The 7 shards"):
+        scheduler.run(deque([(0, None)]))
