@@ -60,9 +60,10 @@ def generate_pipeline(spec, plan, faults: tuple[Fault, ...] = ()) -> Pipeline:
 # -- encode: images -> read -> VAE encoder -> latent shards (+ the resized image and caption) --------
 
 def input_plan(spec):
-    from pipelines.sources.images import plan_input
+    from pipelines.sources.images import plan_images
 
-    return plan_input(spec.input, samples_per_shard=spec.output.samples_per_shard)
+    i = spec.input
+    return plan_images(i.url, samples_per_shard=spec.output.samples_per_shard, format=i.format, storage=i.storage)
 
 
 def encode_pipeline(spec, plan, faults: tuple[Fault, ...] = ()) -> Pipeline:

@@ -109,6 +109,10 @@ def write_shard(
         raise ValueError(f"shard {shard_name}: no output and no recorded failure for samples {missing[:5]}")
 
     rows: list[dict] = []
+    # Nested values of a sample (an input's source location, its original metadata) are JSON text
+    # in the manifest, so every shard's manifest has the same flat schema.
+    flat = {s["key"]: {k: json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v for k, v in s.items()}
+            for s in samples}
 
     def write_tar():
         rows.clear()
@@ -122,16 +126,16 @@ def write_shard(
                         members = sample_members(sample, files, fields, sample_metadata)
                         timings = {f"{stage}_ms": 1000 * s for stage, s in stage_times.items()}
                         primary_ext, primary = next(iter(files.items()))
-                        row = {**sample, "shard": shard_name, "status": "ok", "error": None, **fields,
+                        row = {**flat[key], "shard": shard_name, "status": "ok", "error": None, **fields,
                                "format": primary_ext, "bytes": len(primary), **timings}
                     elif key in old_rows:
                         members, row = old_members.get(key, []), old_rows[key]
                     elif key in rejected:
-                        rows.append({**sample, "shard": shard_name, "status": "rejected", "error": rejected[key]})
+                        rows.append({**flat[key], "shard": shard_name, "status": "rejected", "error": rejected[key]})
                         continue
                     else:
                         f = failures[key]
-                        rows.append({**sample, "shard": shard_name, "status": "failed", "error": f["error"],
+                        rows.append({**flat[key], "shard": shard_name, "status": "failed", "error": f["error"],
                                      "failed_stage": f["stage"], "attempts": f["attempts"]})
                         continue
                     for name, data in members:

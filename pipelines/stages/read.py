@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from pipelines.config import ImageConfig, StorageConfig
-from pipelines.sources.images import read_image, read_member
+from pipelines.sources.fetch import read_member, read_members
 
 
 def fit_image(image: Image.Image, size: ImageConfig) -> Image.Image | str:
@@ -50,8 +50,9 @@ class ReadImages:
 
     def __call__(self, batch: dict) -> dict:
         keys, pixels, rejected = [], [], {}
-        for sample in batch["samples"]:
-            image = decode_image(read_image(sample, self.storage))
+        datas = read_members(batch["samples"], "image", self.storage, return_errors=True)
+        for sample, data in zip(batch["samples"], datas):
+            image = str(data) if isinstance(data, Exception) else decode_image(data)
             if not isinstance(image, str):
                 image = fit_image(image, self.image)
             if isinstance(image, str):
