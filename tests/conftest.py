@@ -52,7 +52,7 @@ def ray_cluster(cache_dir, s3_server):
     from jobs.local import connect_ray
 
     os.environ.pop("RAY_ADDRESS", None)
-    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
     connect_ray()  # no-op on an initialised Ray; keeps the same call path as the CLI
     address = ray.get_runtime_context().gcs_address
     yield address
