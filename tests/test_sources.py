@@ -304,3 +304,14 @@ def _s3_options(storage) -> dict:
     from pipelines.sinks.storage import storage_options
 
     return storage_options("s3://latentmill", storage)
+
+
+# -- scale: planning a million list entries ------------------------------------------------------
+
+def test_planning_a_million_list_entries_stays_under_300_mb(tmp_path):
+    """The issue's bound for a 1M-image dry run, measured in a fresh process (`latentmill bench sources`)."""
+    from jobs.bench_sources import measure, write_list
+
+    result = measure(write_list(str(tmp_path), 1_000_000, "parquet"))
+    assert result["samples"] == result["rows"] == 1_000_000 and result["last_key"] == "000999999"
+    assert result["peak_mb"] < 300, result

@@ -27,13 +27,14 @@ import posixpath
 from dataclasses import dataclass
 
 import fsspec
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from fsspec.implementations.local import LocalFileSystem
 
 from pipelines.config import StorageConfig
 from pipelines.errors import ConfigError
-from pipelines.plan import ShardedPlan, sample_key
+from pipelines.plan import ITERATION_CHUNK, KEY_DIGITS, ShardedPlan
 from pipelines.sinks.storage import storage_options
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp", "bmp", "gif", "tif", "tiff")
@@ -63,25 +64,33 @@ class ImageSample:
 
 @dataclass(frozen=True, eq=False)
 class ImagePlan(ShardedPlan):
-    """Samples as rows of `rows`: key, prompt, url, [members: list<struct<ext, offset, size>>], [metadata]."""
+    """Samples as rows of `rows`: key, prompt, location, [members: list<struct<ext, offset, size>>], [metadata].
+
+    A location is a URL, an absolute path, or a path relative to `base` (the folder, or the list's
+    directory): stored as the input gives it and resolved per chunk, so long prefixes are not
+    repeated a million times.
+    """
 
     rows: pa.Table
     samples_per_shard: int
     input_format: str  # "latentmill", "webdataset", "folder" or "list"
     url: str
+    base: str = ""
 
     def __len__(self) -> int:
         return self.rows.num_rows
 
     def samples_between(self, start: int, stop: int) -> list[ImageSample]:
         out = []
-        for offset, row in enumerate(self.rows.slice(start, max(0, stop - start)).to_pylist()):
+        part = self.rows.slice(start, max(0, stop - start))
+        urls = self._urls(part).to_pylist()
+        for offset, row in enumerate(part.to_pylist()):
             members = row.get("members")
             out.append(ImageSample(
                 index=start + offset,
                 key=row["key"],
                 prompt=row["prompt"],
-                url=row["url"],
+                url=urls[offset],
                 members=None if members is None else {m["ext"]: (m["offset"], m["size"]) for m in members},
                 metadata=row.get("metadata"),
             ))
@@ -95,14 +104,18 @@ class ImagePlan(ShardedPlan):
         return pa.table({
             "key": part.column("key"),
             "prompt": part.column("prompt"),
-            "source": part.column("url").cast(pa.string()),
+            "source": self._urls(part),
             "shard": shard,
         })
 
+    def _urls(self, part: pa.Table) -> pa.Array:
+        locations = part.column("location").combine_chunks().cast(pa.string())
+        return resolve_locations(self.base, locations) if self.base else locations
+
     def digest(self) -> str:
         """Changes when any key, prompt, location, member span or metadata does, or the sharding."""
-        h = hashlib.sha256(json.dumps([self.input_format, self.samples_per_shard]).encode())
-        for batch in self.rows.to_batches(max_chunksize=65536):
+        h = hashlib.sha256(json.dumps([self.input_format, self.samples_per_shard, self.base]).encode())
+        for batch in self.rows.to_batches(max_chunksize=ITERATION_CHUNK):
             h.update(json.dumps(batch.to_pydict(), sort_keys=True, default=str).encode())
         return h.hexdigest()
 
@@ -125,11 +138,11 @@ def plan_images(
     kind = format if format != "auto" else detect_format(url, fs, root)
     if kind == "webdataset":
         input_format, rows = tars.plan_tars(url, fs, root)
-    elif kind == "list":
-        input_format, rows = "list", image_lists.read_list(url, fs, root)
-    else:
-        input_format, rows = "folder", plan_folder(url, fs, root)
-    return ImagePlan(rows, samples_per_shard, input_format, url)
+        return ImagePlan(rows, samples_per_shard, input_format, url)
+    if kind == "list":
+        base = full_url(fs, posixpath.dirname(root))
+        return ImagePlan(image_lists.read_list(url, fs, root), samples_per_shard, "list", url, base)
+    return ImagePlan(plan_folder(url, fs, root), samples_per_shard, "folder", url, full_url(fs, root))
 
 
 def detect_format(url: str, fs, root: str) -> str:
@@ -168,13 +181,27 @@ def plan_folder(url: str, fs, root: str) -> pa.Table:
     return pa.table({
         "key": position_keys(len(relative)),
         "prompt": pa.repeat(pa.scalar("", pa.string()), len(relative)),
-        "url": pc.binary_join_element_wise(full_url(fs, base), relative, ""),
-        "metadata": pa.StructArray.from_arrays([relative], names=["path"]),
+        "location": relative,
+        "metadata": pa.StructArray.from_arrays([relative], names=["path"]),  # shares the location's buffers
     })
 
 
-def position_keys(count: int) -> pa.Array:
-    return pa.array((sample_key(i) for i in range(count)), pa.string(), size=count)
+def position_keys(count: int, start: int = 0) -> pa.Array:
+    """`sample_key` of positions start..start+count-1, computed in Arrow (no Python string each)."""
+    numbers = pc.cast(pa.array(np.arange(start, start + count, dtype=np.int64)), pa.string())
+    return pc.utf8_lpad(numbers, KEY_DIGITS, "0")
+
+
+def resolve_locations(base: str, locations: pa.Array) -> pa.Array:
+    """URLs stay as they are; absolute paths live on `base`'s filesystem; others are relative to `base`."""
+    relative = pc.binary_join_element_wise(base.rstrip("/") + "/", locations, "")
+    is_url = pc.match_substring(locations, "://")
+    kept = pc.or_(is_url, pc.starts_with(locations, "/"))
+    if not pc.any(kept).as_py():  # the usual case: every location relative
+        return relative
+    protocol = base.split("://")[0] if "://" in base else None
+    absolute = pc.binary_join_element_wise(f"{protocol}:/", locations, "") if protocol else locations
+    return pc.if_else(is_url, locations, pc.if_else(kept, absolute, relative))
 
 
 def full_url(fs, path: str) -> str:

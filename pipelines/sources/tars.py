@@ -104,7 +104,7 @@ def _rows(tar_url: str, keys: list, prompts: list, members: list, metadata: pa.S
     n = len(keys)
     # The tar's URL once per tar, not once per sample.
     urls = pa.DictionaryArray.from_arrays(pa.array([0] * n, pa.int32()), pa.array([tar_url], pa.string()))
-    columns = {"key": pa.array(keys, pa.string()), "prompt": pa.array(prompts, pa.string()), "url": urls,
+    columns = {"key": pa.array(keys, pa.string()), "prompt": pa.array(prompts, pa.string()), "location": urls,
                "members": pa.array(members, MEMBERS_TYPE)}
     if metadata is not None:
         columns["metadata"] = metadata
@@ -159,7 +159,7 @@ def _refuse_duplicate_keys(url: str, table: pa.Table) -> None:
     counts = pc.value_counts(keys)
     duplicate = counts.filter(pc.greater(counts.field("counts"), 1))[0]["values"].as_py()
     where = pc.indices_nonzero(pc.equal(keys, duplicate)).to_pylist()[:2]
-    places = [table.column("url")[i].as_py() for i in where]
+    places = [table.column("location")[i].as_py() for i in where]
     raise ConfigError(
         URL_FIELD, "",
         detail=f"{url}: key {duplicate!r} appears more than once (in {places[0]} and {places[1]}); the keys of a "
