@@ -30,10 +30,12 @@ class Decoder(nn.Module):
     (B, F, C, h, w) and return (B, F, 3, 8h, 8w).
     """
 
-    def __init__(self, model: nn.Module, name: str, *, is_video: bool | None = None):
+    def __init__(self, model: nn.Module, name: str, *, is_video: bool | None = None, latent_space: str | None = None):
         super().__init__()
         self.model = model
         self.name = name
+        # The latent space its weights were trained on ("sd", "sdxl", "svd"); None: unknown or random.
+        self.latent_space = latent_space
         # diffusers' video VAEs (and ours) take `num_frames` in decode; image VAEs do not.
         if is_video is None:
             is_video = "num_frames" in inspect.signature(model.decode).parameters
@@ -201,18 +203,20 @@ class Decoder(nn.Module):
         """diffusers layout (config.json + diffusion_pytorch_model.safetensors) plus our name."""
         self.model.save_pretrained(directory, safe_serialization=True)
         with open(os.path.join(directory, META_FILE), "w") as f:
-            json.dump({"name": self.name, "is_video": self.is_video, "format": 1}, f, indent=2)
+            meta = {"name": self.name, "is_video": self.is_video, "latent_space": self.latent_space, "format": 1}
+            json.dump(meta, f, indent=2)
 
     def save_file(self, path: str | os.PathLike) -> None:
         """One self-contained .safetensors file: weights plus config and name in its header."""
         from safetensors.torch import save_file
 
         state = {k: v.contiguous() for k, v in self.model.state_dict().items()}
-        meta = {"config": self.model.to_json_string(), "name": self.name, "format": "1"}
+        meta = {"config": self.model.to_json_string(), "name": self.name, "latent_space": self.latent_space or "",
+                "format": "1"}
         save_file(state, os.fspath(path), metadata=meta)
 
     def extra_repr(self) -> str:
         return (
             f"name={self.name!r}, latent_channels={self.latent_channels}, "
-            f"upscale_factor={self.upscale_factor}, is_video={self.is_video}"
+            f"upscale_factor={self.upscale_factor}, is_video={self.is_video}, latent_space={self.latent_space!r}"
         )

@@ -21,7 +21,8 @@ import torch
 
 from .base import Decoder
 from .flops import count_flops
-from .registry import SPECS, available, build
+from .loading import build
+from .registry import ARCHITECTURES
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 IMAGE_BASELINE, VIDEO_BASELINE = "sdxl-vae", "svd-vae"
@@ -33,7 +34,9 @@ def _parse_list(s: str, cast=str) -> list:
 
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="latentmill bench decoders", description=__doc__.splitlines()[0])
-    p.add_argument("--decoders", type=_parse_list, default=available(), help="comma-separated (default: all)")
+    p.add_argument("--decoders", type=_parse_list, default=list(ARCHITECTURES),
+                   help="comma-separated architectures (default: all), built with random weights: "
+                        "time and memory do not depend on the weights")
     p.add_argument("--sizes", type=lambda s: _parse_list(s, int), default=[256, 512, 1024], help="square pixel sizes")
     p.add_argument("--frames", type=int, default=14, help="frames per clip for video decoders (SVD: 14)")
     p.add_argument("--batch", type=int, default=1)
@@ -56,9 +59,9 @@ def parse_args(argv):
                    help="time CPU rows in this process (faster start; CPU peak memory less meaningful)")
     p.add_argument("--json", action="store_true", help="one JSON object per decoder, size and device/dtype")
     args = p.parse_args(argv)
-    unknown = set(args.decoders) - set(available())
+    unknown = set(args.decoders) - set(ARCHITECTURES)
     if unknown:
-        p.error(f"unknown decoders {sorted(unknown)}; available: {available()}")
+        p.error(f"unknown decoder architectures {sorted(unknown)}; available: {list(ARCHITECTURES)}")
     bad = set(args.dtypes or []) - set(DTYPES)
     if bad:
         p.error(f"unknown dtypes {sorted(bad)}; choose from {list(DTYPES)}")
@@ -177,7 +180,7 @@ def run(args) -> list[dict]:
             names = sorted(args.decoders, key=lambda n: n not in (IMAGE_BASELINE, VIDEO_BASELINE))
             rr = _interleaved(args, names, device, dtype_name, size, flops) if args.interleave and device != "meta" else {}
             for name in names:
-                spec = SPECS[name]
+                spec = ARCHITECTURES[name]
                 frames = args.frames if spec.is_video else 1
                 baseline = VIDEO_BASELINE if spec.is_video else IMAGE_BASELINE
                 gflop = flops(name, size, frames) / 1e9
@@ -219,7 +222,7 @@ def _interleaved(args, names, device, dtype_name, size, flops) -> dict[str, dict
     """Round-robin timing: repeat r decodes every decoder once before repeat r+1 starts."""
     decs, zs, out = {}, {}, {}
     for name in names:
-        frames = args.frames if SPECS[name].is_video else 1
+        frames = args.frames if ARCHITECTURES[name].is_video else 1
         gflop = flops(name, size, frames) / 1e9
         if args.max_gflop is not None and gflop > args.max_gflop:
             out[name] = {"skipped": f"{gflop:.0f} GFLOP > --max-gflop {args.max_gflop:g}", "median_s": None}

@@ -11,7 +11,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from .base import Decoder
-from .registry import build
+from .loading import build
 
 
 def count_flops(decoder: str | Decoder, height: int, width: int, *, frames: int = 1, batch: int = 1) -> int:

@@ -28,6 +28,8 @@ import sys
 import tempfile
 import time
 
+from pipelines.config import MODEL_VAE
+
 DEFAULT_SPEC = """
 name: bench-pipeline
 model: {family: sdxl, reference: tiny, dtype: float32}
@@ -180,7 +182,7 @@ def run_naive_loop(spec, plan, workdir: str) -> dict:
     if spec.sampler.scheduler != "default":
         pipe.scheduler = getattr(diffusers, SCHEDULERS[spec.sampler.scheduler]).from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
-    if spec.decoder != "sdxl-vae":
+    if spec.decoder != MODEL_VAE:
         import decoders
 
         decoder = decoders.load(spec.decoder, device=device)
@@ -197,7 +199,7 @@ def run_naive_loop(spec, plan, workdir: str) -> dict:
             num_inference_steps=s.steps, guidance_scale=s.guidance_scale, height=s.height, width=s.width,
             generator=[torch.Generator("cpu").manual_seed(x.seed) for x in batch],
         )
-        if spec.decoder == "sdxl-vae":
+        if spec.decoder == MODEL_VAE:
             images = pipe(**kwargs, output_type="pil").images
         else:
             from PIL import Image

@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     bench_commands = bench.add_subparsers(dest="bench", required=True)
     bench_commands.add_parser("decoders", help="decoder FLOPs, latency and memory", add_help=False)
     bench_commands.add_parser("scale", help="10K/100K-image runs: throughput and peak memory", add_help=False)
+    bench_commands.add_parser("sources", help="driver memory and time to plan a 1M-image list", add_help=False)
     bench_commands.add_parser("pipeline", help="each stage alone vs the pipeline vs a naive diffusers loop",
                               add_help=False)
 
@@ -59,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
             from decoders.bench import main as bench_decoders
 
             return bench_decoders(rest)
+        if args.command == "bench" and args.bench == "sources":
+            from jobs.bench_sources import main as bench_sources
+
+            return bench_sources(rest)
         if args.command == "bench" and args.bench == "scale":
             from jobs.bench_scale import main as bench_scale
 

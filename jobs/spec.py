@@ -18,6 +18,7 @@ import yaml
 from jobs.schema import build, parse_yaml
 from pipelines.config import (
     LATENT_FACTOR,
+    MODEL_VAE,
     CostConfig,
     EncodeStages,
     ImageConfig,
@@ -30,10 +31,9 @@ from pipelines.config import (
     StagesConfig,
     require,
 )
+from decoders import references
 from pipelines.errors import ConfigError
-from pipelines.models.loading import TINY_REFERENCE, is_path_reference
-
-HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+from pipelines.models.loading import TINY_REFERENCE
 
 
 @dataclass(frozen=True)
@@ -48,8 +48,9 @@ class JobSpec:
     num_images: int | None = None
     # Sample i gets seed `seed + i`, so any sample can be regenerated alone with plain diffusers.
     seed: int = 0
-    # "sdxl-vae" (the model's own VAE), a registered lightweight decoder, or a checkpoint path.
-    decoder: str = "sdxl-vae"
+    # "sdxl-vae" (the model's own VAE), a registered decoder (published weights), a random build
+    # ("random:taesd"), a checkpoint path or a Hugging Face id.
+    decoder: str = MODEL_VAE
     # Decode in overlapping tiles (true, or a tile size in pixels) for sizes beyond memory; for
     # decoders that support it (sdxl-vae, taesd, tae-192).
     decoder_tiling: Union[bool, int] = False
@@ -219,17 +220,17 @@ def check_references(spec: AnySpec) -> None:
     if getattr(spec, "input", None) is not None:
         _check_protocol(spec.input.url, "input.url")
     reference = spec.model.reference
-    if reference != TINY_REFERENCE:
-        if is_path_reference(reference):
-            _check_model_dir(reference)
-        elif not HF_ID.match(reference):
-            raise ConfigError(
-                "model.reference",
-                "",
-                detail=f"{reference!r} is neither 'tiny', a Hugging Face id (org/name) nor an existing directory",
-            )
+    kind = references.kind_of(reference, builtins=(TINY_REFERENCE,))
+    if kind == "path":
+        _check_model_dir(reference)
+    elif kind is None:
+        raise ConfigError(
+            "model.reference",
+            "",
+            detail=f"{reference!r} is neither 'tiny', a Hugging Face id (org/name) nor an existing directory",
+        )
     if hasattr(spec, "decoder"):
-        _check_decoder(spec.decoder)
+        _check_decoder(spec.decoder, spec.model.family)
 
 
 def _check_protocol(url: str, path: str) -> None:
@@ -255,21 +256,28 @@ def _check_model_dir(reference: str) -> None:
         )
 
 
-def _check_decoder(decoder: str) -> None:
+def _check_decoder(decoder: str, model_family: str) -> None:
+    """Before any actor starts: the decoder exists, fits the model's latents, and its weights are here."""
     import decoders
+    from decoders.registry import unknown_name_help
 
-    if decoder in decoders.available():
+    if decoder == MODEL_VAE:
         return
-    if is_path_reference(decoder):
-        fs, root = fsspec.core.url_to_fs(decoder)
-        if fs.exists(root):
-            return
-        raise ConfigError("decoder", "", detail=f"decoder checkpoint {decoder!r} does not exist")
-    raise ConfigError(
-        "decoder",
-        "",
-        detail=f"unknown decoder {decoder!r}: expected one of {', '.join(decoders.available())} or a checkpoint path",
-    )
+    kind = references.kind_of(decoder, builtins=decoders.available())
+    try:
+        if kind == "builtin":
+            decoders.check_latent_space(decoder, model_family)
+        if kind in ("builtin", "hub"):
+            decoders.fetch_weights(decoder)
+    except (decoders.LatentSpaceMismatch, decoders.WeightsUnavailable) as exc:
+        raise ConfigError("decoder", "", detail=str(exc)) from None
+    if kind == "path":
+        fs, root = fsspec.core.url_to_fs(references.local_path(decoder))
+        if not fs.exists(root):
+            raise ConfigError("decoder", "", detail=f"decoder checkpoint {decoder!r} does not exist")
+    elif kind is None:
+        detail = f"unknown decoder {decoder!r}: {unknown_name_help(decoder)}; or 'sdxl-vae', the model's own VAE"
+        raise ConfigError("decoder", "", detail=detail)
 
 
 def _line_of(path: str, lines: dict[str, int]) -> int | None:

@@ -11,6 +11,9 @@ from typing import Literal, Union
 from pipelines.errors import ConfigError
 
 LATENT_FACTOR = 8  # pixels per latent cell in SDXL-class VAEs
+# `decoder: sdxl-vae` in a job spec is the model's own VAE (the tiny model's tiny one); other
+# registered decoder names mean published weights (decoders/registry.py).
+MODEL_VAE = "sdxl-vae"
 
 
 def require(ok: bool, path: str, expected: str, got: object) -> None:

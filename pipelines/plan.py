@@ -11,7 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Sequence
+
+import pyarrow as pa
 
 KEY_DIGITS = 9
 SHARD_DIGITS = 5
@@ -40,8 +42,47 @@ class ShardPlan:
         return [self.samples[i : i + batch_size] for i in range(0, len(self.samples), batch_size)]
 
 
+class ShardedPlan:
+    """What every plan shares: consecutive runs of `samples_per_shard` samples make a shard.
+
+    A plan gives `__len__`, `samples_per_shard` and `samples_between(start, stop)`; a sample has
+    `.key`, `.index` and `.as_dict()` (what is sent to stages).
+    """
+
+    samples_per_shard: int
+
+    def samples_between(self, start: int, stop: int) -> Sequence:
+        raise NotImplementedError
+
+    def sample(self, index: int):
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        return self.samples_between(index, index + 1)[0]
+
+    def samples(self) -> Iterator:
+        for start in range(0, len(self), ITERATION_CHUNK):
+            yield from self.samples_between(start, min(start + ITERATION_CHUNK, len(self)))
+
+    @property
+    def num_shards(self) -> int:
+        return -(-len(self) // self.samples_per_shard)
+
+    def shard(self, index: int) -> "ShardPlan":
+        start = index * self.samples_per_shard
+        stop = min(start + self.samples_per_shard, len(self))
+        return ShardPlan(index, shard_name(index), tuple(self.samples_between(start, stop)))
+
+    def shard_size(self, index: int) -> int:
+        return min(self.samples_per_shard, len(self) - index * self.samples_per_shard)
+
+
+ITERATION_CHUNK = 8192  # samples made at once when iterating: bounds memory, amortises the per-call cost
+
+PLAN_SCHEMA = pa.schema([("key", pa.string()), ("prompt", pa.string()), ("seed", pa.int64()), ("shard", pa.int32())])
+
+
 @dataclass(frozen=True)
-class Plan:
+class Plan(ShardedPlan):
     """Each prompt gets `images_per_prompt` consecutive samples; past the end, prompts cycle."""
 
     prompts: tuple[str, ...]
@@ -59,20 +100,19 @@ class Plan:
         prompt = self.prompts[(index // self.images_per_prompt) % len(self.prompts)]
         return Sample(index=index, key=sample_key(index), prompt=prompt, seed=self.seed + index)
 
-    def samples(self) -> Iterator[Sample]:
-        return (self.sample(i) for i in range(self.total))
+    def samples_between(self, start: int, stop: int) -> list[Sample]:
+        return [self.sample(i) for i in range(start, stop)]
 
-    @property
-    def num_shards(self) -> int:
-        return -(-self.total // self.samples_per_shard)
-
-    def shard(self, index: int) -> ShardPlan:
-        start = index * self.samples_per_shard
-        stop = min(start + self.samples_per_shard, self.total)
-        return ShardPlan(index, shard_name(index), tuple(self.sample(i) for i in range(start, stop)))
-
-    def shard_size(self, index: int) -> int:
-        return min(self.samples_per_shard, self.total - index * self.samples_per_shard)
+    def table(self, start: int, stop: int) -> pa.Table:
+        """Rows `start` to `stop` of plan.parquet: key, prompt, seed, shard."""
+        rows = self.samples_between(start, min(stop, self.total))
+        columns = {
+            "key": [s.key for s in rows],
+            "prompt": [s.prompt for s in rows],
+            "seed": [s.seed for s in rows],
+            "shard": [s.index // self.samples_per_shard for s in rows],
+        }
+        return pa.table(columns, schema=PLAN_SCHEMA)
 
     def digest(self) -> str:
         h = hashlib.sha256()

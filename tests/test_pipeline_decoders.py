@@ -26,8 +26,8 @@ def run(out, **changes) -> dict[str, np.ndarray]:
     return {s["__key__"]: np.asarray(Image.open(io.BytesIO(s["png"]))) for s in webdataset(str(out))}
 
 
-def test_registered_lightweight_decoder(ray_cluster, tmp_path):
-    images = run(tmp_path / "taesd", decoder="taesd")
+def test_random_build_of_a_lightweight_decoder(ray_cluster, tmp_path):
+    images = run(tmp_path / "taesd", decoder="random:taesd")
     assert len(images) == 8 and all(i.shape == (64, 64, 3) for i in images.values())
 
 
@@ -55,8 +55,8 @@ def test_tiled_decoding_matches_untiled_closely(ray_cluster, tmp_path):
 
 
 def test_tiling_a_decoder_that_cannot_tile_fails_at_start(ray_cluster, tmp_path):
-    spec = parse_spec(yaml.safe_dump(spec_dict(tmp_path / "x", num_images=4, decoder="effvit", decoder_tiling=True)))
-    with pytest.raises(SchedulingError, match="decoder_tiling: decoder 'effvit' does not support tiled decoding"):
+    spec = parse_spec(yaml.safe_dump(spec_dict(tmp_path / "x", num_images=4, decoder="random:effvit", decoder_tiling=True)))
+    with pytest.raises(SchedulingError, match="decoder_tiling: decoder 'random:effvit' does not support tiled decoding"):
         run_job(spec, progress=False)
 
 

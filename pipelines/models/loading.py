@@ -15,6 +15,8 @@ from pathlib import Path
 
 import fsspec
 
+from decoders import references
+
 TINY_REFERENCE = "tiny"
 TINY_VERSION = "tiny-sdxl-v1"
 
@@ -31,20 +33,15 @@ def cache_dir() -> Path:
     return Path(os.environ.get("LATENTMILL_CACHE", Path.home() / ".cache" / "latentmill"))
 
 
-def is_path_reference(reference: str) -> bool:
-    """A directory or URL rather than a Hugging Face id (which looks like org/name)."""
-    if "://" in reference or reference.startswith(("/", ".", "~")):
-        return True
-    return os.path.exists(reference)
-
-
 def resolve_reference(reference: str) -> str:
-    if reference == TINY_REFERENCE:
+    """What from_pretrained takes: a local directory, or a Hugging Face id as it is."""
+    kind = references.kind_of(reference, builtins=(TINY_REFERENCE,))
+    if kind == "builtin":
         return str(ensure_tiny_sdxl())
-    if "://" in reference and not reference.startswith("file://"):
+    if kind == "path" and references.is_url(reference) and not reference.startswith("file://"):
         return str(_copy_remote_dir(reference))
-    if is_path_reference(reference):
-        return os.path.expanduser(reference.removeprefix("file://"))
+    if kind == "path":
+        return references.local_path(reference)
     return reference  # a Hugging Face id
 
 

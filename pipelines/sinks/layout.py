@@ -132,24 +132,16 @@ class OutputLayout:
             if index >= plan.num_shards or marker["samples"] + marker.get("failed", 0) != plan.shard_size(index):
                 self.uncommit(name)
 
-    def write_plan(self, plan: Plan) -> None:
+    def write_plan(self, plan) -> None:
+        """plan.parquet: one row per planned sample (columns chosen by the plan), written in row groups."""
+
         def write():
             with self.fs.open(self.path(PLAN_FILE), "wb") as f:
-                schema = pa.schema([("key", pa.string()), ("prompt", pa.string()), ("seed", pa.int64()), ("shard", pa.int32())])
-                with pq.ParquetWriter(f, schema) as writer:
-                    for start in range(0, len(plan), PLAN_ROWS_PER_GROUP):
-                        rows = [plan.sample(i) for i in range(start, min(start + PLAN_ROWS_PER_GROUP, len(plan)))]
-                        writer.write_table(
-                            pa.table(
-                                {
-                                    "key": [s.key for s in rows],
-                                    "prompt": [s.prompt for s in rows],
-                                    "seed": [s.seed for s in rows],
-                                    "shard": [s.index // plan.samples_per_shard for s in rows],
-                                },
-                                schema=schema,
-                            )
-                        )
+                first = plan.table(0, PLAN_ROWS_PER_GROUP)
+                with pq.ParquetWriter(f, first.schema) as writer:
+                    writer.write_table(first)
+                    for start in range(PLAN_ROWS_PER_GROUP, len(plan), PLAN_ROWS_PER_GROUP):
+                        writer.write_table(plan.table(start, start + PLAN_ROWS_PER_GROUP))
 
         self.retrying("writing the plan", write)
 

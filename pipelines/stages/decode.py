@@ -9,6 +9,8 @@ import torch
 from PIL import Image
 
 import decoders
+from decoders import references
+from pipelines.config import MODEL_VAE
 from pipelines.models.loading import resolve_reference, torch_dtype
 from pipelines.stages.device import pick_device
 
@@ -16,10 +18,12 @@ PIL_FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}
 
 
 def load_decoder(decoder: str, model_reference: str, device: str, dtype: str):
-    """`sdxl-vae` means the model's own VAE; anything else goes to the decoder registry."""
-    if decoder == "sdxl-vae":
+    """`sdxl-vae` means the model's own VAE; anything else goes to `decoders.load`."""
+    if decoder == MODEL_VAE:
         return decoders.load(resolve_reference(model_reference), subfolder="vae", device=device, dtype=torch_dtype(dtype))
-    return decoders.load(resolve_reference(decoder) if "://" in decoder else decoder, device=device, dtype=torch_dtype(dtype))
+    # Remote directories are copied to the local cache once per machine, like models.
+    reference = resolve_reference(decoder) if references.is_url(decoder) else decoder
+    return decoders.load(reference, device=device, dtype=torch_dtype(dtype))
 
 
 def encode_image(pixels: np.ndarray, image_format: str, quality: int) -> bytes:

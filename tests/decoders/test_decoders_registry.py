@@ -13,8 +13,12 @@ IMAGE = ["sdxl-vae", "taesd", "tae-192", "effvit"]
 VIDEO = ["tae-temporal", "svd-vae"]
 
 
-def test_available_lists_the_zoo():
-    assert decoders.available() == ["sdxl-vae", "taesd", "tae-192", "effvit", "tae-temporal", "svd-vae"]
+def test_available_lists_published_names_then_random_builds():
+    archs = ["sdxl-vae", "taesd", "tae-192", "effvit", "tae-temporal", "svd-vae"]
+    published = ["taesd", "taesdxl", "sdxl-vae", "sdxl-vae-fp16-fix", "svd-vae"]
+    random = [f"random:{a}" for a in archs] + [f"random:{a}-tiny" for a in archs]
+    assert decoders.available() == published + random
+    assert list(decoders.ARCHITECTURES) == archs
 
 
 @pytest.mark.parametrize(
@@ -28,19 +32,20 @@ def test_parameter_counts_match_published(name, params_m):
 
 
 def test_attributes_of_every_registered_decoder():
-    for name in decoders.available():
+    for name in decoders.ARCHITECTURES:
         dec = decoders.build(name, device="meta")
-        assert dec.name == name
+        assert dec.name == f"random:{name}"
         assert dec.latent_channels == 4 and dec.upscale_factor == 8
         assert dec.is_video == (name in VIDEO)
         assert isinstance(dec, torch.nn.Module)
 
 
-def test_registered_names_load_with_random_weights_from_a_fixed_seed(latents_for):
-    a, b = decoders.load("taesd", device="cpu"), decoders.load("taesd", device="cpu")
+def test_random_names_load_random_weights_from_a_fixed_seed(latents_for):
+    a, b = decoders.load("random:taesd", device="cpu"), decoders.load("random:taesd", device="cpu")
     z = latents_for(a, batch=1)
     assert torch.equal(a.decode(z), b.decode(z))
-    assert a.name == "taesd" and a.device.type == "cpu" and a.dtype == torch.float32
+    assert a.name == "random:taesd" and a.device.type == "cpu" and a.dtype == torch.float32
+    assert a.latent_space is None  # random weights belong to no latent space
 
 
 @pytest.mark.parametrize("name", IMAGE + VIDEO)
@@ -120,7 +125,7 @@ def test_fsspec_directory(tiny, latents_for):
 
 
 def test_unknown_name_is_a_clear_error():
-    with pytest.raises(ValueError, match="not a registered name"):
+    with pytest.raises(ValueError, match="'no-such-decoder' is not a registered decoder"):
         decoders.load("no-such-decoder")
 
 
@@ -135,7 +140,7 @@ def test_decoders_imports_neither_pipelines_nor_jobs():
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-def test_hub_ids_take_the_from_pretrained_path_and_fail_clearly(monkeypatch):
+def test_hub_ids_take_the_hub_download_path_and_fail_clearly(monkeypatch):
     import huggingface_hub
 
     asked = []
@@ -145,6 +150,6 @@ def test_hub_ids_take_the_from_pretrained_path_and_fail_clearly(monkeypatch):
         raise OSError("offline")
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
-    with pytest.raises(ValueError, match="Hugging Face id failed: OSError: offline"):
+    with pytest.raises(decoders.WeightsUnavailable, match=r"someone/some-vae: vae/config.json .*OSError: offline"):
         decoders.load("someone/some-vae", subfolder="vae")
     assert asked == [("someone/some-vae", "config.json", "vae")]
