@@ -7,6 +7,7 @@ import os
 
 from jobs.spec import JobSpec
 from pipelines.faults import Fault
+from pipelines.models.fingerprint import decoder_fingerprint, model_fingerprint
 from pipelines.plan import Plan, build_plan
 from pipelines.runner import GenerationJob, run_generation
 from pipelines.sources.prompts import read_prompts
@@ -32,6 +33,16 @@ def plan_for(spec: JobSpec) -> Plan:
     )
 
 
+def weights_identity(spec: JobSpec) -> dict:
+    """Which weights the model and decoder references mean now (pipelines/models/fingerprint.py)."""
+    import decoders
+
+    return {
+        "model": model_fingerprint(spec.model.reference),
+        "decoder": decoder_fingerprint(spec.decoder, tuple(decoders.available())),
+    }
+
+
 def generation_job(spec: JobSpec, plan: Plan | None = None, faults: tuple[Fault, ...] = ()) -> GenerationJob:
     return GenerationJob(
         name=spec.name,
@@ -42,7 +53,7 @@ def generation_job(spec: JobSpec, plan: Plan | None = None, faults: tuple[Fault,
         decoder_tiling=spec.decoder_tiling,
         output=spec.output,
         stages=spec.stages,
-        identity=spec.identity(),
+        identity={**spec.identity(), "weights": weights_identity(spec)},
         spec=spec.to_dict(),
         faults=faults,
         cost=spec.cost,
@@ -74,7 +85,17 @@ def run_job(
     start_timeout_s: float = 900.0,
     retry_failed: bool = False,
     faults: tuple[Fault, ...] = (),
+    check_full: bool = False,
+    wait: bool = False,
 ) -> dict:
+    """Run the job; Ray is connected to (or started) only when there is something to generate."""
     job = generation_job(spec, faults=faults)
-    connect_ray(address)
-    return run_generation(job, progress=progress, start_timeout_s=start_timeout_s, retry_failed=retry_failed)
+    return run_generation(
+        job,
+        connect=lambda: connect_ray(address),
+        progress=progress,
+        start_timeout_s=start_timeout_s,
+        retry_failed=retry_failed,
+        check_full=check_full,
+        wait=wait,
+    )

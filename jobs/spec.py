@@ -28,6 +28,7 @@ from pipelines.config import (
 )
 from pipelines.errors import ConfigError
 from pipelines.models.loading import TINY_REFERENCE, is_path_reference
+from pipelines.plan import MAX_SEED
 
 HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -57,7 +58,7 @@ class JobSpec:
         require(bool(self.name.strip()), "name", "a non-empty name", self.name)
         if self.num_images is not None:
             require(self.num_images > 0, "num_images", "a positive integer", self.num_images)
-        require(self.seed >= 0, "seed", "an integer >= 0", self.seed)
+        require(0 <= self.seed <= MAX_SEED, "seed", f"an integer from 0 to {MAX_SEED} (2^63 - 1)", self.seed)
         if not isinstance(self.decoder_tiling, bool):
             require(
                 self.decoder_tiling > 0 and self.decoder_tiling % LATENT_FACTOR == 0,

@@ -13,6 +13,9 @@ import json
 from dataclasses import dataclass
 from typing import Iterator
 
+from pipelines.errors import ConfigError
+
+MAX_SEED = 2**63 - 1  # seeds are int64 in plan.parquet and in torch generators
 KEY_DIGITS = 9
 SHARD_DIGITS = 5
 
@@ -99,4 +102,8 @@ def build_plan(
     samples_per_shard: int,
 ) -> Plan:
     total = num_images if num_images is not None else len(prompts) * images_per_prompt
+    if seed + total - 1 > MAX_SEED:
+        raise ConfigError(
+            "seed", "", detail=f"{seed} + {total} samples passes {MAX_SEED} (2^63 - 1): sample i gets seed + i, an int64"
+        )
     return Plan(tuple(prompts), images_per_prompt, total, seed, samples_per_shard)

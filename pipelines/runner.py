@@ -15,23 +15,27 @@ the marker and the report, and can be retried later with `retry_failed`.
 from __future__ import annotations
 
 import datetime as dt
+import signal
+import sys
+import threading
 import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Callable
 
 import ray
 
 from pipelines.accounting import RunAccounting, pool_load, task_load
 from pipelines.actors import StagePool, check_fits
 from pipelines.config import CostConfig, ModelConfig, OutputConfig, SamplerConfig, StagesConfig
-from pipelines.errors import OutputError
+from pipelines.errors import Interrupted, OutputError
 from pipelines.faults import Fault
 from pipelines.plan import Plan, Sample, ShardPlan, shard_name
+from pipelines.sinks.integrity import damaged_shards
 from pipelines.sinks.layout import OutputLayout
+from pipelines.sinks.lease import OutputLease, describe_holder
 from pipelines.sinks.webdataset_writer import write_shard
-from pipelines.stages.decode import Decode
-from pipelines.stages.denoise import Denoise
 from pipelines.tracking import run_listeners
 
 
@@ -78,52 +82,82 @@ class _Batch:
 
 
 def run_generation(
-    job: GenerationJob, *, start_timeout_s: float = 900.0, progress: bool = True, retry_failed: bool = False
+    job: GenerationJob,
+    *,
+    connect: Callable[[], None] = lambda: None,
+    start_timeout_s: float = 900.0,
+    progress: bool = True,
+    retry_failed: bool = False,
+    check_full: bool = False,
+    wait: bool = False,
 ) -> dict:
-    """Generate every planned sample not yet committed under job.output.url. Returns the run report."""
+    """Generate every planned sample not yet committed under job.output.url. Returns the run report.
+
+    Everything that changes the output happens under its lease (one driver per output; `wait`:
+    wait for a driver that holds it instead of refusing). Ray is connected to (`connect`) only when
+    there is work: checking a finished output needs none.
+    """
     layout = OutputLayout(job.output.url, job.output.storage)
     layout.check_reachable()
+    run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+    with OutputLease(layout, run_id, job.output.lease_ttl_s).acquire(wait=wait) as lease:
+        return _run_under_lease(job, layout, lease, connect, start_timeout_s, progress, retry_failed, check_full)
+
+
+def _run_under_lease(job, layout, lease, connect, start_timeout_s, progress, retry_failed, check_full) -> dict:
     outcome = layout.claim(_job_record(job), job.plan, job.output.mode)
     markers = layout.committed_markers()
-    debris = layout.remove_debris(set(markers))
+    notes = [f"output: {outcome}"]
+    if lease.taken_over:
+        notes.append(f"took over the expired lease of {describe_holder(lease.taken_over)}")
+    # A committed shard whose files no longer match its marker is generated again, whole.
+    for name, why in damaged_shards(layout, markers, full=check_full).items():
+        notes.append(f"shard {name} is generated again: {why}")
+        print(f"latentmill: shard {name} is generated again: {why}", file=sys.stderr)
+        layout.uncommit(name)
+        del markers[name]
+    debris = layout.remove_debris(markers)
+    if debris:
+        notes.append(f"removed {len(debris)} files of interrupted shard writes or replaced repairs")
     layout.write_index(markers)
 
-    # Shards to do, as (shard index, keys to regenerate or None for all). Work items are built
-    # when a shard is activated, so the driver's memory does not grow with the plan.
-    todo: deque[tuple[int, frozenset | None]] = deque()
-    to_generate = 0
-    for index in range(job.plan.num_shards):
-        marker = markers.get(shard_name(index))
-        if marker is None:
-            todo.append((index, None))
-            to_generate += job.plan.shard_size(index)
-        elif retry_failed and marker.get("failed"):
-            todo.append((index, frozenset(marker["failed_keys"])))
-            to_generate += marker["failed"]
-    run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+    todo, to_generate = _shards_to_do(job.plan, markers, retry_failed)
+    changed = bool(todo or debris or lease.taken_over or len(notes) > 1)
     accounting = RunAccounting(
-        run_id=run_id,
+        run_id=lease.run_id,
         planned=len(job.plan),
         already_committed=sum(m["samples"] for m in markers.values()),
         to_generate=to_generate,
         job=job.name,
         prices=vars(job.cost) if job.cost is not None else None,
-        listeners=run_listeners(layout, job.name, progress),
+        # A run with nothing to do leaves no run report, so checking a finished output changes nothing.
+        listeners=run_listeners(layout, job.name, progress) if changed else [],
     )
-    accounting.note(f"output: {outcome}")
-    if debris:
-        accounting.note(f"removed {len(debris)} files of interrupted shard writes")
+    for note in notes:
+        accounting.note(note)
     if not todo:
         return accounting.finish([])
 
+    connect()
     pools = _make_pools(job)
     accounting.pools_starting()
+    interrupts = _Interrupts()
+    infos: list[dict] = []
     try:
-        for pool in pools.values():
-            pool.start()
-        for pool in pools.values():
-            pool.wait_ready(start_timeout_s)
-        ShardScheduler(job, layout, markers, pools, accounting).run(todo)
+        with interrupts:
+            for pool in pools.values():
+                pool.start()
+            for pool in pools.values():
+                pool.wait_ready(start_timeout_s)
+            _check_devices(layout, pools)
+            scheduler = ShardScheduler(job, layout, markers, pools, accounting)
+            interrupts.scheduler = scheduler
+            lease.on_lost = scheduler.stop
+            scheduler.run(todo)
+            interrupts.scheduler = None
+            lease.check()
+    except KeyboardInterrupt:
+        interrupts.count += 1
     except BaseException as exc:
         accounting.fail(exc, [info for pool in pools.values() for info in pool.actor_infos()])  # report kept
         raise
@@ -131,11 +165,80 @@ def run_generation(
         infos = [info for pool in pools.values() for info in pool.actor_infos()]
         for pool in pools.values():
             pool.shutdown()
+    if interrupts.count:
+        return _interrupted(job, layout, accounting, infos)
+    layout.remove_debris(layout.committed_markers())  # the files that repairs replaced
     # Listeners (pipelines/tracking.py) write runs/RUN_ID.json and the job report, and end the live progress.
     return accounting.finish(infos)
 
 
+def _shards_to_do(plan: Plan, markers: dict, retry_failed: bool) -> tuple[deque, int]:
+    """(index, keys to regenerate or None for all) per shard to do, and the samples to generate.
+    Work items are built when a shard is activated, so the driver's memory does not grow with the plan."""
+    todo: deque[tuple[int, frozenset | None]] = deque()
+    to_generate = 0
+    for index in range(plan.num_shards):
+        marker = markers.get(shard_name(index))
+        if marker is None:
+            todo.append((index, None))
+            to_generate += plan.shard_size(index)
+        elif retry_failed and marker.get("failed"):
+            todo.append((index, frozenset(marker["failed_keys"])))
+            to_generate += marker["failed"]
+    return todo, to_generate
+
+
+def _check_devices(layout: OutputLayout, pools: dict) -> None:
+    """The device kind each stage ran on is part of what decides the bytes: a resume must match it."""
+    devices = {name: sorted({info["device"] for info in pool.actor_infos()}) for name, pool in pools.items()}
+    layout.check_devices(devices)
+
+
+def _interrupted(job: GenerationJob, layout: OutputLayout, accounting: RunAccounting, infos: list) -> dict:
+    """Ctrl-C: the shards committed (in-flight writes drained or abandoned as debris) go to the index."""
+    markers = layout.committed_markers()
+    layout.remove_debris(markers)
+    layout.write_index(markers)
+    accounting.status = "interrupted"
+    accounting.finish(infos)
+    samples = sum(m["samples"] for m in markers.values())
+    raise Interrupted(
+        f"interrupted: {len(markers)}/{job.plan.num_shards} shards ({samples}/{len(job.plan)} samples) are committed "
+        f"in {job.output.url}; rerun the same command to resume"
+    )
+
+
+class _Interrupts:
+    """While active: the first Ctrl-C asks the scheduler to stop (in-flight writes finish), a second
+    one, or one before the scheduler runs, abandons the run at once. Main thread only."""
+
+    def __init__(self):
+        self.count = 0
+        self.scheduler: ShardScheduler | None = None
+        self._previous = None
+
+    def _handle(self, signum, frame) -> None:
+        self.count += 1
+        if self.count == 1 and self.scheduler is not None:
+            self.scheduler.stop()
+        else:
+            raise KeyboardInterrupt
+
+    def __enter__(self) -> "_Interrupts":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
 def _make_pools(job: GenerationJob) -> dict[str, StagePool]:
+    # Imported here: a run with nothing to do needs neither torch nor the models.
+    from pipelines.stages.decode import Decode
+    from pipelines.stages.denoise import Denoise
+
     has_gpus = ray.cluster_resources().get("GPU", 0) > 0
     d, c, w = job.stages.denoise, job.stages.decode, job.stages.write
     decode_kwargs = {
@@ -189,10 +292,15 @@ class ShardScheduler:
         self.write_queue: deque[_ShardWork] = deque()
         self.waiting: dict[ray.ObjectRef, tuple] = {}  # stats or marker ref -> what it is for
         self.writes_in_flight = 0
+        self.stop_requested = False
+
+    def stop(self) -> None:
+        """Submit nothing more; `run` returns once the writes in flight are committed (Ctrl-C)."""
+        self.stop_requested = True
 
     def run(self, todo: deque[tuple[int, frozenset | None]]) -> None:
-        while todo or self.active:
-            while todo and len(self.active) < self.max_active:
+        while (todo or self.active) and not (self.stop_requested and not self.writes_in_flight):
+            while not self.stop_requested and todo and len(self.active) < self.max_active:
                 index, only = todo.popleft()
                 shard = self.job.plan.shard(index)
                 samples = shard.samples if only is None else tuple(s for s in shard.samples if s.key in only)
@@ -200,8 +308,12 @@ class ShardScheduler:
                 self.active[work.shard.name] = work
                 size = self.job.stages.denoise.batch_size
                 self.denoise_queue.extend(_Batch(work, work.todo[i : i + size]) for i in range(0, len(work.todo), size))
-            self._submit()
+            if not self.stop_requested:
+                self._submit()
             self.accounting.observe(_stage_loads(self))  # also drives progress, metrics, report flushes
+            if not self.waiting:  # ray.wait([]) returns at once: do not spin while actors start
+                time.sleep(0.2)
+                continue
             ready, _ = ray.wait(list(self.waiting), num_returns=1, timeout=1.0)
             for ref in ready:
                 self._on_ready(ref)
@@ -224,7 +336,7 @@ class ShardScheduler:
             marker_ref = self.writer.remote(
                 self.job.output.url, self.job.output.storage, work.shard.name,
                 [s.as_dict() for s in work.shard.samples], self.sample_metadata, self.job.output.image_format,
-                work.failed, work.repair, *work.decoded,
+                work.failed, self.markers[work.shard.name] if work.repair else None, self.job.faults, *work.decoded,
             )
             self.waiting[marker_ref] = ("write", work, time.time())
             self.writes_in_flight += 1

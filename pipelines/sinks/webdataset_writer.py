@@ -3,6 +3,12 @@
 Every tar member has a fixed mtime and owner, so the same samples always give the same bytes.
 Samples that failed after their retries are not in the tar; they are rows of the manifest with
 status "failed" and their error, and the marker counts them.
+
+A committed shard is never rewritten in place: a repair writes revision N+1 under new names
+(`00000.r1.tar`, `00000.r1.parquet`) and only its new marker makes them the shard; until then the
+old files stay whole, and afterwards the driver removes them as debris. Each file appears complete
+or not at all (storage.streaming_writer), so a write killed midway, or retried by Ray, never
+leaves a marker pointing at a torn file.
 """
 
 from __future__ import annotations
@@ -15,11 +21,12 @@ import time
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from pipelines import faults as fault_injection
 from pipelines.config import StorageConfig
-from pipelines.sinks.layout import OutputLayout
-from pipelines.sinks.storage import write_atomic, write_json
+from pipelines.sinks.layout import OutputLayout, shard_files
+from pipelines.sinks.storage import read_table, streaming_writer, write_atomic, write_json
+from pipelines.tables import table_to_bytes
 
 EXTENSIONS = {"png": "png", "jpg": "jpg", "webp": "webp"}
 
@@ -63,19 +70,18 @@ def _new_members(sample: dict, item: dict, ext: str, sample_metadata: dict) -> l
     return members
 
 
-def _read_existing(layout: OutputLayout, shard_name: str) -> tuple[dict, dict]:
+def _read_existing(layout: OutputLayout, shard_name: str, base: dict) -> tuple[dict, dict]:
     """Members (by key) and manifest rows (by key) of the committed shard, to rewrite it with repairs."""
-    paths = layout.shard_paths(shard_name)
+    paths = layout.committed_paths(shard_name, base)
 
     def read():
-        with layout.fs.open(paths["tar"], "rb") as f:
-            data = f.read()
+        data = layout.fs.cat_file(paths["tar"])
         members: dict[str, list[tuple[str, bytes]]] = {}
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
             for member in tar.getmembers():
                 members.setdefault(member.name.split(".", 1)[0], []).append((member.name, tar.extractfile(member).read()))
-        with layout.fs.open(paths["manifest"], "rb") as f:
-            rows = {row["key"]: row for row in pq.read_table(f).to_pylist() if row.get("status", "ok") == "ok"}
+        table = read_table(layout.fs, paths["manifest"])
+        rows = {row["key"]: row for row in table.to_pylist() if row.get("status", "ok") == "ok"}
         return members, rows
 
     return layout.retrying(f"reading shard {shard_name} to repair it", read)
@@ -89,19 +95,25 @@ def write_shard(
     sample_metadata: dict,
     image_format: str,
     failed: list[dict],
-    repair: bool,
+    base: dict | None,
+    faults: tuple,
     *decoded_batches: dict,
 ) -> dict:
     """Write the shard and return its commit marker.
 
     `samples` are the planned samples (key, index, prompt, seed) in order; `decoded_batches` hold
     the encoded images and per-sample stage timings of those that succeeded (top-level arguments,
-    so Ray hands them over resolved); `failed` the ones that did not. With `repair`, samples
-    neither decoded nor failed now are copied from the shard already committed.
+    so Ray hands them over resolved); `failed` the ones that did not. `base` is the marker of the
+    committed shard a repair starts from (None for a first write): samples neither decoded nor
+    failed now are copied from it, and the new files get the next revision's names. Ray may run
+    this again after a worker died: the same arguments write the same names from the same base.
     """
     started = time.perf_counter()
     layout = OutputLayout(output_url, storage)
-    paths = layout.shard_paths(shard_name)
+    revision = base.get("revision", 0) + 1 if base is not None else 0
+    files = shard_files(shard_name, revision)
+    paths = {kind: layout.path("shards", filename) for kind, filename in files.items()}
+    paths["marker"] = layout.shard_paths(shard_name)["marker"]
     decoded = {}
     for batch in decoded_batches:
         for i, key in enumerate(batch["keys"]):
@@ -113,7 +125,7 @@ def write_shard(
                 "timings": batch["timings"],
             }
     failures = {f["key"]: f for f in failed}
-    old_members, old_rows = _read_existing(layout, shard_name) if repair else ({}, {})
+    old_members, old_rows = _read_existing(layout, shard_name, base) if base is not None else ({}, {})
     missing = [s["key"] for s in samples if s["key"] not in decoded and s["key"] not in failures and s["key"] not in old_rows]
     if missing:
         raise ValueError(f"shard {shard_name}: no image and no recorded failure for samples {missing[:5]}")
@@ -123,10 +135,12 @@ def write_shard(
 
     def write_tar():
         rows.clear()
-        with layout.fs.open(paths["tar"], "wb") as raw:
+        with streaming_writer(layout.fs, paths["tar"]) as raw:
             counted = _HashingWriter(raw)
             with tarfile.open(fileobj=counted, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
-                for sample in samples:
+                for position, sample in enumerate(samples):
+                    if position == len(samples) // 2:
+                        fault_injection.during_write(faults, shard_name)
                     key = sample["key"]
                     if key in decoded:
                         item = decoded[key]
@@ -147,12 +161,10 @@ def write_shard(
         return counted
 
     counted = layout.retrying(f"writing shard {shard_name}", write_tar)
-    manifest = io.BytesIO()
     # Every row gets every column (failed rows have no size, ok rows no error): from_pylist takes
     # its schema from the first row alone.
     columns = list(dict.fromkeys(column for row in rows for column in row))
-    pq.write_table(pa.Table.from_pylist([{c: row.get(c) for c in columns} for row in rows]), manifest)
-    manifest_bytes = manifest.getvalue()
+    manifest_bytes = table_to_bytes(pa.Table.from_pylist([{c: row.get(c) for c in columns} for row in rows]))
     layout.retrying(f"writing manifest {shard_name}", lambda: write_atomic(layout.fs, paths["manifest"], manifest_bytes))
 
     ok_rows = [r for r in rows if r["status"] == "ok"]
@@ -161,8 +173,11 @@ def write_shard(
         "samples": len(ok_rows),
         "failed": len(rows) - len(ok_rows),
         "failed_keys": [r["key"] for r in rows if r["status"] == "failed"],
+        "revision": revision,
+        **files,  # the files that are this shard now: index.json and readers follow these names
         "tar_bytes": counted.size,
         "tar_sha256": counted.sha256.hexdigest(),
+        "manifest_bytes": len(manifest_bytes),
         "manifest_sha256": hashlib.sha256(manifest_bytes).hexdigest(),
         "write_seconds": time.perf_counter() - started,
     }
