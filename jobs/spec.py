@@ -28,7 +28,7 @@ from pipelines.config import (
 )
 from pipelines.errors import ConfigError
 from pipelines.models.loading import TINY_REFERENCE, is_path_reference
-from pipelines.plan import MAX_SEED
+from pipelines.plan import MAX_SEED, check_seeds
 
 HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -59,6 +59,8 @@ class JobSpec:
         if self.num_images is not None:
             require(self.num_images > 0, "num_images", "a positive integer", self.num_images)
         require(0 <= self.seed <= MAX_SEED, "seed", f"an integer from 0 to {MAX_SEED} (2^63 - 1)", self.seed)
+        if self.num_images is not None or self.prompts.inline is not None:  # else known once the prompt file is read
+            check_seeds(self.seed, self.num_images or len(self.prompts.inline) * self.prompts.images_per_prompt)
         if not isinstance(self.decoder_tiling, bool):
             require(
                 self.decoder_tiling > 0 and self.decoder_tiling % LATENT_FACTOR == 0,

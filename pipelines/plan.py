@@ -93,6 +93,13 @@ def shard_name(index: int) -> str:
     return f"{index:0{SHARD_DIGITS}d}"
 
 
+def check_seeds(seed: int, total: int) -> None:
+    if seed + total - 1 > MAX_SEED:
+        raise ConfigError(
+            "seed", "", detail=f"{seed} + {total} samples passes {MAX_SEED} (2^63 - 1): sample i gets seed + i, an int64"
+        )
+
+
 def build_plan(
     prompts: list[str],
     *,
@@ -102,8 +109,5 @@ def build_plan(
     samples_per_shard: int,
 ) -> Plan:
     total = num_images if num_images is not None else len(prompts) * images_per_prompt
-    if seed + total - 1 > MAX_SEED:
-        raise ConfigError(
-            "seed", "", detail=f"{seed} + {total} samples passes {MAX_SEED} (2^63 - 1): sample i gets seed + i, an int64"
-        )
+    check_seeds(seed, total)
     return Plan(tuple(prompts), images_per_prompt, total, seed, samples_per_shard)
