@@ -131,7 +131,7 @@ class OutputLayout:
         old.pop("plan_sha256", None), new.pop("plan_sha256", None)
         if old != new:
             raise OutputConflict(
-                f"{self.url}: output.mode extend needs the same model, weights, sampler, seed, decoder and output "
+                f"{self.url}: output.mode extend needs the same model, sampler, seed, decoder, weights and output "
                 f"format as the job already there; only prompts and num_images may grow (what differs: "
                 f"{identity_changes(old, new)})"
             )
