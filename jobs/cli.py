@@ -1,4 +1,8 @@
-"""The `latentmill` command line."""
+"""The `latentmill` command line.
+
+Exit codes, for every command: 0 ok; 1 the job or the output failed (the message says what, and
+what to rerun); 2 a usage or spec error; 130 stopped with Ctrl-C (committed shards kept).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,9 @@ import argparse
 import json
 import sys
 
-from pipelines.errors import LatentmillError
+from pipelines.errors import ConfigError, Interrupted, LatentmillError
+
+CHECKS = ("size", "full")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,17 +28,25 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--quiet", action="store_true", help="no progress lines")
     run.add_argument("--start-timeout", type=float, default=900.0, help="seconds to wait for stage actors to start")
     run.add_argument("--retry-failed", action="store_true", help="also regenerate samples recorded as failed")
+    run.add_argument("--wait", action="store_true",
+                     help="if another driver is writing the output, wait for it to finish instead of refusing")
+    run.add_argument("--check", choices=CHECKS, default="size",
+                     help="how committed shards are checked before resuming: size (default) or full (also sha256)")
     run.add_argument("--inject-fault", action="append", default=[], metavar="STAGE:KIND:KEY[:TIMES]",
                      help="for fault-tolerance testing: make a stage raise (or return NaN) for a sample")
 
     verify = commands.add_parser("verify", help="check a job output for completeness and consistency")
     verify.add_argument("output", help="the job's output URL")
     verify.add_argument("--json", action="store_true", help="print one JSON object")
+    verify.add_argument("--check", choices=CHECKS, default="size",
+                        help="full: also compare every tar's and manifest's sha256 with its commit marker")
+    _add_storage_arguments(verify)
 
     report = commands.add_parser("report", help="print the throughput report of a finished or running job")
     report.add_argument("output", help="the job's output URL")
     report.add_argument("--json", action="store_true", help="print report.json instead of the readable report")
     report.add_argument("--write", action="store_true", help="also (re)write report.json, report.md and report.png there")
+    _add_storage_arguments(report)
 
     bench = commands.add_parser("bench", help="benchmarks that print tables")
     bench_commands = bench.add_subparsers(dest="bench", required=True)
@@ -68,10 +82,38 @@ def main(argv: list[str] | None = None) -> int:
             from jobs.bench_scale import main as bench_scale
 
             return bench_scale(rest)
+    except Interrupted as exc:
+        print(exc, file=sys.stderr)
+        return exc.exit_code
     except LatentmillError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted; committed shards are kept, rerun the same command to resume", file=sys.stderr)
+        return 130
     return 1
+
+
+def _add_storage_arguments(parser) -> None:
+    """How verify and report reach object storage: as output.storage in a spec (names of the
+    environment variables that hold the keys, never the keys)."""
+    group = parser.add_argument_group("object storage (as output.storage in a spec)")
+    group.add_argument("--endpoint-url", help="S3-compatible endpoint, e.g. http://127.0.0.1:9000")
+    group.add_argument("--region")
+    group.add_argument("--profile", help="AWS profile name")
+    group.add_argument("--access-key-id-env", metavar="VAR", help="environment variable holding the access key id")
+    group.add_argument("--secret-access-key-env", metavar="VAR", help="environment variable holding the secret key")
+    group.add_argument("--session-token-env", metavar="VAR", help="environment variable holding a session token")
+
+
+def _storage(args):
+    from pipelines.config import StorageConfig
+
+    fields = ("endpoint_url", "region", "profile", "access_key_id_env", "secret_access_key_env", "session_token_env")
+    try:
+        return StorageConfig(**{name: getattr(args, name) for name in fields})
+    except ConfigError as exc:
+        raise ConfigError("", "", detail=f"storage options: {exc}") from None
 
 
 def _run(args) -> int:
@@ -93,6 +135,8 @@ def _run(args) -> int:
         start_timeout_s=args.start_timeout,
         retry_failed=args.retry_failed,
         faults=faults,
+        check_full=args.check == "full",
+        wait=args.wait,
     )
     print(
         f"{spec.name}: generated {report['generated']} samples in {report['wall_s']:.1f} s "
@@ -112,7 +156,7 @@ def _run(args) -> int:
 def _verify(args) -> int:
     from pipelines.verify import verify_output
 
-    result = verify_output(args.output)
+    result = verify_output(args.output, _storage(args), full=args.check == "full")
     if args.json:
         print(json.dumps(result, sort_keys=True))
     else:
@@ -126,13 +170,15 @@ def _verify(args) -> int:
             print(f"  - failed samples (recorded, retry with --retry-failed): {', '.join(result['failed_keys'])}")
         for problem in result["problems"]:
             print(f"  - {problem}")
+        for hint in result["repair"]:
+            print(f"repair: {hint}")
     return 0 if result["ok"] else 1
 
 
 def _report(args) -> int:
     from pipelines.report import build_job_report, open_job_output, render_markdown, write_job_report
 
-    layout = open_job_output(args.output)
+    layout = open_job_output(args.output, _storage(args))
     report = write_job_report(layout) if args.write else build_job_report(layout)
     if args.json:
         print(json.dumps(report, indent=2, sort_keys=True))

@@ -22,10 +22,21 @@ class JobKind:
     pipeline: Callable  # (spec, plan, faults) -> Pipeline
 
 
+def weights_identity(spec) -> dict:
+    """Which weights the spec's model and decoder references mean now (pipelines/models/fingerprint.py)."""
+    from pipelines.models.fingerprint import decoder_fingerprint, model_fingerprint
+
+    weights = {"model": model_fingerprint(spec.model.reference)}
+    if hasattr(spec, "decoder"):
+        weights["decoder"] = decoder_fingerprint(spec.decoder)
+    return weights
+
+
 def _base(spec, plan, stages, faults, sample_metadata) -> Pipeline:
     return Pipeline(
         name=spec.name, kind=spec.kind, plan=plan, stages=tuple(stages), output=spec.output, write=spec.stages.write,
-        identity=spec.identity(), spec=spec.to_dict(), sample_metadata=sample_metadata,
+        identity={**spec.identity(), "weights": weights_identity(spec)}, spec=spec.to_dict(),
+        sample_metadata=sample_metadata,
         max_retries=spec.stages.max_retries, faults=faults, cost=spec.cost,
     )
 

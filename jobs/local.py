@@ -55,11 +55,20 @@ def run_job(
     start_timeout_s: float = 900.0,
     retry_failed: bool = False,
     faults: tuple[Fault, ...] = (),
+    check_full: bool = False,
+    wait: bool = False,
 ) -> dict:
     pipeline = pipeline_for(spec, faults=faults)
     for fault in faults:
         if fault.stage not in pipeline.stage_names:
             raise ConfigError("--inject-fault", "", detail=f"a {spec.kind} job has no stage {fault.stage!r} "
-                              f"(its stages: {', '.join(pipeline.stage_names[:-1])})")
-    connect_ray(address)
-    return run_pipeline(pipeline, progress=progress, start_timeout_s=start_timeout_s, retry_failed=retry_failed)
+                              f"(its stages: {', '.join(pipeline.stage_names)})")
+    return run_pipeline(
+        pipeline,
+        connect=lambda: connect_ray(address),
+        progress=progress,
+        start_timeout_s=start_timeout_s,
+        retry_failed=retry_failed,
+        check_full=check_full,
+        wait=wait,
+    )

@@ -8,7 +8,6 @@ error names the file, the line where it has one, the field, and what was expecte
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
@@ -34,6 +33,7 @@ from pipelines.config import (
 from decoders import references
 from pipelines.errors import ConfigError
 from pipelines.models.loading import TINY_REFERENCE
+from pipelines.plan import MAX_SEED, check_seeds
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,9 @@ class JobSpec:
         require(bool(self.name.strip()), "name", "a non-empty name", self.name)
         if self.num_images is not None:
             require(self.num_images > 0, "num_images", "a positive integer", self.num_images)
-        require(self.seed >= 0, "seed", "an integer >= 0", self.seed)
+        require(0 <= self.seed <= MAX_SEED, "seed", f"an integer from 0 to {MAX_SEED} (2^63 - 1)", self.seed)
+        if self.num_images is not None or self.prompts.inline is not None:  # else known once the prompt file is read
+            check_seeds(self.seed, self.num_images or len(self.prompts.inline) * self.prompts.images_per_prompt)
         _check_tiling(self.decoder_tiling)
 
     def to_dict(self) -> dict[str, Any]:

@@ -5,6 +5,7 @@ The job spec (jobs/spec.py) is built from these, so the pipeline never sees an u
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal, Union
 
@@ -14,11 +15,18 @@ LATENT_FACTOR = 8  # pixels per latent cell in SDXL-class VAEs
 # `decoder: sdxl-vae` in a job spec is the model's own VAE (the tiny model's tiny one); other
 # registered decoder names mean published weights (decoders/registry.py).
 MODEL_VAE = "sdxl-vae"
+# A write task holds its whole shard in memory (about 1.5 MB per 1024x1024 PNG).
+MAX_SAMPLES_PER_SHARD = 10_000
 
 
 def require(ok: bool, path: str, expected: str, got: object) -> None:
     if not ok:
         raise ConfigError(path, expected, got)
+
+
+def require_finite(value: float, path: str, expected: str) -> None:
+    """`value` >= 0 and finite (YAML's .inf and .nan parse as floats)."""
+    require(value >= 0 and math.isfinite(value), path, expected, value)
 
 
 @dataclass(frozen=True)
@@ -44,7 +52,7 @@ class SamplerConfig:
 
     def __post_init__(self):
         require(self.steps > 0, "steps", "a positive integer", self.steps)
-        require(self.guidance_scale >= 0, "guidance_scale", "a number >= 0", self.guidance_scale)
+        require_finite(self.guidance_scale, "guidance_scale", "a finite number >= 0")
         for name in ("height", "width"):
             value = getattr(self, name)
             require(
@@ -68,6 +76,8 @@ class PromptsConfig:
             raise ConfigError("", "", detail="give exactly one of prompts.inline or prompts.file")
         if self.inline is not None:
             require(len(self.inline) > 0, "inline", "a non-empty list of prompts", self.inline)
+            for i, prompt in enumerate(self.inline):
+                require(bool(prompt.strip()), f"inline[{i}]", "a non-empty prompt", prompt)
         require(self.images_per_prompt > 0, "images_per_prompt", "a positive integer", self.images_per_prompt)
 
 
@@ -87,7 +97,7 @@ class StorageConfig:
     timeout_s: float = 120.0
 
     def __post_init__(self):
-        require(self.timeout_s > 0, "timeout_s", "a positive number of seconds", self.timeout_s)
+        require(self.timeout_s > 0 and math.isfinite(self.timeout_s), "timeout_s", "a positive number of seconds", self.timeout_s)
         if (self.access_key_id_env is None) != (self.secret_access_key_env is None):
             raise ConfigError("", "", detail="give both access_key_id_env and secret_access_key_env, or neither")
 
@@ -103,11 +113,20 @@ class OutputConfig:
     # "overwrite" it, or "extend" it when this spec plans the same samples and more.
     mode: Literal["resume", "overwrite", "extend"] = "resume"
     storage: StorageConfig = field(default_factory=StorageConfig)
+    # One driver writes an output at a time: it renews its lease every lease_ttl_s / 4, and a
+    # driver killed without releasing it is taken over this long after its last renewal.
+    lease_ttl_s: float = 60.0
 
     def __post_init__(self):
         require(bool(self.url.strip()), "url", "an output URL or path", self.url)
         require(1 <= self.quality <= 100, "quality", "an integer from 1 to 100", self.quality)
-        require(self.samples_per_shard > 0, "samples_per_shard", "a positive integer", self.samples_per_shard)
+        require(
+            0 < self.samples_per_shard <= MAX_SAMPLES_PER_SHARD,
+            "samples_per_shard",
+            f"a positive integer up to {MAX_SAMPLES_PER_SHARD:,} (a write task holds its whole shard in memory)",
+            self.samples_per_shard,
+        )
+        require(self.lease_ttl_s >= 1 and math.isfinite(self.lease_ttl_s), "lease_ttl_s", "a number of seconds >= 1", self.lease_ttl_s)
 
 
 @dataclass(frozen=True)
@@ -130,8 +149,8 @@ class StageResources:
 
     def __post_init__(self):
         if self.num_gpus != "auto":
-            require(self.num_gpus >= 0, "num_gpus", "a number >= 0 or 'auto'", self.num_gpus)
-        require(self.num_cpus >= 0, "num_cpus", "a number >= 0", self.num_cpus)
+            require_finite(self.num_gpus, "num_gpus", "a finite number >= 0 or 'auto'")
+        require_finite(self.num_cpus, "num_cpus", "a finite number >= 0")
         require(self.batch_size > 0, "batch_size", "a positive integer", self.batch_size)
         if isinstance(self.concurrency, int):
             require(self.concurrency > 0, "concurrency", "a positive integer or {min, max}", self.concurrency)
@@ -157,7 +176,7 @@ class WriteResources:
     concurrency: int = 2
 
     def __post_init__(self):
-        require(self.num_cpus >= 0, "num_cpus", "a number >= 0", self.num_cpus)
+        require_finite(self.num_cpus, "num_cpus", "a finite number >= 0")
         require(self.concurrency > 0, "concurrency", "a positive integer", self.concurrency)
 
 
@@ -256,5 +275,5 @@ class CostConfig:
     def __post_init__(self):
         for name in ("gpu_hour", "cpu_hour"):
             value = getattr(self, name)
-            require(value >= 0 and value != float("inf"), name, "a price >= 0 (per hour)", value)
+            require_finite(value, name, "a price >= 0 (per hour)")
         require(bool(self.currency.strip()), "currency", "a currency name, e.g. USD", self.currency)

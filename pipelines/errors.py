@@ -1,8 +1,14 @@
-"""Errors a user can act on. The command line prints them without a traceback."""
+"""Errors a user can act on. The command line prints them without a traceback.
+
+Each class carries the exit code the command line returns for it: 2 for a usage or spec error
+(fix the command or the spec), 1 for a job or output that failed (see the message, rerun).
+"""
 
 
 class LatentmillError(Exception):
     """Base class: the message says what is wrong and what was expected."""
+
+    exit_code = 1
 
 
 class ConfigError(LatentmillError):
@@ -10,6 +16,8 @@ class ConfigError(LatentmillError):
 
     `path` is the dotted field path; parents prepend their own name as the error travels up.
     """
+
+    exit_code = 2
 
     def __init__(self, path: str, expected: str, got: object = None, *, detail: str | None = None):
         self.path = path
@@ -30,6 +38,20 @@ class ConfigError(LatentmillError):
 class SchedulingError(LatentmillError):
     """The cluster cannot run a stage as configured (it would otherwise wait forever)."""
 
+    exit_code = 2
+
 
 class OutputError(LatentmillError):
-    """The output location cannot be used as asked (another job's data, unreadable, ...)."""
+    """The output failed or cannot be used now (unreachable, damaged, written by another driver)."""
+
+
+class OutputConflict(OutputError):
+    """The spec does not fit the output it names (another job, foreign data, changed weights)."""
+
+    exit_code = 2
+
+
+class Interrupted(LatentmillError):
+    """The user stopped the run (Ctrl-C); what was committed stays committed."""
+
+    exit_code = 130

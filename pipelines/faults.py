@@ -2,19 +2,23 @@
 
 `latentmill run --inject-fault STAGE:KIND:KEY[:TIMES]` makes a stage raise for one sample
 (`raise`) or return NaN latents for it (`nan`, denoise only), on its first TIMES attempts or on
-every attempt. The faults fire inside the real stage actors; nothing else changes.
+every attempt. `write:stall:SHARD` makes the write task of shard SHARD stop for a minute halfway
+through its tar, so that a test can kill it there. The faults fire inside the real stage actors
+and write tasks; nothing else changes.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from pipelines.errors import ConfigError
 
-STAGES = ("read", "encode", "denoise", "decode")  # every stage name of every job kind
-KINDS = ("raise", "nan")
+STAGES = ("read", "encode", "denoise", "decode", "write")  # every stage of every job kind
+KINDS = ("raise", "nan", "stall")
+STALL_S = 60.0
 
 
 class InjectedFault(RuntimeError):
@@ -37,6 +41,8 @@ class Fault:
             )
         if parts[1] == "nan" and parts[0] != "denoise":
             raise ConfigError("--inject-fault", "", detail=f"{text!r}: nan faults corrupt denoise output only")
+        if (parts[1] == "stall") != (parts[0] == "write"):
+            raise ConfigError("--inject-fault", "", detail=f"{text!r}: the write stage only stalls (write:stall:SHARD)")
         times = None
         if len(parts) == 4:
             if not parts[3].isdigit() or int(parts[3]) < 1:
@@ -60,3 +66,9 @@ def after_stage(faults: tuple[Fault, ...], stage: str, result: dict, attempt: in
             latents = np.array(result["latents"])  # writable copy
             latents[result["keys"].index(fault.key)] = np.nan
             result["latents"] = latents
+
+
+def during_write(faults: tuple[Fault, ...], shard_name: str) -> None:
+    for fault in faults:
+        if fault.kind == "stall" and fault.key == shard_name:
+            time.sleep(STALL_S)

@@ -15,6 +15,9 @@ from typing import Iterator, Sequence
 
 import pyarrow as pa
 
+from pipelines.errors import ConfigError
+
+MAX_SEED = 2**63 - 1  # seeds are int64 in plan.parquet and in torch generators
 KEY_DIGITS = 9
 SHARD_DIGITS = 5
 
@@ -130,6 +133,13 @@ def shard_name(index: int) -> str:
     return f"{index:0{SHARD_DIGITS}d}"
 
 
+def check_seeds(seed: int, total: int) -> None:
+    if seed + total - 1 > MAX_SEED:
+        raise ConfigError(
+            "seed", "", detail=f"{seed} + {total} samples passes {MAX_SEED} (2^63 - 1): sample i gets seed + i, an int64"
+        )
+
+
 def build_plan(
     prompts: list[str],
     *,
@@ -139,4 +149,5 @@ def build_plan(
     samples_per_shard: int,
 ) -> Plan:
     total = num_images if num_images is not None else len(prompts) * images_per_prompt
+    check_seeds(seed, total)
     return Plan(tuple(prompts), images_per_prompt, total, seed, samples_per_shard)

@@ -7,6 +7,7 @@ Loaders start from index.json and never list the bucket. Any fsspec URL works, S
 from __future__ import annotations
 
 import fsspec
+from pyarrow.fs import FSSpecHandler, PyFileSystem
 
 from pipelines.config import StorageConfig
 from pipelines.sinks.layout import OutputLayout
@@ -39,8 +40,19 @@ def webdataset(url: str, storage: StorageConfig | None = None):
 def ray_dataset(url: str, storage: StorageConfig | None = None, **read_options):
     """`ray.data.read_webdataset` over the committed shards, through an fsspec filesystem."""
     import ray
-    from pyarrow.fs import FSSpecHandler, PyFileSystem
 
-    fs, _ = fsspec.core.url_to_fs(url, **storage_options(url, storage))
     paths = [fsspec.core.split_protocol(u)[1] for u in shard_urls(url, storage)]
-    return ray.data.read_webdataset(paths, filesystem=PyFileSystem(FSSpecHandler(fs)), **read_options)
+    return ray.data.read_webdataset(paths, filesystem=PyFileSystem(StorageHandler(url, storage)), **read_options)
+
+
+class StorageHandler(FSSpecHandler):
+    """An fsspec filesystem for pyarrow that travels to Ray tasks as (url, storage config): each
+    process opens the storage itself, reading the keys from the environment variables the config
+    names, so no key or secret is ever pickled (an s3fs instance would carry both)."""
+
+    def __init__(self, url: str, storage: StorageConfig | None = None):
+        self.url, self.storage = url, storage
+        super().__init__(fsspec.core.url_to_fs(url, **storage_options(url, storage))[0])
+
+    def __reduce__(self):
+        return type(self), (self.url, self.storage)

@@ -14,8 +14,8 @@ import json
 import posixpath
 import time
 
-from pipelines.accounting import STAGE_ORDER, cost_of, percentiles_from_histogram
-from pipelines.errors import OutputError
+from pipelines.accounting import STAGE_ORDER, percentiles_from_histogram
+from pipelines.errors import OutputConflict, OutputError
 from pipelines.sinks.layout import OutputLayout
 from pipelines.sinks.storage import read_json, write_atomic
 
@@ -41,7 +41,7 @@ def open_job_output(url: str, storage=None) -> OutputLayout:
         raise OutputError(f"{url!r} cannot be read as a job output: {type(exc).__name__}: {exc}") from None
     if record is None:
         what = "does not exist" if not layout.fs.exists(layout.root) else "has no latentmill.json"
-        raise OutputError(
+        raise OutputConflict(
             f"{url!r} is not a latentmill job output: it {what}. Give the output.url of a job "
             "(the folder holding latentmill.json, index.json and shards/)"
         )
@@ -68,8 +68,6 @@ def build_job_report(layout: OutputLayout, now: float | None = None) -> dict:
     generated = sum(run.get("generated", 0) for run in runs)
     gpu_hours = sum(run.get("gpu_hours", 0.0) for run in runs)
     cpu_hours = sum(run.get("cpu_hours", 0.0) for run in runs)
-    priced = [run["cost"] for run in runs if run.get("cost")]
-    prices = priced[-1] if priced else None  # the latest prices given
     committed = index.get("samples", 0)
     planned = record.get("planned", 0)
     running = [run for run in runs if run["status"] == "running"]
@@ -92,11 +90,31 @@ def build_job_report(layout: OutputLayout, now: float | None = None) -> dict:
             "images_per_s": round(generated / wall, 3) if wall > 0 else None,
             "gpu_hours": round(gpu_hours, 8),
             "cpu_hours": round(cpu_hours, 8),
-            "cost": cost_of(gpu_hours, cpu_hours, prices, generated),
+            "cost": job_cost(runs, committed),
         },
         "stages": stages,
         "runs": [_run_row(run) for run in runs],
         "generated_at": round(now, 3),
+    }
+
+
+def job_cost(runs: list[dict], committed: int) -> dict | None:
+    """Each run's cost at its own prices, summed; per 1,000 images of the output (committed
+    samples), not of the work done, which counts regenerated shards twice."""
+    priced = [run["cost"] for run in runs if run.get("cost")]
+    if not priced:
+        return None
+    currencies = sorted({cost["currency"] for cost in priced})
+    if len(currencies) > 1:
+        return {"currency": "/".join(currencies), "total": None, "per_1000_images": None,
+                "note": "runs were priced in different currencies"}
+    total = sum(cost["total"] for cost in priced)
+    return {
+        "currency": currencies[0],
+        "total": round(total, 6),
+        "per_1000_images": round(1000 * total / committed, 6) if committed else None,
+        "runs_priced": len(priced),
+        "runs": len(runs),
     }
 
 
@@ -226,7 +244,7 @@ def render_markdown(report: dict, chart: bool = True) -> str:
         f"| {_num(t['wall_s'], 1, ' s')} | {t['generated']:,} | {_num(t['images_per_s'], 3)} | "
         f"{_num(t['gpu_hours'], 5)} | {_num(t['cpu_hours'], 5)} | "
         + (f"{cost['total']:.4f} {cost['currency']} | {_num(cost['per_1000_images'], 4)} {cost['currency']} |"
-           if cost else "not priced | add `cost: {gpu_hour: ..., cpu_hour: ...}` to the spec |"),
+           if cost and cost["total"] is not None else "not priced | add `cost: {gpu_hour: ..., cpu_hour: ...}` to the spec |"),
         "",
         "## Stages (all runs)",
         "",

@@ -1,43 +1,142 @@
 """Run a pipeline: claim its output, start its stage pools, stream its shards, commit, report.
 
 Any job kind runs here the same way: the kind (jobs/kinds.py) builds a `Pipeline` (a plan, a chain
-of stages, a sink), and this module does what every kind needs: output claim and resume by commit
-markers, pools pinned to their resources, the shard scheduler (pipelines/scheduler.py), the shard
-writer, and the run's accounting and report.
+of stages, a sink), and this module does what every kind needs: one driver per output (its lease),
+output claim and resume by commit markers (checked against the files), pools pinned to their
+resources, the shard scheduler (pipelines/scheduler.py), the shard writer, Ctrl-C, and the run's
+accounting and report.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import signal
+import sys
+import threading
 import uuid
 from collections import deque
+from typing import Callable
 
 import ray
 
 from pipelines.accounting import RunAccounting
 from pipelines.actors import RayRuntime, StagePool, check_fits
+from pipelines.errors import Interrupted
 from pipelines.pipeline import Pipeline
 from pipelines.plan import shard_name
 from pipelines.scheduler import ShardScheduler, ShardWork
+from pipelines.sinks.integrity import damaged_shards
 from pipelines.sinks.layout import OutputLayout
+from pipelines.sinks.lease import OutputLease, describe_holder
 from pipelines.sinks.webdataset_writer import write_shard
 from pipelines.tracking import run_listeners
 
 
 def run_pipeline(
-    pipeline: Pipeline, *, start_timeout_s: float = 900.0, progress: bool = True, retry_failed: bool = False
+    pipeline: Pipeline,
+    *,
+    connect: Callable[[], None] = lambda: None,
+    start_timeout_s: float = 900.0,
+    progress: bool = True,
+    retry_failed: bool = False,
+    check_full: bool = False,
+    wait: bool = False,
 ) -> dict:
-    """Run every planned sample not yet committed under pipeline.output.url. Returns the run report."""
+    """Run every planned sample not yet committed under pipeline.output.url. Returns the run report.
+
+    Everything that changes the output happens under its lease (one driver per output; `wait`:
+    wait for a driver that holds it instead of refusing). Ray is connected to (`connect`) only when
+    there is work: checking a finished output needs none.
+    """
     layout = OutputLayout(pipeline.output.url, pipeline.output.storage)
     layout.check_reachable()
-    outcome = layout.claim(_job_record(pipeline), pipeline.plan, pipeline.output.mode)
+    run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+    with OutputLease(layout, run_id, pipeline.output.lease_ttl_s).acquire(wait=wait) as lease:
+        return _run_under_lease(pipeline, layout, lease, connect, start_timeout_s, progress, retry_failed, check_full)
+
+
+def _run_under_lease(pipeline, layout, lease, connect, start_timeout_s, progress, retry_failed, check_full) -> dict:
+    plan = pipeline.plan
+    outcome = layout.claim(_job_record(pipeline), plan, pipeline.output.mode)
     markers = layout.committed_markers()
-    debris = layout.remove_debris(set(markers))
+    notes = [f"output: {outcome}"]
+    if lease.taken_over:
+        notes.append(f"took over the expired lease of {describe_holder(lease.taken_over)}")
+    # A committed shard whose files no longer match its marker is generated again, whole.
+    for name, why in damaged_shards(layout, markers, full=check_full).items():
+        notes.append(f"shard {name} is generated again: {why}")
+        print(f"latentmill: shard {name} is generated again: {why}", file=sys.stderr)
+        layout.uncommit(name)
+        del markers[name]
+    debris = layout.remove_debris(markers)
+    if debris:
+        notes.append(f"removed {len(debris)} files of interrupted shard writes or replaced repairs")
     layout.write_index(markers)
 
-    # Shards to do, as (shard index, keys to regenerate or None for all). Work items are built
-    # when a shard is activated, so the driver's memory does not grow with the plan.
-    plan = pipeline.plan
+    todo, to_generate = _shards_to_do(plan, markers, retry_failed)
+    changed = bool(todo or debris or lease.taken_over or len(notes) > 1)
+    accounting = RunAccounting(
+        run_id=lease.run_id,
+        planned=len(plan),
+        already_committed=sum(m["samples"] for m in markers.values()),
+        to_generate=to_generate,
+        job=pipeline.name,
+        prices=vars(pipeline.cost) if pipeline.cost is not None else None,
+        # A run with nothing to do leaves no run report, so checking a finished output changes nothing.
+        listeners=run_listeners(layout, pipeline.name, progress) if changed else [],
+    )
+    for note in notes:
+        accounting.note(note)
+    if not todo:
+        return accounting.finish([])
+
+    connect()
+    pools = make_pools(pipeline)
+    accounting.pools_starting()
+    interrupts = _Interrupts()
+    infos: list[dict] = []
+    try:
+        with interrupts:
+            for pool in pools:
+                pool.start()
+            for pool in pools:
+                pool.wait_ready(start_timeout_s)
+            layout.check_devices({pool.name: sorted({i["device"] for i in pool.actor_infos()}) for pool in pools})
+
+            def on_commit(name: str, marker: dict) -> None:
+                markers[name] = marker
+                layout.write_index(markers)
+
+            scheduler = ShardScheduler(
+                plan, pools, RayRuntime(shard_writer(pipeline, markers)), accounting,
+                batch_size=pipeline.stages[0].resources.batch_size, max_retries=pipeline.max_retries,
+                write_concurrency=pipeline.write.concurrency, write_cpus=pipeline.write.num_cpus,
+                committed=len(markers), on_commit=on_commit,
+            )
+            interrupts.scheduler = scheduler
+            lease.on_lost = scheduler.stop
+            scheduler.run(todo)
+            interrupts.scheduler = None
+            lease.check()
+    except KeyboardInterrupt:
+        interrupts.count += 1
+    except BaseException as exc:
+        accounting.fail(exc, [info for pool in pools for info in pool.actor_infos()])  # report kept
+        raise
+    finally:
+        infos = [info for pool in pools for info in pool.actor_infos()]
+        for pool in pools:
+            pool.shutdown()
+    if interrupts.count:
+        return _interrupted(pipeline, layout, accounting, infos)
+    layout.remove_debris(layout.committed_markers())  # the files that repairs replaced
+    # Listeners (pipelines/tracking.py) write runs/RUN_ID.json and the job report, and end the live progress.
+    return accounting.finish(infos)
+
+
+def _shards_to_do(plan, markers: dict, retry_failed: bool) -> tuple[deque, int]:
+    """(index, keys to regenerate or None for all) per shard to do, and the samples to generate.
+    Work items are built when a shard is activated, so the driver's memory does not grow with the plan."""
     todo: deque[tuple[int, frozenset | None]] = deque()
     to_generate = 0
     for index in range(plan.num_shards):
@@ -48,51 +147,47 @@ def run_pipeline(
         elif retry_failed and marker.get("failed"):
             todo.append((index, frozenset(marker["failed_keys"])))
             to_generate += marker["failed"]
-    run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
-    accounting = RunAccounting(
-        run_id=run_id,
-        planned=len(plan),
-        already_committed=sum(m["samples"] for m in markers.values()),
-        to_generate=to_generate,
-        job=pipeline.name,
-        prices=vars(pipeline.cost) if pipeline.cost is not None else None,
-        listeners=run_listeners(layout, pipeline.name, progress),
+    return todo, to_generate
+
+
+def _interrupted(pipeline: Pipeline, layout: OutputLayout, accounting: RunAccounting, infos: list) -> dict:
+    """Ctrl-C: the shards committed (in-flight writes drained or abandoned as debris) go to the index."""
+    markers = layout.committed_markers()
+    layout.remove_debris(markers)
+    layout.write_index(markers)
+    accounting.status = "interrupted"
+    accounting.finish(infos)
+    samples = sum(m["samples"] for m in markers.values())
+    raise Interrupted(
+        f"interrupted: {len(markers)}/{pipeline.plan.num_shards} shards ({samples}/{len(pipeline.plan)} samples) "
+        f"are committed in {pipeline.output.url}; rerun the same command to resume"
     )
-    accounting.note(f"output: {outcome}")
-    if debris:
-        accounting.note(f"removed {len(debris)} files of interrupted shard writes")
-    if not todo:
-        return accounting.finish([])
 
-    pools = make_pools(pipeline)
-    accounting.pools_starting()
-    infos: list[dict] = []
-    try:
-        for pool in pools:
-            pool.start()
-        for pool in pools:
-            pool.wait_ready(start_timeout_s)
 
-        def on_commit(name: str, marker: dict) -> None:
-            markers[name] = marker
-            layout.write_index(markers)
+class _Interrupts:
+    """While active: the first Ctrl-C asks the scheduler to stop (in-flight writes finish), a second
+    one, or one before the scheduler runs, abandons the run at once. Main thread only."""
 
-        scheduler = ShardScheduler(
-            plan, pools, RayRuntime(shard_writer(pipeline)), accounting,
-            batch_size=pipeline.stages[0].resources.batch_size, max_retries=pipeline.max_retries,
-            write_concurrency=pipeline.write.concurrency, write_cpus=pipeline.write.num_cpus,
-            committed=len(markers), on_commit=on_commit,
-        )
-        scheduler.run(todo)
-    except BaseException as exc:
-        accounting.fail(exc, [info for pool in pools for info in pool.actor_infos()])  # report kept
-        raise
-    finally:
-        infos = [info for pool in pools for info in pool.actor_infos()]
-        for pool in pools:
-            pool.shutdown()
-    # Listeners (pipelines/tracking.py) write runs/RUN_ID.json and the job report, and end the live progress.
-    return accounting.finish(infos)
+    def __init__(self):
+        self.count = 0
+        self.scheduler: ShardScheduler | None = None
+        self._previous = None
+
+    def _handle(self, signum, frame) -> None:
+        self.count += 1
+        if self.count == 1 and self.scheduler is not None:
+            self.scheduler.stop()
+        else:
+            raise KeyboardInterrupt
+
+    def __enter__(self) -> "_Interrupts":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 def make_pools(pipeline: Pipeline) -> list[StagePool]:
@@ -107,8 +202,9 @@ def make_pools(pipeline: Pipeline) -> list[StagePool]:
     return pools
 
 
-def shard_writer(pipeline: Pipeline):
-    """ShardWork -> ref of its commit marker, from one Ray write task per shard."""
+def shard_writer(pipeline: Pipeline, markers: dict):
+    """ShardWork -> ref of its commit marker, from one Ray write task per shard. A repair starts
+    from the shard's committed marker (`markers`) and writes the next revision."""
     # Storage outages are retried inside the task (output.storage.timeout_s); Ray retries a write
     # whose worker died.
     remote = ray.remote(write_shard).options(num_cpus=pipeline.write.num_cpus, max_retries=3)
@@ -117,7 +213,8 @@ def shard_writer(pipeline: Pipeline):
     def write(work: ShardWork):
         return remote.remote(
             output.url, output.storage, work.shard.name, [s.as_dict() for s in work.shard.samples],
-            pipeline.sample_metadata, work.failed, work.repair, *work.outputs,
+            pipeline.sample_metadata, work.failed, markers[work.shard.name] if work.repair else None,
+            pipeline.faults, *work.outputs,
         )
 
     return write

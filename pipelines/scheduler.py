@@ -80,13 +80,19 @@ class ShardScheduler:
         self.write_queue: deque[ShardWork] = deque()
         self.waiting: dict[object, tuple] = {}  # stats or marker ref -> what it is for
         self.writes_in_flight = 0
+        self.stop_requested = False
+
+    def stop(self) -> None:
+        """Submit nothing more; `run` returns once the writes in flight are committed (Ctrl-C)."""
+        self.stop_requested = True
 
     def run(self, todo: deque[tuple[int, frozenset | None]]) -> None:
         """`todo`: (shard index, keys to regenerate or None for all) for every shard to do."""
-        while todo or self.active:
-            while todo and len(self.active) < self.max_active:
+        while (todo or self.active) and not (self.stop_requested and not self.writes_in_flight):
+            while not self.stop_requested and todo and len(self.active) < self.max_active:
                 self._activate(*todo.popleft())
-            self._submit()
+            if not self.stop_requested:
+                self._submit()
             self.accounting.observe(self.loads())  # also drives progress, metrics, report flushes
             if not self.waiting:
                 # Nothing in flight (actors still starting, or only writes to queue): don't spin.

@@ -1,22 +1,29 @@
-"""Check a job output: every committed shard readable and consistent, nothing missing or doubled."""
+"""Check a job output: every committed shard readable and consistent, nothing missing or doubled.
+
+Reads only; takes no lease, so it works on a job that is running. With `full`, the sha256 of
+every tar and manifest is compared with its commit marker's too.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import tarfile
 from collections import Counter
 
-import pyarrow.parquet as pq
-
-from pipelines.errors import OutputError
+from pipelines.errors import OutputConflict
 from pipelines.sinks.layout import OutputLayout
+from pipelines.tables import table_from_bytes
+
+REPAIR_HINT = "rerun `latentmill run SPEC` on this output to regenerate what is damaged or missing"
+FAILED_HINT = "rerun `latentmill run SPEC --retry-failed` to try the failed samples again"
 
 
-def verify_output(url: str, storage=None) -> dict:
+def verify_output(url: str, storage=None, full: bool = False) -> dict:
     layout = OutputLayout(url, storage)
     job = layout.read_job()
     if job is None:
-        raise OutputError(f"{url} is not a latentmill output (no latentmill.json)")
+        raise OutputConflict(f"{url} is not a latentmill output (no latentmill.json)")
     planned = layout.read_plan_table(columns=("key",)).column("key").to_pylist()
     index = layout.read_index()
     markers = layout.committed_markers()
@@ -24,13 +31,16 @@ def verify_output(url: str, storage=None) -> dict:
 
     keys: list[str] = []
     failed: list[str] = []
-    indexed = {s["name"] for s in index["shards"]}
-    for name in sorted(indexed - set(markers)):
+    indexed = {s["name"]: s for s in index["shards"]}
+    for name in sorted(set(indexed) - set(markers)):
         problems.append(f"shard {name} is in index.json but has no commit marker")
-    for name in sorted(set(markers) - indexed):
-        problems.append(f"shard {name} is committed but not in index.json (an interrupted run; rerun to resume)")
-    for name in sorted(indexed & set(markers)):
-        shard_keys, shard_failed, shard_problems = _check_shard(layout, name, markers[name])
+    for name in sorted(set(markers) - set(indexed)):
+        problems.append(f"shard {name} is committed but not in index.json (an interrupted run)")
+    for name in sorted(set(indexed) & set(markers)):
+        paths = layout.committed_paths(name, markers[name])
+        if indexed[name]["tar"] != f"shards/{paths['tar'].rsplit('/', 1)[-1]}":
+            problems.append(f"shard {name}: index.json names {indexed[name]['tar']}, its marker another tar")
+        shard_keys, shard_failed, shard_problems = _check_shard(layout, name, markers[name], full)
         keys.extend(shard_keys)
         failed.extend(shard_failed)
         problems.extend(shard_problems)
@@ -41,9 +51,11 @@ def verify_output(url: str, storage=None) -> dict:
     unplanned = sorted(set(counts) - set(planned))
     problems += [f"key {k} is not in the plan" for k in unplanned[:10]]
     ok = not problems and not duplicates and not missing and not failed
+    hints = ([REPAIR_HINT] if problems or duplicates or missing else []) + ([FAILED_HINT] if failed else [])
     return {
         "url": url,
         "job": job.get("name"),
+        "check": "full" if full else "size",
         "planned": len(planned),
         "samples": len(keys),
         "unique_keys": len(counts),
@@ -56,13 +68,14 @@ def verify_output(url: str, storage=None) -> dict:
         "missing_keys": missing[:20],
         "failed_keys": sorted(failed)[:20],
         "problems": problems,
+        "repair": hints,
         "ok": ok,
     }
 
 
-def _check_shard(layout: OutputLayout, name: str, marker: dict) -> tuple[list[str], list[str], list[str]]:
+def _check_shard(layout: OutputLayout, name: str, marker: dict, full: bool) -> tuple[list[str], list[str], list[str]]:
     """(keys in the tar, keys recorded failed, problems) of one committed shard."""
-    paths = layout.shard_paths(name)
+    paths = layout.committed_paths(name, marker)
     problems = []
     try:
         data = layout.retrying(f"reading shard {name}", lambda: layout.fs.cat_file(paths["tar"]))
@@ -73,11 +86,15 @@ def _check_shard(layout: OutputLayout, name: str, marker: dict) -> tuple[list[st
     tar_keys = sorted({m.split(".", 1)[0] for m in members})
     if len(data) != marker["tar_bytes"]:
         problems.append(f"shard {name}: tar has {len(data)} bytes, its marker says {marker['tar_bytes']}")
+    elif full and hashlib.sha256(data).hexdigest() != marker["tar_sha256"]:
+        problems.append(f"shard {name}: tar sha256 differs from its marker's (changed bytes)")
     try:
-        with layout.fs.open(paths["manifest"], "rb") as f:
-            rows = pq.read_table(f).to_pylist()
+        manifest = layout.retrying(f"reading manifest {name}", lambda: layout.fs.cat_file(paths["manifest"]))
+        rows = table_from_bytes(manifest).to_pylist()
     except Exception as exc:  # pyarrow raises its own error types for corrupt files
-        return tar_keys, [], problems + [f"shard {name}: manifest unreadable ({exc})"]
+        return tar_keys, [], problems + [f"shard {name}: manifest unreadable ({type(exc).__name__}: {exc})"]
+    if full and marker.get("manifest_sha256") and hashlib.sha256(manifest).hexdigest() != marker["manifest_sha256"]:
+        problems.append(f"shard {name}: manifest sha256 differs from its marker's (changed bytes)")
     ok_keys = sorted(r["key"] for r in rows if r.get("status", "ok") == "ok")
     failed_keys = sorted(r["key"] for r in rows if r.get("status") == "failed")
     if ok_keys != tar_keys:

@@ -47,11 +47,17 @@ def test_decoder_checkpoint_path(ray_cluster, tmp_path):
 
 
 def test_tiled_decoding_matches_untiled_closely(ray_cluster, tmp_path):
-    plain = run(tmp_path / "plain", sampler__height=128, sampler__width=128)
-    tiled = run(tmp_path / "tiled", sampler__height=128, sampler__width=128, decoder_tiling=64)
+    # TAESD at 256x256 in 128-pixel tiles: tiles several times its receptive field, as tiling is
+    # meant to be used. (The tiny SDXL VAE at 128 in 64-pixel tiles differs by up to 101 levels:
+    # its tiles are smaller than what each pixel sees, so no blending can hide the seams.)
+    size = {"sampler__height": 256, "sampler__width": 256, "decoder": "taesd"}
+    plain = run(tmp_path / "plain", **size)
+    tiled = run(tmp_path / "tiled", decoder_tiling=128, **size)
     assert plain.keys() == tiled.keys()
-    assert all(t.shape == (128, 128, 3) for t in tiled.values())
-    assert any((plain[k] != tiled[k]).any() for k in plain)  # really tiled: seams are blended
+    assert all(t.shape == (256, 256, 3) for t in tiled.values())
+    diff = np.stack([np.abs(plain[k].astype(int) - tiled[k].astype(int)) for k in plain])
+    assert diff.max() > 0  # really tiled: seams are blended
+    assert diff.mean() < 1.0 and np.percentile(diff, 99) <= 8 and diff.max() <= 32, (diff.mean(), diff.max())
 
 
 def test_tiling_a_decoder_that_cannot_tile_fails_at_start(ray_cluster, tmp_path):

@@ -117,6 +117,36 @@ def test_zero_or_negative_counts_are_refused(tmp_path, dotted, value, field):
     assert f"{field}: expected a positive integer" in message
 
 
+@pytest.mark.parametrize(
+    "text, overrides, message",
+    [
+        # Seeds are int64 (plan.parquet, torch generators): 2^63 used to be accepted and then fail every sample.
+        (None, ["seed=9223372036854775808"], "seed: expected an integer from 0 to 9223372036854775807 (2^63 - 1)"),
+        # seed + i for the last sample passes int64 too.
+        (None, ["seed=9223372036854775800"], "seed: 9223372036854775800 + 24 samples passes 9223372036854775807"),
+        (None, ["prompts.inline=['a fox', '']"], "prompts.inline[1]: expected a non-empty prompt"),
+        (None, ["prompts.inline=['   ']"], "prompts.inline[0]: expected a non-empty prompt"),
+        (None, ["output.samples_per_shard=10001"], "output.samples_per_shard: expected a positive integer up to 10,000 "
+                                                    "(a write task holds its whole shard in memory)"),
+        (None, ["stages.denoise.num_cpus=.inf"], "stages.denoise.num_cpus: expected a finite number >= 0, got inf"),
+        (None, ["stages.decode.num_gpus=.inf"], "stages.decode.num_gpus: expected a finite number >= 0 or 'auto', got inf"),
+        (None, ["stages.write.num_cpus=.inf"], "stages.write.num_cpus: expected a finite number >= 0, got inf"),
+        (None, ["sampler.guidance_scale=.inf"], "sampler.guidance_scale: expected a finite number >= 0, got inf"),
+        (None, ["output.storage.timeout_s=.inf"], "output.storage.timeout_s: expected a positive number of seconds"),
+        (None, ["output.lease_ttl_s=0.5"], "output.lease_ttl_s: expected a number of seconds >= 1"),
+    ],
+)
+def test_values_that_used_to_pass_and_fail_later_are_refused(tmp_path, text, overrides, message):
+    assert message in error_of(spec_dict(tmp_path / "o"), overrides)
+
+
+def test_cli_exit_codes_for_spec_errors(tmp_path):
+    bad = write_spec(tmp_path / "bad.yaml", tmp_path / "o", seed=2**63)
+    done = subprocess.run([sys.executable, "-m", "jobs.cli", "run", bad], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 2 and "seed: expected an integer from 0" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize("dotted", ["sampler__height", "sampler__width"])
 def test_size_must_be_a_multiple_of_the_latent_factor(tmp_path, dotted):
     message = error_of(spec_dict(tmp_path / "o", **{dotted: 100}))

@@ -255,3 +255,19 @@ def test_foreign_data_under_the_prefix_is_refused(ray_cluster, tmp_path):
     with pytest.raises(OutputError, match="holds data that is not a latentmill job"):
         run_job(spec, progress=False)
     assert sorted(os.listdir(out)) == ["photo.jpg"]
+
+
+def test_ray_dataset_filesystem_carries_no_credentials(s3_server):
+    import pickle
+
+    from pyarrow.fs import PyFileSystem
+
+    from pipelines.readers import StorageHandler
+
+    spec = s3_spec(s3_server)
+    filesystem = PyFileSystem(StorageHandler(spec.output.url, spec.output.storage))
+    shipped = pickle.dumps(filesystem)  # what Ray sends to its read tasks
+    assert s3_server.secret.encode() not in shipped and s3_server.key.encode() not in shipped
+    assert S3_SECRET_ENV.encode() in shipped  # the name of the variable, resolved in the task
+    reopened = pickle.loads(shipped)
+    assert reopened.get_file_info("latentmill").type.name == "Directory"

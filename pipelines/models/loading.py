@@ -8,6 +8,7 @@ a Hugging Face id goes to from_pretrained as it is.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -63,10 +64,14 @@ def ensure_tiny_sdxl() -> Path:
 
 
 def _copy_remote_dir(url: str) -> Path:
-    target = cache_dir() / "remote" / hashlib.sha256(url.encode()).hexdigest()[:16]
+    # The cache is keyed by the directory's current listing (names, sizes, ETags or mtimes): new
+    # files under the same URL are copied again instead of served from a stale cache.
+    fs, root = fsspec.core.url_to_fs(url)
+    listing = sorted((path, info.get("size"), remote_version(info)) for path, info in fs.find(root, detail=True).items())
+    version = hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16]
+    target = cache_dir() / "remote" / f"{hashlib.sha256(url.encode()).hexdigest()[:16]}-{version}"
     if (target / "model_index.json").exists() or (target / "config.json").exists():
         return target
-    fs, root = fsspec.core.url_to_fs(url)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".download-", dir=target.parent))
     fs.get(root.rstrip("/") + "/", str(staging), recursive=True)
@@ -75,6 +80,14 @@ def _copy_remote_dir(url: str) -> Path:
     except OSError:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def remote_version(info: dict) -> str:
+    """What changes when a stored file does: its ETag where the store has one, else its mtime."""
+    etag = info.get("ETag") or info.get("etag")
+    if etag:
+        return "etag:" + etag.strip('"')
+    return f"mtime:{info.get('mtime') or info.get('LastModified') or info.get('created')}"
 
 
 def torch_dtype(name: str):

@@ -4,10 +4,12 @@
       latentmill.json          job identity (what decides the samples), planned counts, spec
       plan.parquet             every planned sample: key, prompt, seed, shard
       index.json               committed shards; loaders read this instead of listing a bucket
-      shards/NNNNN.tar         webdataset shard
+      shards/NNNNN.tar         webdataset shard (NNNNN.rK.tar after its K-th repair)
       shards/NNNNN.parquet     its manifest, one row per sample (failed samples included)
-      shards/NNNNN.done.json   commit marker, written last: a shard exists only once this does
+      shards/NNNNN.done.json   commit marker, written last: a shard exists only once this does,
+                               and it names the shard's tar and manifest, with their sizes and sha256
       runs/RUN_ID.json         one report per run of the job
+      _lease/                  who is writing the output now (pipelines/sinks/lease.py)
 
 The marker is the truth; index.json is rebuilt from the markers at the start of every run, so a
 driver killed between the two loses nothing.
@@ -22,9 +24,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.config import StorageConfig
-from pipelines.errors import OutputError
+from pipelines.errors import OutputConflict
 from pipelines.plan import Plan
-from pipelines.sinks.storage import check_reachable, open_output, read_json, retrying, write_json
+from pipelines.sinks.lease import LEASE_DIR
+from pipelines.sinks.storage import check_reachable, open_output, read_json, read_table, retrying, streaming_writer, write_json
 
 JOB_FILE = "latentmill.json"
 PLAN_FILE = "plan.parquet"
@@ -35,6 +38,12 @@ FORMAT_VERSION = 1
 PLAN_ROWS_PER_GROUP = 8192  # also bounds the memory writing the plan takes
 
 T = TypeVar("T")
+
+
+def shard_files(name: str, revision: int = 0) -> dict[str, str]:
+    """File names (under shards/) of a shard's tar and manifest; repairs write new names."""
+    stem = name if revision == 0 else f"{name}.r{revision}"
+    return {"tar": f"{stem}.tar", "manifest": f"{stem}.parquet"}
 
 
 class OutputLayout:
@@ -49,6 +58,10 @@ class OutputLayout:
     def shard_paths(self, name: str) -> dict[str, str]:
         base = self.path(SHARD_DIR, name)
         return {"tar": base + ".tar", "manifest": base + ".parquet", "marker": base + MARKER_SUFFIX}
+
+    def committed_paths(self, name: str, marker: dict) -> dict[str, str]:
+        """Paths of the tar and manifest a commit marker names (markers before revisions name none)."""
+        return {kind: self.path(SHARD_DIR, filename) for kind, filename in committed_files(name, marker).items()}
 
     def retrying(self, what: str, operation: Callable[[], T]) -> T:
         return retrying(f"{what} ({self.url})", operation, self.timeout_s)
@@ -78,10 +91,10 @@ class OutputLayout:
         """Make this output this job's, per `mode`; returns what happened: new, resume, extend or overwrite."""
         existing = self.read_job()
         if existing is None:
-            ours = (JOB_FILE, PLAN_FILE, INDEX_FILE, SHARD_DIR)
+            ours = (JOB_FILE, PLAN_FILE, INDEX_FILE, SHARD_DIR, LEASE_DIR)
             foreign = [f for f in self._listing(self.root) if f.split(".tmp-")[0] not in ours]
             if foreign:
-                raise OutputError(
+                raise OutputConflict(
                     f"{self.url} holds data that is not a latentmill job ({', '.join(sorted(foreign)[:5])}); "
                     "choose an empty output.url"
                 )
@@ -91,38 +104,44 @@ class OutputLayout:
                 self.write_plan(plan)
             return "resume"
         elif mode == "overwrite":
-            self.retrying("removing the previous job", lambda: self.fs.rm(self.root, recursive=True))
+            self._remove_all_but_the_lease()
             outcome = "overwrite"
         elif mode == "extend":
             self._check_extends(existing, job_record, plan)
             outcome = "extend"
         else:
-            raise OutputError(
+            raise OutputConflict(
                 f"{self.url} already holds a different job ({existing.get('name')!r}, planned "
-                f"{existing.get('planned')} samples) whose model, sampler, prompts, seed, decoder "
-                "or output format differ from this spec; choose another output.url, or set "
-                "output.mode to overwrite (delete it) or extend (add samples to it)"
+                f"{existing.get('planned')} samples); what differs from this spec: "
+                f"{identity_changes(existing.get('identity', {}), job_record['identity'])}. Choose another "
+                "output.url, or set output.mode to overwrite (delete it) or extend (add samples to it)"
             )
         # The job record first: a run killed before the plan is written finds its job and writes it.
         self.retrying("writing the job record", lambda: write_json(self.fs, self.path(JOB_FILE), job_record))
         self.write_plan(plan)
         return outcome
 
+    def _remove_all_but_the_lease(self) -> None:
+        for name in self._listing(self.root):
+            if name != LEASE_DIR:
+                self.retrying(f"removing {name} of the previous job", lambda name=name: self.fs.rm(self.path(name), recursive=True))
+
     def _check_extends(self, existing: dict, job_record: dict, plan: Plan) -> None:
         old, new = dict(existing["identity"]), dict(job_record["identity"])
         old.pop("plan_sha256", None), new.pop("plan_sha256", None)
         if old != new:
-            raise OutputError(
-                f"{self.url}: output.mode extend needs the same model, sampler, seed, decoder and output "
-                "format as the job already there; only prompts and num_images may grow"
+            raise OutputConflict(
+                f"{self.url}: output.mode extend needs the same model, sampler, seed, decoder, weights and output "
+                f"format as the job already there; only prompts and num_images may grow (what differs: "
+                f"{identity_changes(old, new)})"
             )
         table = self.read_plan_table()
         if table.num_rows > len(plan):
-            raise OutputError(f"{self.url}: cannot extend a job of {table.num_rows} samples to {len(plan)}")
+            raise OutputConflict(f"{self.url}: cannot extend a job of {table.num_rows} samples to {len(plan)}")
         for i, (key, prompt, seed) in enumerate(zip(*(table.column(c).to_pylist() for c in ("key", "prompt", "seed")))):
             sample = plan.sample(i)
             if (key, prompt, seed) != (sample.key, sample.prompt, sample.seed):
-                raise OutputError(
+                raise OutputConflict(
                     f"{self.url}: cannot extend: planned sample {key} would change (prompt or seed differ); "
                     "extend only appends samples"
                 )
@@ -132,11 +151,25 @@ class OutputLayout:
             if index >= plan.num_shards or marker["samples"] + marker.get("failed", 0) != plan.shard_size(index):
                 self.uncommit(name)
 
+    def check_devices(self, devices: dict[str, list[str]]) -> None:
+        """Record the device kinds the stages run on; refuse to add to an output made on others."""
+        record = self.read_job()
+        recorded = record.get("devices")
+        if recorded is None:
+            record["devices"] = devices
+            self.retrying("writing the job record", lambda: write_json(self.fs, self.path(JOB_FILE), record))
+        elif recorded != devices:
+            raise OutputConflict(
+                f"{self.url} was generated on {_devices_text(recorded)} and this run's stages run on "
+                f"{_devices_text(devices)}: the same seeds give different pixels on another device kind, so "
+                "the output would mix them. Run on the same kind of device, or write to another output.url"
+            )
+
     def write_plan(self, plan) -> None:
         """plan.parquet: one row per planned sample (columns chosen by the plan), written in row groups."""
 
         def write():
-            with self.fs.open(self.path(PLAN_FILE), "wb") as f:
+            with streaming_writer(self.fs, self.path(PLAN_FILE)) as f:
                 first = plan.table(0, PLAN_ROWS_PER_GROUP)
                 with pq.ParquetWriter(f, first.schema) as writer:
                     writer.write_table(first)
@@ -146,11 +179,7 @@ class OutputLayout:
         self.retrying("writing the plan", write)
 
     def read_plan_table(self, columns=("key", "prompt", "seed")) -> pa.Table:
-        def read():
-            with self.fs.open(self.path(PLAN_FILE), "rb") as f:
-                return pq.read_table(f, columns=list(columns))
-
-        return self.retrying("reading the plan", read)
+        return self.retrying("reading the plan", lambda: read_table(self.fs, self.path(PLAN_FILE), columns))
 
     # -- shards --------------------------------------------------------------------------------
 
@@ -165,9 +194,23 @@ class OutputLayout:
     def uncommit(self, name: str) -> None:
         self.retrying(f"uncommitting shard {name}", lambda: self.fs.rm(self.shard_paths(name)["marker"]))
 
-    def remove_debris(self, committed: set[str]) -> list[str]:
-        """Delete what an interrupted write left: anything but the three files of a committed shard."""
-        keep = {posixpath.basename(p) for name in committed for p in self.shard_paths(name).values()}
+    def shard_sizes(self) -> dict[str, int]:
+        """filename -> size of everything in shards/, from one listing."""
+
+        def ls():
+            try:
+                entries = self.fs.ls(self.path(SHARD_DIR), detail=True, refresh=True)
+            except FileNotFoundError:
+                return {}
+            return {posixpath.basename(e["name"].rstrip("/")): e.get("size") for e in entries}
+
+        return self.retrying("listing the shards", ls)
+
+    def remove_debris(self, markers: dict[str, dict]) -> list[str]:
+        """Delete what interrupted writes and finished repairs left: anything in shards/ that is
+        not a commit marker or a file a marker names. Only the lease holder may call this."""
+        keep = {f"{name}{MARKER_SUFFIX}" for name in markers}
+        keep |= {filename for name, marker in markers.items() for filename in committed_files(name, marker).values()}
         removed = [f for f in self._listing(self.path(SHARD_DIR)) if f not in keep]
         for filename in removed:
             self.retrying(f"removing {filename}", lambda filename=filename: self.fs.rm(self.path(SHARD_DIR, filename)))
@@ -177,8 +220,8 @@ class OutputLayout:
         shards = [
             {
                 "name": name,
-                "tar": f"{SHARD_DIR}/{name}.tar",
-                "manifest": f"{SHARD_DIR}/{name}.parquet",
+                "tar": f"{SHARD_DIR}/{committed_files(name, m)['tar']}",
+                "manifest": f"{SHARD_DIR}/{committed_files(name, m)['manifest']}",
                 "samples": m["samples"],
                 "failed": m.get("failed", 0),
             }
@@ -206,3 +249,31 @@ class OutputLayout:
     def write_run_report(self, run_id: str, report: dict) -> None:
         path = self.path("runs", f"{run_id}.json")
         self.retrying("writing the run report", lambda: write_json(self.fs, path, report))
+
+
+def committed_files(name: str, marker: dict) -> dict[str, str]:
+    default = shard_files(name)
+    return {kind: marker.get(kind, default[kind]) for kind in ("tar", "manifest")}
+
+
+def identity_changes(old: dict, new: dict, prefix: str = "") -> str:
+    """The identity fields that differ, e.g. 'weights.model (a8f3.. -> 91c2..), seed (7 -> 8)'."""
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            changes.append(identity_changes(a, b, f"{prefix}{key}."))
+        else:
+            changes.append(f"{prefix}{key} ({_short(a)} -> {_short(b)})")
+    return ", ".join(changes)
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _devices_text(devices: dict[str, list[str]]) -> str:
+    return ", ".join(f"{stage}: {'/'.join(kinds)}" for stage, kinds in sorted(devices.items()))

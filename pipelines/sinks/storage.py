@@ -1,4 +1,5 @@
-"""Opening output storage through fsspec, retrying what a storage outage breaks, atomic writes.
+"""Opening output storage through fsspec, retrying what a storage outage breaks, atomic and
+exclusive writes.
 
 Credentials are resolved here, in the process that opens the storage, from the environment
 variables that the spec names; they are never passed between processes or written anywhere.
@@ -6,17 +7,19 @@ variables that the spec names; they are never passed between processes or writte
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
 import uuid
-from typing import Any, Callable, TypeVar
+from typing import Any, BinaryIO, Callable, Iterator, TypeVar
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from pipelines.config import StorageConfig
 from pipelines.errors import ConfigError, OutputError
+from pipelines.tables import table_from_bytes
 
 T = TypeVar("T")
 S3_PROTOCOLS = ("s3", "s3a")
@@ -117,17 +120,106 @@ def check_reachable(url: str, fs: fsspec.AbstractFileSystem, root: str, timeout_
         ) from None
 
 
-def write_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
-    """Readers see the old or the new content, never a torn file.
+def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    return isinstance(fs, LocalFileSystem)
 
-    An object store PUT is atomic already; on a local disk we write a temporary file and rename.
+
+def _fsync_dir(path: str) -> None:
+    """Make a rename or a new file in `path`'s folder durable (a power cut keeps it)."""
+    fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def streaming_writer(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[BinaryIO]:
+    """A file to stream into `path` that appears complete or not at all.
+
+    Local disk: a temporary name, fsynced, then renamed (and the folder fsynced), so a commit
+    marker written after it never points at data still in the page cache. Object stores: an
+    exception aborts the (multipart) upload instead of completing it, which is what fsspec's
+    close() would do, so a failed write never leaves a truncated object under `path`.
     """
-    if isinstance(fs, LocalFileSystem):
+    if _is_local(fs):
         tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-        fs.pipe_file(tmp, data)
-        fs.mv(tmp, path)
+        fs.makedirs(os.path.dirname(tmp), exist_ok=True)
+        try:
+            with open(tmp, "wb") as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        _fsync_dir(path)
+        return
+    f = fs.open(path, "wb")
+    try:
+        yield f
+    except BaseException:
+        discard = getattr(f, "discard", None)
+        if callable(discard):
+            discard()
+            f.closed = True  # close() would now commit what was written so far
+        else:
+            f.close()
+        raise
+    f.close()
+
+
+def write_atomic(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
+    """Readers see the old or the new content, never a torn file (an object store PUT is atomic;
+    on a local disk, a temporary file fsynced and renamed)."""
+    if _is_local(fs):
+        with streaming_writer(fs, path) as f:
+            f.write(data)
     else:
         fs.pipe_file(path, data)
+
+
+def create_exclusive(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> bool:
+    """Create `path` holding `data` only if it does not exist; False when it does.
+
+    Local disk: O_CREAT | O_EXCL. S3: a conditional PUT (If-None-Match: *). Other stores have no
+    conditional create: write when absent, then read back, which narrows but cannot close the race.
+    """
+    if _is_local(fs):
+        fs.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)  # fails if `path` exists; the content is complete when it appears
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(tmp)
+        _fsync_dir(path)
+        return True
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    if protocol in S3_PROTOCOLS:
+        try:
+            fs.pipe_file(path, data, mode="create")
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            if "PreconditionFailed" in str(exc) or "412" in str(exc):
+                return False
+            raise
+    else:
+        if fs.exists(path):
+            return False
+        fs.pipe_file(path, data)
+    # Read back: a store (or a test server) without an atomic conditional write may let two
+    # writers through; the later one wins the content and the earlier one sees it is not its own.
+    time.sleep(0.2)
+    return fs.cat_file(path) == data
 
 
 def write_json(fs, path: str, obj: Any) -> None:
@@ -136,3 +228,8 @@ def write_json(fs, path: str, obj: Any) -> None:
 
 def read_json(fs, path: str) -> Any:
     return json.loads(fs.cat_file(path))
+
+
+def read_table(fs, path: str, columns=None):
+    """A Parquet file as a pyarrow Table (fetched as bytes: see pipelines/tables.py)."""
+    return table_from_bytes(fs.cat_file(path), columns)

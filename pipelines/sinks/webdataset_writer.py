@@ -4,6 +4,12 @@ Every tar member has a fixed mtime and owner, so the same samples always give th
 Samples that failed after their retries are not in the tar; they are rows of the manifest with
 status "failed" and their error, and the marker counts them. Samples whose input a stage rejected
 (a corrupt source image, say) are rows with status "rejected" and the reason.
+
+A committed shard is never rewritten in place: a repair writes revision N+1 under new names
+(`00000.r1.tar`, `00000.r1.parquet`) and only its new marker makes them the shard; until then the
+old files stay whole, and afterwards the driver removes them as debris. Each file appears complete
+or not at all (storage.streaming_writer), so a write killed midway, or retried by Ray, never
+leaves a marker pointing at a torn file.
 """
 
 from __future__ import annotations
@@ -15,12 +21,12 @@ import tarfile
 import time
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from pipelines import faults as fault_injection
 from pipelines.config import StorageConfig
-from pipelines.sinks.layout import OutputLayout
-from pipelines.sinks.storage import write_atomic, write_json
-
+from pipelines.sinks.layout import OutputLayout, shard_files
+from pipelines.sinks.storage import read_table, streaming_writer, write_atomic, write_json
+from pipelines.tables import table_to_bytes
 
 class _HashingWriter:
     """Pass-through file wrapper that counts and hashes what goes to storage."""
@@ -56,20 +62,19 @@ def sample_members(sample: dict, files: dict[str, bytes], fields: dict, sample_m
     return members
 
 
-def _read_existing(layout: OutputLayout, shard_name: str) -> tuple[dict, dict]:
+def _read_existing(layout: OutputLayout, shard_name: str, base: dict) -> tuple[dict, dict]:
     """Members (by key) and manifest rows (by key) of the committed shard, to rewrite it with repairs."""
-    paths = layout.shard_paths(shard_name)
+    paths = layout.committed_paths(shard_name, base)
 
     def read():
-        with layout.fs.open(paths["tar"], "rb") as f:
-            data = f.read()
+        data = layout.fs.cat_file(paths["tar"])
         members: dict[str, list[tuple[str, bytes]]] = {}
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
             for member in tar.getmembers():
                 members.setdefault(member.name.split(".", 1)[0], []).append((member.name, tar.extractfile(member).read()))
-        with layout.fs.open(paths["manifest"], "rb") as f:
-            # Rejected inputs stay rejected; failed samples are what a repair runs again.
-            rows = {row["key"]: row for row in pq.read_table(f).to_pylist() if row.get("status", "ok") != "failed"}
+        # Rejected inputs stay rejected; failed samples are what a repair runs again.
+        table = read_table(layout.fs, paths["manifest"])
+        rows = {row["key"]: row for row in table.to_pylist() if row.get("status", "ok") != "failed"}
         return members, rows
 
     return layout.retrying(f"reading shard {shard_name} to repair it", read)
@@ -82,7 +87,8 @@ def write_shard(
     samples: list[dict],
     sample_metadata: dict,
     failed: list[dict],
-    repair: bool,
+    base: dict | None,
+    faults: tuple,
     *batches: dict,
 ) -> dict:
     """Write the shard and return its commit marker.
@@ -90,19 +96,24 @@ def write_shard(
     `samples` are the planned samples in order; `batches` are the last stage's outputs (files and
     fields per sample, see pipelines/pipeline.py; top-level arguments, so Ray hands them over
     resolved); `failed` the samples that failed after their retries. Samples a stage rejected
-    (bad input) are manifest rows with status "rejected". With `repair`, samples neither produced
-    nor failed now are copied from the shard already committed.
+    (bad input) are manifest rows with status "rejected". `base` is the marker of the committed
+    shard a repair starts from (None for a first write): samples neither produced nor failed now are
+    copied from it, and the new files get the next revision's names. Ray may run this again after a
+    worker died: the same arguments write the same names from the same base.
     """
     started = time.perf_counter()
     layout = OutputLayout(output_url, storage)
-    paths = layout.shard_paths(shard_name)
+    revision = base.get("revision", 0) + 1 if base is not None else 0
+    files = shard_files(shard_name, revision)
+    paths = {kind: layout.path("shards", filename) for kind, filename in files.items()}
+    paths["marker"] = layout.shard_paths(shard_name)["marker"]
     produced, rejected = {}, {}
     for batch in batches:
         rejected.update(batch.get("rejected", {}))
-        for key, files, fields in zip(batch["keys"], batch["files"], batch["fields"]):
-            produced[key] = (files, fields, batch["timings"])
+        for key, sample_files, fields in zip(batch["keys"], batch["files"], batch["fields"]):
+            produced[key] = (sample_files, fields, batch["timings"])
     failures = {f["key"]: f for f in failed}
-    old_members, old_rows = _read_existing(layout, shard_name) if repair else ({}, {})
+    old_members, old_rows = _read_existing(layout, shard_name, base) if base is not None else ({}, {})
     done = produced.keys() | rejected.keys() | failures.keys() | old_rows.keys()
     missing = [s["key"] for s in samples if s["key"] not in done]
     if missing:
@@ -116,16 +127,18 @@ def write_shard(
 
     def write_tar():
         rows.clear()
-        with layout.fs.open(paths["tar"], "wb") as raw:
+        with streaming_writer(layout.fs, paths["tar"]) as raw:
             counted = _HashingWriter(raw)
             with tarfile.open(fileobj=counted, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
-                for sample in samples:
+                for position, sample in enumerate(samples):
+                    if position == len(samples) // 2:
+                        fault_injection.during_write(faults, shard_name)
                     key = sample["key"]
                     if key in produced:
-                        files, fields, stage_times = produced[key]
-                        members = sample_members(sample, files, fields, sample_metadata)
+                        sample_files, fields, stage_times = produced[key]
+                        members = sample_members(sample, sample_files, fields, sample_metadata)
                         timings = {f"{stage}_ms": 1000 * s for stage, s in stage_times.items()}
-                        primary_ext, primary = next(iter(files.items()))
+                        primary_ext, primary = next(iter(sample_files.items()))
                         row = {**flat[key], "shard": shard_name, "status": "ok", "error": None, **fields,
                                "format": primary_ext, "bytes": len(primary), **timings}
                     elif key in old_rows:
@@ -144,12 +157,10 @@ def write_shard(
         return counted
 
     counted = layout.retrying(f"writing shard {shard_name}", write_tar)
-    manifest = io.BytesIO()
     # Every row gets every column (failed rows have no size, ok rows no error): from_pylist takes
     # its schema from the first row alone.
     columns = list(dict.fromkeys(column for row in rows for column in row))
-    pq.write_table(pa.Table.from_pylist([{c: row.get(c) for c in columns} for row in rows]), manifest)
-    manifest_bytes = manifest.getvalue()
+    manifest_bytes = table_to_bytes(pa.Table.from_pylist([{c: row.get(c) for c in columns} for row in rows]))
     layout.retrying(f"writing manifest {shard_name}", lambda: write_atomic(layout.fs, paths["manifest"], manifest_bytes))
 
     status = [r["status"] for r in rows]
@@ -159,8 +170,11 @@ def write_shard(
         "failed": status.count("failed"),
         "failed_keys": [r["key"] for r in rows if r["status"] == "failed"],
         "rejected": status.count("rejected"),
+        "revision": revision,
+        **files,  # the files that are this shard now: index.json and readers follow these names
         "tar_bytes": counted.size,
         "tar_sha256": counted.sha256.hexdigest(),
+        "manifest_bytes": len(manifest_bytes),
         "manifest_sha256": hashlib.sha256(manifest_bytes).hexdigest(),
         "write_seconds": time.perf_counter() - started,
     }
