@@ -8,6 +8,7 @@ error names the file, the line where it has one, the field, and what was expecte
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 

@@ -22,7 +22,8 @@ import posixpath
 import fsspec
 
 from pipelines.errors import ConfigError
-from pipelines.models.loading import TINY_REFERENCE, TINY_VERSION, cache_dir, is_path_reference, remote_version
+from decoders.references import is_path as is_path_reference
+from pipelines.models.loading import TINY_REFERENCE, TINY_VERSION, cache_dir, remote_version
 
 CHUNK = 8 << 20
 
