@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     verify = commands.add_parser("verify", help="check a job output for completeness and consistency")
     verify.add_argument("output", help="the job's output URL")
     verify.add_argument("--json", action="store_true", help="print one JSON object")
+    verify.add_argument("--strict", action="store_true",
+                        help="also fail (exit 1) when inputs were rejected as unreadable (encode jobs)")
     verify.add_argument("--check", choices=CHECKS, default="size",
                         help="full: also compare every tar's and manifest's sha256 with its commit marker")
     _add_storage_arguments(verify)
@@ -156,7 +158,7 @@ def _run(args) -> int:
 def _verify(args) -> int:
     from pipelines.verify import verify_output
 
-    result = verify_output(args.output, _storage(args), full=args.check == "full")
+    result = verify_output(args.output, _storage(args), full=args.check == "full", strict=args.strict)
     if args.json:
         print(json.dumps(result, sort_keys=True))
     else:
@@ -164,8 +166,11 @@ def _verify(args) -> int:
         print(
             f"{status}: {result['samples']}/{result['planned']} samples, {result['unique_keys']} unique keys, "
             f"{result['duplicates']} duplicates, {result['missing']} missing, {result['failed']} failed, "
-            f"{result['committed_shards']}/{result['planned_shards']} shards committed"
+            f"{result['rejected']} rejected, {result['committed_shards']}/{result['planned_shards']} shards committed"
         )
+        if result["rejected"]:
+            print(f"  - rejected inputs (unreadable source data, reasons in the manifests): "
+                  f"{', '.join(result['rejected_keys'])}")
         if result["failed"]:
             print(f"  - failed samples (recorded, retry with --retry-failed): {', '.join(result['failed_keys'])}")
         for problem in result["problems"]:

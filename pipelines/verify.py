@@ -19,7 +19,9 @@ REPAIR_HINT = "rerun `latentmill run SPEC` on this output to regenerate what is 
 FAILED_HINT = "rerun `latentmill run SPEC --retry-failed` to try the failed samples again"
 
 
-def verify_output(url: str, storage=None, full: bool = False) -> dict:
+def verify_output(url: str, storage=None, full: bool = False, strict: bool = False) -> dict:
+    """What `latentmill verify` prints. Inputs a stage rejected (corrupt source images) are counted
+    but are bad data, not a failed job; `strict` makes them fail the check too."""
     layout = OutputLayout(url, storage)
     job = layout.read_job()
     if job is None:
@@ -31,6 +33,7 @@ def verify_output(url: str, storage=None, full: bool = False) -> dict:
 
     keys: list[str] = []
     failed: list[str] = []
+    rejected: list[str] = []
     indexed = {s["name"]: s for s in index["shards"]}
     for name in sorted(set(indexed) - set(markers)):
         problems.append(f"shard {name} is in index.json but has no commit marker")
@@ -40,17 +43,18 @@ def verify_output(url: str, storage=None, full: bool = False) -> dict:
         paths = layout.committed_paths(name, markers[name])
         if indexed[name]["tar"] != f"shards/{paths['tar'].rsplit('/', 1)[-1]}":
             problems.append(f"shard {name}: index.json names {indexed[name]['tar']}, its marker another tar")
-        shard_keys, shard_failed, shard_problems = _check_shard(layout, name, markers[name], full)
+        shard_keys, shard_failed, shard_rejected, shard_problems = _check_shard(layout, name, markers[name], full)
         keys.extend(shard_keys)
         failed.extend(shard_failed)
+        rejected.extend(shard_rejected)
         problems.extend(shard_problems)
 
     counts = Counter(keys)
     duplicates = sorted(k for k, n in counts.items() if n > 1)
-    missing = sorted(set(planned) - set(counts) - set(failed))
+    missing = sorted(set(planned) - set(counts) - set(failed) - set(rejected))
     unplanned = sorted(set(counts) - set(planned))
     problems += [f"key {k} is not in the plan" for k in unplanned[:10]]
-    ok = not problems and not duplicates and not missing and not failed
+    ok = not problems and not duplicates and not missing and not failed and not (strict and rejected)
     hints = ([REPAIR_HINT] if problems or duplicates or missing else []) + ([FAILED_HINT] if failed else [])
     return {
         "url": url,
@@ -62,19 +66,21 @@ def verify_output(url: str, storage=None, full: bool = False) -> dict:
         "duplicates": len(duplicates),
         "missing": len(missing),
         "failed": len(failed),
+        "rejected": len(rejected),
         "committed_shards": len(markers),
         "planned_shards": job.get("shards"),
         "duplicate_keys": duplicates[:20],
         "missing_keys": missing[:20],
         "failed_keys": sorted(failed)[:20],
+        "rejected_keys": sorted(rejected)[:20],
         "problems": problems,
         "repair": hints,
         "ok": ok,
     }
 
 
-def _check_shard(layout: OutputLayout, name: str, marker: dict, full: bool) -> tuple[list[str], list[str], list[str]]:
-    """(keys in the tar, keys recorded failed, problems) of one committed shard."""
+def _check_shard(layout: OutputLayout, name: str, marker: dict, full: bool) -> tuple[list, list, list, list]:
+    """(keys in the tar, keys recorded failed, keys of rejected inputs, problems) of one committed shard."""
     paths = layout.committed_paths(name, marker)
     problems = []
     try:
@@ -82,7 +88,7 @@ def _check_shard(layout: OutputLayout, name: str, marker: dict, full: bool) -> t
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
             members = tar.getnames()
     except (OSError, tarfile.TarError) as exc:
-        return [], [], [f"shard {name}: tar unreadable ({exc})"]
+        return [], [], [], [f"shard {name}: tar unreadable ({exc})"]
     tar_keys = sorted({m.split(".", 1)[0] for m in members})
     if len(data) != marker["tar_bytes"]:
         problems.append(f"shard {name}: tar has {len(data)} bytes, its marker says {marker['tar_bytes']}")
@@ -92,11 +98,12 @@ def _check_shard(layout: OutputLayout, name: str, marker: dict, full: bool) -> t
         manifest = layout.retrying(f"reading manifest {name}", lambda: layout.fs.cat_file(paths["manifest"]))
         rows = table_from_bytes(manifest).to_pylist()
     except Exception as exc:  # pyarrow raises its own error types for corrupt files
-        return tar_keys, [], problems + [f"shard {name}: manifest unreadable ({type(exc).__name__}: {exc})"]
+        return tar_keys, [], [], problems + [f"shard {name}: manifest unreadable ({type(exc).__name__}: {exc})"]
     if full and marker.get("manifest_sha256") and hashlib.sha256(manifest).hexdigest() != marker["manifest_sha256"]:
         problems.append(f"shard {name}: manifest sha256 differs from its marker's (changed bytes)")
     ok_keys = sorted(r["key"] for r in rows if r.get("status", "ok") == "ok")
     failed_keys = sorted(r["key"] for r in rows if r.get("status") == "failed")
+    rejected_keys = sorted(r["key"] for r in rows if r.get("status") == "rejected")
     if ok_keys != tar_keys:
         problems.append(f"shard {name}: manifest lists {len(ok_keys)} samples, tar holds {len(tar_keys)}")
     if marker["samples"] != len(tar_keys) or marker.get("failed", 0) != len(failed_keys):
@@ -104,4 +111,4 @@ def _check_shard(layout: OutputLayout, name: str, marker: dict, full: bool) -> t
             f"shard {name}: marker counts {marker['samples']} samples and {marker.get('failed', 0)} failed, "
             f"files hold {len(tar_keys)} and {len(failed_keys)}"
         )
-    return tar_keys, failed_keys, problems
+    return tar_keys, failed_keys, rejected_keys, problems
