@@ -15,6 +15,7 @@ from typing import Any, Literal, Union
 import fsspec
 import yaml
 
+from decoders import references
 from jobs.schema import build, parse_yaml
 from pipelines.config import (
     LATENT_FACTOR,
@@ -27,7 +28,6 @@ from pipelines.config import (
     StagesConfig,
     require,
 )
-from decoders import references
 from pipelines.errors import ConfigError
 from pipelines.models.loading import TINY_REFERENCE
 
