@@ -188,9 +188,8 @@ def _check_decoder(decoder: str, model_family: str) -> None:
         return
     kind = references.kind_of(decoder, builtins=decoders.available())
     try:
-        if kind == "builtin":
-            decoders.check_latent_space(decoder, model_family)
         if kind in ("builtin", "hub"):
+            decoders.check_latent_space(decoder, model_family)
             decoders.fetch_weights(decoder)
     except (decoders.LatentSpaceMismatch, decoders.WeightsUnavailable) as exc:
         raise ConfigError("decoder", "", detail=str(exc)) from None
