@@ -17,8 +17,7 @@ import pickle
 import torch
 from torch import nn
 
-SAFE_SUFFIXES = (".safetensors",)
-PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+from .references import PICKLE_SUFFIXES, SAFE_SUFFIXES
 
 
 class UnsafeCheckpointError(ValueError):

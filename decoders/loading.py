@@ -16,7 +16,16 @@ import torch
 from . import checkpoints as ckpt
 from . import references
 from .base import META_FILE, Decoder
-from .registry import ARCHITECTURES, MODEL_CLASSES, VIDEO_CLASSES, fetch_weights, lookup, random_name, unknown_name_help
+from .registry import (
+    ARCHITECTURES,
+    MODEL_CLASSES,
+    VIDEO_CLASSES,
+    fetch_weights,
+    lookup,
+    published_by_repo,
+    random_name,
+    unknown_name_help,
+)
 
 DEFAULT_SEED = 0
 
@@ -193,7 +202,9 @@ def load(
                 raise FileNotFoundError(f"checkpoint not found: {s}")
             return _load_file(s, config, device, dtype)
     elif references.is_hub_id(s):
-        return _load_dir(fetch_weights(s, subfolder), s + (f"/{subfolder}" if subfolder else ""), device, dtype)
+        row = published_by_repo(s, subfolder)  # a registered repo given by its id keeps its latent space
+        label = s + (f"/{subfolder}" if subfolder else "")
+        return _load_dir(fetch_weights(s, subfolder), label, device, dtype, row.latent_space if row else None)
     raise ValueError(
         f"cannot load decoder {s!r}" + (f" (subfolder {subfolder!r})" if subfolder else "")
         + f": not a directory with config.json, not a .safetensors/.pt file; {unknown_name_help(s)}"

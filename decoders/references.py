@@ -21,8 +21,10 @@ def is_url(reference: str) -> bool:
     return "://" in reference
 
 
+SAFE_SUFFIXES = (".safetensors",)
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 # A single-file checkpoint is a path even before it exists ("ckpt/vae.safetensors" is no repo id).
-WEIGHTS_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
+WEIGHTS_SUFFIXES = SAFE_SUFFIXES + PICKLE_SUFFIXES
 
 
 def is_path(reference: str) -> bool:

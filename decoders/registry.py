@@ -194,6 +194,11 @@ def fetch_weights(name: str, subfolder: str | None = None) -> str | None:
     return weights.fetch(HubWeights(name, subfolder), name)
 
 
+def published_by_repo(repo_id: str, subfolder: str | None = None) -> Published | None:
+    """The registered row whose weights a Hugging Face id (and subfolder) names, if any."""
+    return next((p for p in PUBLISHED.values() if p.weights == HubWeights(repo_id, subfolder)), None)
+
+
 def unknown_name_help(name: str) -> str:
     """Why a bare name is not loadable, and what to write instead."""
     if name in ARCHITECTURES:
@@ -216,14 +221,14 @@ class LatentSpaceMismatch(ValueError):
 def check_latent_space(decoder, model_family: str) -> None:
     """Refuse a decoder whose latent space is not `model_family`'s (`sd`, `sdxl`, `svd`).
 
-    `decoder` is a registered name or a loaded `Decoder`; random builds and checkpoints that do not
-    record a latent space pass (nothing to check them against).
+    `decoder` is a registered name, the Hugging Face id of a registered row, or a loaded `Decoder`;
+    random builds and checkpoints that do not record a latent space pass (nothing to check against).
     """
     if model_family not in LATENT_SPACES:
         raise ValueError(f"unknown model family {model_family!r}; expected one of {list(LATENT_SPACES)}")
     if isinstance(decoder, str):
-        entry = lookup(decoder)
-        name, space = decoder, entry.latent_space if entry else None
+        entry, row = lookup(decoder), published_by_repo(decoder)
+        name, space = decoder, entry.latent_space if entry else row.latent_space if row else None
     else:
         name, space = decoder.name, decoder.latent_space
     if space is None or space == model_family:

@@ -15,6 +15,7 @@ from typing import Any, Literal, Union
 import fsspec
 import yaml
 
+from decoders import references
 from jobs.schema import build, parse_yaml
 from pipelines.config import (
     LATENT_FACTOR,
@@ -31,7 +32,6 @@ from pipelines.config import (
     StagesConfig,
     require,
 )
-from decoders import references
 from pipelines.errors import ConfigError
 from pipelines.models.loading import TINY_REFERENCE
 from pipelines.plan import MAX_SEED, check_seeds
@@ -268,9 +268,8 @@ def _check_decoder(decoder: str, model_family: str) -> None:
         return
     kind = references.kind_of(decoder, builtins=decoders.available())
     try:
-        if kind == "builtin":
-            decoders.check_latent_space(decoder, model_family)
         if kind in ("builtin", "hub"):
+            decoders.check_latent_space(decoder, model_family)
             decoders.fetch_weights(decoder)
     except (decoders.LatentSpaceMismatch, decoders.WeightsUnavailable) as exc:
         raise ConfigError("decoder", "", detail=str(exc)) from None

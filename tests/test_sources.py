@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import tarfile
 
 import numpy as np
@@ -17,7 +16,7 @@ from PIL import Image
 from pipelines.errors import ConfigError
 from pipelines.plan import build_plan
 from pipelines.sources.fetch import UnreadableSample, read_member, read_members
-from pipelines.sources.images import ImagePlan, plan_images
+from pipelines.sources.images import plan_images
 from tests.conftest import s3_storage
 from tests.jobspecs import spec_dict
 

@@ -95,6 +95,10 @@ def test_latent_space_mismatch_is_refused(offline_hub):
     loaded = decoders.load("taesd", device="cpu")
     with pytest.raises(decoders.LatentSpaceMismatch):
         decoders.check_latent_space(loaded, "sdxl")
+    by_id = decoders.load("madebyollin/taesd", device="cpu")  # the same weights by Hugging Face id
+    assert by_id.latent_space == "sd"
+    with pytest.raises(decoders.LatentSpaceMismatch, match="'madebyollin/taesd' decodes Stable Diffusion"):
+        decoders.check_latent_space("madebyollin/taesd", "sdxl")
     with pytest.raises(ValueError, match="unknown model family"):
         decoders.check_latent_space("taesdxl", "flux")
 
