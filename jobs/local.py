@@ -56,6 +56,10 @@ def run_job(
     retry_failed: bool = False,
     faults: tuple[Fault, ...] = (),
 ) -> dict:
+    if spec.kind == "train-decoder":  # Ray Train, not a shard-writing pipeline
+        from jobs.train import train_decoder
+
+        return train_decoder(spec, progress=progress, connect=lambda: connect_ray(address))
     pipeline = pipeline_for(spec, faults=faults)
     for fault in faults:
         if fault.stage not in pipeline.stage_names:
