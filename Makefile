@@ -4,8 +4,9 @@
 
 VENV ?= .venv
 PYTHON ?= python3
-# CPU wheel by default; on a GPU machine set TORCH_SPEC to the CUDA build you want.
-TORCH_SPEC ?= torch==2.13.0
+# torch + torchvision that import together (lpips needs torchvision; the 2.13.0 CPU wheel has no
+# matching torchvision here). On a GPU machine set TORCH_SPEC to the CUDA build you want.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
@@ -15,7 +16,7 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 

@@ -6,7 +6,7 @@ Three kinds of names, so nobody decodes noise by accident:
 - `random:ARCH` builds architecture ARCH with random weights from a fixed seed (real parameter
   counts, FLOPs and timings; noise for pixels), `random:ARCH-tiny` the same class a few channels
   wide, for tests and demos;
-- architectures without published weights (tae-192, effvit, tae-temporal) have no bare name: they
+- architectures without published weights (tae-192, effvit, lean, tae-temporal) have no bare name: they
   are `random:...` builds or checkpoints of your own.
 """
 
@@ -24,6 +24,8 @@ MODEL_CLASSES = {
     "AutoencoderKLTemporalDecoder": ("diffusers", "AutoencoderKLTemporalDecoder"),
     "EfficientViTDecoder": ("decoders.effvit", "EfficientViTDecoder"),
     "TemporalTinyDecoder": ("decoders.temporal", "TemporalTinyDecoder"),
+    "LeanDecoder": ("decoders.lean", "LeanDecoder"),
+    "LinearDecoder": ("decoders.linear", "LinearDecoder"),  # the least-squares baseline (decoders/linear.py)
 }
 VIDEO_CLASSES = {"AutoencoderKLTemporalDecoder", "TemporalTinyDecoder"}
 # diffusers implements tiled decoding for these; attention-based and temporal decoders have none.
@@ -126,6 +128,14 @@ ARCHITECTURES = {
             {},  # defaults in decoders/effvit.py
             dict(block_out_channels=[8, 16, 16, 32], layers_per_block=[1, 1, 1, 1], attention_head_dim=8),
             "EfficientViT-style decoder: multi-scale linear attention + GLU MBConv at low resolution",
+        ),
+        Architecture(
+            "lean",
+            "LeanDecoder",
+            {},  # defaults in decoders/lean.py
+            dict(block_out_channels=[3, 8, 8, 8], layers_per_block=[0, 1, 1, 1]),
+            "TAESD-style decoder without full-resolution convolutions (pixel-shuffle head): under 1/20 of "
+            "the SDXL VAE decoder's FLOPs",
         ),
         Architecture(
             "tae-temporal",

@@ -50,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("--write", action="store_true", help="also (re)write report.json, report.md and report.png there")
     _add_storage_arguments(report)
 
+    commands.add_parser("eval", help="decode held-out latents with several decoders: PSNR, SSIM, LPIPS, speed",
+                        add_help=False)
+
     bench = commands.add_parser("bench", help="benchmarks that print tables")
     bench_commands = bench.add_subparsers(dest="bench", required=True)
     bench_commands.add_parser("decoders", help="decoder FLOPs, latency and memory", add_help=False)
@@ -59,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                               add_help=False)
 
     args, rest = parser.parse_known_args(argv)
-    if rest and not (args.command == "bench"):
+    if rest and args.command not in ("bench", "eval"):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         if args.command == "run":
@@ -68,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
             return _verify(args)
         if args.command == "report":
             return _report(args)
+        if args.command == "eval":
+            from jobs.eval import main as evaluate
+
+            return evaluate(rest)
         if args.command == "bench" and args.bench == "pipeline":
             from jobs.bench_pipeline import main as bench_pipeline
 
@@ -140,6 +147,11 @@ def _run(args) -> int:
         check_full=args.check == "full",
         wait=args.wait,
     )
+    if spec.kind == "train-decoder":
+        from jobs.train_report import summary_line
+
+        print(summary_line(report, spec.output.url))
+        return 0
     print(
         f"{spec.name}: generated {report['generated']} samples in {report['wall_s']:.1f} s "
         f"({report['samples_per_s'] or 0:.2f}/s); {report['already_committed']} were already committed; "

@@ -58,6 +58,10 @@ def run_job(
     check_full: bool = False,
     wait: bool = False,
 ) -> dict:
+    if spec.kind == "train-decoder":  # Ray Train, not a shard-writing pipeline
+        from jobs.train import train_decoder
+
+        return train_decoder(spec, progress=progress, connect=lambda: connect_ray(address))
     pipeline = pipeline_for(spec, faults=faults)
     for fault in faults:
         if fault.stage not in pipeline.stage_names:

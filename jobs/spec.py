@@ -17,6 +17,7 @@ import yaml
 
 from decoders import references
 from jobs.schema import build, parse_yaml
+from jobs.train_spec import TrainDecoderSpec
 from pipelines.config import (
     LATENT_FACTOR,
     MODEL_VAE,
@@ -156,8 +157,8 @@ class RedecodeSpec:
                 "decoder_tiling": self.decoder_tiling, "input": self.input.url, "output": _output_identity(self)}
 
 
-SPEC_CLASSES = {"generate": JobSpec, "encode": EncodeSpec, "redecode": RedecodeSpec}
-AnySpec = Union[JobSpec, EncodeSpec, RedecodeSpec]
+SPEC_CLASSES = {"generate": JobSpec, "encode": EncodeSpec, "redecode": RedecodeSpec, "train-decoder": TrainDecoderSpec}
+AnySpec = Union[JobSpec, EncodeSpec, RedecodeSpec, TrainDecoderSpec]
 
 
 def load_spec(path: str, overrides: list[str] = ()) -> AnySpec:
@@ -222,6 +223,8 @@ def check_references(spec: AnySpec) -> None:
         _check_protocol(spec.prompts.file, "prompts.file")
     if getattr(spec, "input", None) is not None:
         _check_protocol(spec.input.url, "input.url")
+    for i, url in enumerate(spec.data.urls if spec.kind == "train-decoder" else ()):
+        _check_protocol(url, f"data.urls[{i}]")
     reference = spec.model.reference
     kind = references.kind_of(reference, builtins=(TINY_REFERENCE,))
     if kind == "path":

@@ -42,7 +42,7 @@ def test_bench_json_reports_counts_without_timing(capsys):
     assert bench.main(["--no-latency", "--json", "--sizes", "1024", "--frames", "2"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     by_name = {r["decoder"]: r for r in rows}
-    assert set(by_name) == {"sdxl-vae", "taesd", "tae-192", "effvit", "tae-temporal", "svd-vae"}
+    assert set(by_name) == {"sdxl-vae", "taesd", "tae-192", "effvit", "lean", "tae-temporal", "svd-vae"}
     assert by_name["sdxl-vae"]["gflop"] == pytest.approx(10_470, abs=1)
     assert by_name["taesd"]["flops_ratio"] == pytest.approx(18.5, abs=0.05)
     assert by_name["tae-192"]["params_m"] == pytest.approx(10.97, abs=0.005)

@@ -14,7 +14,7 @@ VIDEO = ["tae-temporal", "svd-vae"]
 
 
 def test_available_lists_published_names_then_random_builds():
-    archs = ["sdxl-vae", "taesd", "tae-192", "effvit", "tae-temporal", "svd-vae"]
+    archs = ["sdxl-vae", "taesd", "tae-192", "effvit", "lean", "tae-temporal", "svd-vae"]
     published = ["taesd", "taesdxl", "sdxl-vae", "sdxl-vae-fp16-fix", "svd-vae"]
     random = [f"random:{a}" for a in archs] + [f"random:{a}-tiny" for a in archs]
     assert decoders.available() == published + random

@@ -1,0 +1,214 @@
+"""`latentmill eval`: decode the same held-out latents with several decoders and compare them.
+
+    latentmill eval ENCODE_OUTPUT --decoder random:lean --decoder ./train-lean/decoder \\
+        [--linear-fit TRAIN_ENCODE_OUTPUT] [--model tiny] [--held-out-fraction 0.1] --out ./eval
+
+Per decoder: PSNR, SSIM and LPIPS against the original images and against the reference decoder
+(the model's own VAE), decode time per image measured in this run (warm-up first, CUDA synchronised),
+parameters and FLOPs at the evaluated size. Writes eval.json, eval.md and grid.png (original,
+reference, each decoder, side by side) to --out. Every image is compared after uint8 rounding, as
+stored in a dataset. Without LPIPS weights the LPIPS columns say so instead of holding numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import posixpath
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from jobs.train_data import held_out_samples, scan, shards_from
+from pipelines.config import StorageConfig
+from pipelines.errors import ConfigError
+from pipelines.sinks.storage import open_output
+
+GRID_SAMPLES = 6
+
+
+def load_eval_set(url: str, fraction: float | None, split_seed: int, limit: int):
+    """(keys, latents (N, C, h, w), images [0, 1] (N, 3, H, W)): the held-out split, or every sample."""
+    storage = StorageConfig()
+    shards = scan([url], storage, fraction if fraction is not None else 0.0, split_seed)
+    if fraction is None:  # the whole output is the evaluation set
+        shards = [s.__class__(s.tar_url, (), s.train_keys + s.held_out_keys) for s in shards]
+    samples = list(held_out_samples(shards, storage, limit))
+    if not samples:
+        raise ConfigError("--held-out-fraction", "", detail=f"{url}: the evaluation set is empty")
+    keys = [k for k, _, _ in samples]
+    latents = torch.from_numpy(np.stack([z for _, z, _ in samples]))
+    images = torch.from_numpy(np.stack([x for _, _, x in samples])).permute(0, 3, 1, 2).double() / 255.0
+    return keys, latents, images
+
+
+def fit_linear(train_url: str, latent_channels: int, limit: int):
+    """The least-squares linear decoder fitted on (up to `limit`) samples of `train_url`."""
+    from decoders.base import Decoder
+    from decoders.linear import LinearDecoder
+
+    _, latents, images = load_eval_set(train_url, None, 0, limit)
+    model = LinearDecoder(latent_channels=latent_channels)
+    model.fit(latents, images)
+    return Decoder(model.eval().requires_grad_(False), "linear (least squares)")
+
+
+def decode_timed(decoder, latents: torch.Tensor, batch: int) -> tuple[torch.Tensor, float]:
+    """Decoded images and the median seconds per image over batches, after one warm-up batch."""
+    sync = torch.cuda.synchronize if decoder.device.type == "cuda" else (lambda: None)
+    decoder.decode(latents[:batch])
+    sync()
+    outputs, per_image = [], []
+    for part in latents.split(batch):
+        start = time.perf_counter()
+        out = decoder.decode(part)
+        sync()
+        per_image.append((time.perf_counter() - start) / len(part))
+        outputs.append(out.cpu())
+    return torch.cat(outputs).double(), statistics.median(per_image)
+
+
+def count_flops_per_image(decoder, latents: torch.Tensor) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        decoder.decode(latents[:1])
+    return int(counter.get_total_flops())
+
+
+def evaluate(decoders_: list, reference, keys, latents, images, lpips, batch: int = 8) -> dict:
+    from decoders.metrics import lpips_status, score
+
+    ref_images, ref_time = decode_timed(reference, latents, batch)
+    rows = []
+    outputs = {}
+    for decoder in [reference, *decoders_]:
+        decoded, seconds = (ref_images, ref_time) if decoder is reference else decode_timed(decoder, latents, batch)
+        outputs[decoder.name] = decoded
+        row = {"decoder": decoder.name, "is_reference": decoder is reference, "parameters": decoder.num_parameters(),
+               "flops_per_image": count_flops_per_image(decoder, latents), "seconds_per_image": seconds}
+        for against, target in (("original", images), ("reference", ref_images)):
+            for metric, values in score(target, decoded, lpips).items():
+                row[f"{metric}_vs_{against}"] = sum(values) / len(values)
+        rows.append(row)
+    size = list(images.shape[-2:])
+    return {"samples": len(keys), "image_size": size, "device": str(reference.device), "rows": rows,
+            "lpips": lpips_status(lpips), "keys": keys, "_outputs": outputs}
+
+
+def _fmt(value, digits=2) -> str:
+    if isinstance(value, float) and math.isinf(value):
+        return "inf"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def render_markdown(result: dict) -> str:
+    lpips_key = next((k for k in ("lpips", "lpips_test_only") if f"{k}_vs_original" in result["rows"][0]), None)
+    columns = ["psnr_vs_original", "ssim_vs_original", *([f"{lpips_key}_vs_original"] if lpips_key else []),
+               "psnr_vs_reference", "ssim_vs_reference"]
+    head = ["decoder", *columns, "ms / image", "params (M)", "GFLOP / image"]
+    lines = [f"# Decoder evaluation: {result['samples']} samples at {result['image_size'][0]}x{result['image_size'][1]} "
+             f"on {result['device']}", "", f"LPIPS: {result['lpips']}", "",
+             "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for row in result["rows"]:
+        name = row["decoder"] + (" (reference)" if row["is_reference"] else "")
+        cells = [name, *[_fmt(row.get(c), 4 if "ssim" in c or "lpips" in c else 2) for c in columns],
+                 _fmt(row["seconds_per_image"] * 1000), _fmt(row["parameters"] / 1e6, 3), _fmt(row["flops_per_image"] / 1e9, 3)]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "![side by side](grid.png)", ""]
+    return "\n".join(lines)
+
+
+def render_grid(images: torch.Tensor, outputs: dict[str, torch.Tensor], count: int = GRID_SAMPLES) -> bytes:
+    """Rows of samples; columns: original, then each decoder (reference first); names on top."""
+    from PIL import Image, ImageDraw
+
+    columns = [("original", images), *outputs.items()]
+    n = min(count, len(images))
+    h, w = images.shape[-2:]
+    cell_w = max(w, 96)
+    label_h = 14
+    grid = Image.new("RGB", (cell_w * len(columns), label_h + h * n), "white")
+    draw = ImageDraw.Draw(grid)
+    for c, (name, batch) in enumerate(columns):
+        draw.text((c * cell_w + 2, 1), name[:16], fill="black")
+        pixels = (batch[:n].clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+        for r in range(n):
+            grid.paste(Image.fromarray(pixels[r]), (c * cell_w, label_h + r * h))
+    buffer = io.BytesIO()
+    grid.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _json_safe(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return "inf" if value > 0 else ("-inf" if value < 0 else "nan")
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def write_results(result: dict, images: torch.Tensor, out_url: str) -> None:
+    fs, root = open_output(out_url)
+    outputs = result.pop("_outputs")
+    files = {"eval.json": json.dumps(_json_safe(result), indent=2).encode(), "eval.md": render_markdown(result).encode(),
+             "grid.png": render_grid(images, outputs)}
+    for name, data in files.items():
+        with fs.open(posixpath.join(root, name), "wb") as f:
+            f.write(data)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import decoders
+    from decoders.metrics import LPIPS, LPIPSWeightsMissing
+    from pipelines.config import MODEL_VAE
+    from pipelines.stages.decode import load_decoder
+
+    parser = argparse.ArgumentParser(prog="latentmill eval", description=__doc__.splitlines()[0])
+    parser.add_argument("input", help="an encode output (latents + images)")
+    parser.add_argument("--decoder", action="append", default=[], help="a decoder name or checkpoint (repeatable)")
+    parser.add_argument("--model", default="tiny", help="the model whose VAE is the reference decoder")
+    parser.add_argument("--linear-fit", metavar="TRAIN_URL", help="also fit and evaluate the least-squares linear "
+                        "decoder on this encode output")
+    parser.add_argument("--held-out-fraction", type=float, help="evaluate only this held-out split (as in training); "
+                        "default: every sample of INPUT")
+    parser.add_argument("--split-seed", type=int, default=0)
+    parser.add_argument("--samples", type=int, default=256, help="at most this many samples")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--out", required=True, help="where eval.json, eval.md and grid.png go (any fsspec URL)")
+    args = parser.parse_args(argv)
+    if not args.decoder and not args.linear_fit:
+        raise ConfigError("--decoder", "", detail="give at least one --decoder (or --linear-fit)")
+    torch.set_grad_enabled(False)
+    keys, latents, images = load_eval_set(args.input, args.held_out_fraction, args.split_seed, args.samples)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    reference = load_decoder(MODEL_VAE, args.model, device, "float32")
+    reference.name = f"{args.model} VAE"
+    chosen = []
+    for name in args.decoder:
+        try:
+            chosen.append(decoders.load(name, device=device))
+        except (ValueError, FileNotFoundError) as exc:
+            raise ConfigError("--decoder", "", detail=str(exc)) from None
+    if args.linear_fit:
+        chosen.append(fit_linear(args.linear_fit, latents.shape[1], 4096).to(device))
+    for decoder in chosen:
+        if decoder.latent_channels != latents.shape[1]:
+            raise ConfigError("--decoder", "", detail=f"{decoder.name} decodes {decoder.latent_channels}-channel "
+                              f"latents; {args.input} holds {latents.shape[1]}-channel latents")
+    try:
+        lpips = LPIPS().to(device)
+    except LPIPSWeightsMissing as exc:
+        print(f"note: {exc}")
+        lpips = None
+    result = evaluate(chosen, reference, keys, latents, images, lpips, args.batch_size)
+    write_results(result, images, args.out)
+    print(render_markdown(result))
+    print(f"written: {args.out.rstrip('/')}/eval.json, eval.md, grid.png")
+    return 0

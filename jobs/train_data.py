@@ -1,0 +1,177 @@
+"""Training data from latentmill outputs with latents: the split, each worker's shards, streamed batches.
+
+The driver scans only manifests (keys and status per shard), never the tars: `scan` gives per shard
+its tar URL and its training and held-out keys. Each worker then streams its own shards, one tar at
+a time, so nothing holds a full copy. An epoch shuffles the shards (from the spec's seed) and deals
+them out by rank, so workers read disjoint parts; a worker's position is the number of samples it has
+taken, which makes the stream after a resume exactly the stream an uninterrupted run reads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import random
+import tarfile
+from dataclasses import dataclass
+
+import fsspec
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from PIL import Image
+
+from pipelines.errors import ConfigError
+from pipelines.sinks.layout import OutputLayout
+from pipelines.sinks.storage import storage_options
+
+IMAGE_SUFFIXES = ("png", "jpg", "jpeg", "webp")
+LATENT_SUFFIX = "latent.npy"
+
+
+@dataclass(frozen=True)
+class Shard:
+    tar_url: str
+    train_keys: tuple[str, ...]
+    held_out_keys: tuple[str, ...]
+
+
+def shards_from(items: list[dict]) -> list[Shard]:
+    """Shards back from their dicts (how they travel to workers in the train loop config)."""
+    return [Shard(item["tar_url"], tuple(item["train_keys"]), tuple(item["held_out_keys"])) for item in items]
+
+
+def is_held_out(key: str, fraction: float, seed: int) -> bool:
+    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+def scan(urls: list[str], storage, fraction: float, seed: int) -> list[Shard]:
+    """The committed shards of every URL with their keys split into training and held-out."""
+    shards = []
+    for url in urls:
+        layout = OutputLayout(url, storage)
+        index = layout.read_index()
+        if not index["shards"]:
+            raise ConfigError("data.urls", "", detail=f"{url}: no committed shards (is it a latentmill output? "
+                              "index.json lists none)")
+        for entry in index["shards"]:
+            with layout.fs.open(layout.path(entry["manifest"]), "rb") as f:
+                rows = pq.read_table(f, columns=["key", "status"]).to_pylist()
+            keys = [r["key"] for r in rows if r["status"] == "ok"]
+            held = tuple(k for k in keys if is_held_out(k, fraction, seed))
+            train = tuple(k for k in keys if not is_held_out(k, fraction, seed))
+            shards.append(Shard(f"{url.rstrip('/')}/{entry['tar']}", train, held))
+    return shards
+
+
+def read_samples(tar_url: str, keys, options: dict):
+    """(key, latents float32 (C, h, w), image uint8 (H, W, 3)) for the wanted keys, streaming the tar."""
+    wanted = set(keys)
+    current, parts = None, {}
+
+    def finish():
+        if current in wanted:
+            yield (current, *decode_sample(tar_url, current, parts))
+
+    with fsspec.open(tar_url, "rb", **options) as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            name = member.name.rsplit("/", 1)[-1]
+            key, _, suffix = name.partition(".")
+            if key != current:
+                yield from finish()
+                current, parts = key, {}
+            if key in wanted and (suffix == LATENT_SUFFIX or suffix in IMAGE_SUFFIXES or suffix == "json"):
+                parts[suffix] = tar.extractfile(member).read()
+        yield from finish()
+
+
+def decode_sample(tar_url: str, key: str, parts: dict) -> tuple[np.ndarray, np.ndarray]:
+    if LATENT_SUFFIX not in parts:
+        raise ConfigError("data.urls", "", detail=f"{tar_url}: sample {key} has no {key}.{LATENT_SUFFIX}; training "
+                          "needs latents (kind: encode, or generate with output.save_latents: true)")
+    image = next((parts[s] for s in IMAGE_SUFFIXES if s in parts), None)
+    if image is None:
+        raise ConfigError("data.urls", "", detail=f"{tar_url}: sample {key} has no image ({', '.join(IMAGE_SUFFIXES)})")
+    latents = np.load(io.BytesIO(parts[LATENT_SUFFIX]), allow_pickle=False).astype(np.float32)
+    return latents, np.asarray(Image.open(io.BytesIO(image)).convert("RGB"))
+
+
+def first_sample(shards: list[Shard], storage) -> tuple[str, np.ndarray, np.ndarray]:
+    """(key, latents, image) of the first training sample, to check the data before training."""
+    shard = next((s for s in shards if s.train_keys), None)
+    if shard is None:
+        raise ConfigError("data", "", detail="the training split is empty (every sample is held out)")
+    options = storage_options(shard.tar_url, storage)
+    return next(iter(read_samples(shard.tar_url, shard.train_keys[:1], options)))
+
+
+def units(shards: list[Shard], world: int) -> list[tuple[str, tuple[str, ...]]]:
+    """Pieces of work dealt to workers: whole shards, or interleaved parts of shards when there are
+    fewer shards than workers (so every worker gets data)."""
+    parts = max(1, math.ceil(world / max(1, len(shards))))
+    return [(s.tar_url, s.train_keys[p::parts]) for s in shards for p in range(parts) if s.train_keys[p::parts]]
+
+
+def worker_stream(work, rank: int, world: int, seed: int, start: int, storage, crop: int | None):
+    """Endless (latents, image) tensors of this rank, skipping the first `start` samples it took."""
+    options = storage_options(work[0][0], storage) if work else {}
+    epoch = 0
+    while True:
+        order = list(range(len(work)))
+        random.Random(seed * 100003 + epoch).shuffle(order)
+        mine = [work[i] for i in order[rank::world]]
+        count = sum(len(keys) for _, keys in mine)
+        if count == 0:
+            raise RuntimeError(f"worker {rank} has no training samples")
+        if start >= count:  # a whole epoch already taken before a resume
+            start -= count
+            epoch += 1
+            continue
+        for tar_url, keys in mine:
+            if start >= len(keys):
+                start -= len(keys)
+                continue
+            for i, (key, latents, image) in enumerate(read_samples(tar_url, keys, options)):
+                if i < start:
+                    continue
+                yield random_crop(latents, image, crop, f"{seed}:{epoch}:{key}")
+            start = 0
+        epoch += 1
+
+
+def random_crop(latents: np.ndarray, image: np.ndarray, crop: int | None, salt: str):
+    """A crop of `crop` latent cells and the matching pixels; deterministic per (seed, epoch, key)."""
+    z = torch.from_numpy(np.array(latents))
+    x = torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255.0
+    if crop is None:
+        return z, x
+    h, w = z.shape[-2:]
+    factor = x.shape[-1] // w
+    rng = random.Random(salt)
+    top, left = rng.randint(0, h - crop), rng.randint(0, w - crop)
+    z = z[:, top:top + crop, left:left + crop]
+    x = x[:, top * factor:(top + crop) * factor, left * factor:(left + crop) * factor]
+    return z, x
+
+
+def batches(stream, batch_size: int):
+    while True:
+        items = [next(stream) for _ in range(batch_size)]
+        yield torch.stack([z for z, _ in items]), torch.stack([x for _, x in items])
+
+
+def held_out_samples(shards: list[Shard], storage, limit: int):
+    """Up to `limit` held-out (key, latents, image), in shard order."""
+    taken = 0
+    for shard in shards:
+        if taken >= limit or not shard.held_out_keys:
+            continue
+        for key, latents, image in read_samples(shard.tar_url, shard.held_out_keys, storage_options(shard.tar_url, storage)):
+            yield key, latents, image
+            taken += 1
+            if taken >= limit:
+                return

@@ -1,0 +1,108 @@
+"""The training report: report.json, report.md and loss.png next to the trained decoder."""
+
+from __future__ import annotations
+
+import io
+import json
+import posixpath
+
+from pipelines.sinks.storage import open_output
+
+LOSS_TERMS = ("pixel", "lpips", "adversarial", "discriminator", "total")
+
+
+def summarize(spec, config: dict, history: list[dict], metrics: dict, resumed_from: int | None) -> dict:
+    seconds = sum(h["seconds"] for h in history)
+    images = len(history) * spec.optim.batch_size * spec.scaling.num_workers
+    resource = "GPU" if config["use_gpu"] else "CPU"
+    last = history[-10:]
+    return {
+        "name": spec.name,
+        "kind": spec.kind,
+        "architecture": spec.architecture,
+        "target": spec.target,
+        "steps": len(history),
+        "workers": spec.scaling.num_workers,
+        "resource": resource,
+        # Allocated resources x step time, as generation reports count them; loading and eval excluded.
+        f"{resource.lower()}_seconds": sum(h["resource_s"] for h in history),
+        "train_seconds": seconds,
+        "images_seen": images,
+        "images_per_s": images / seconds if seconds else None,
+        "train_samples": config["prepared"]["train_samples"],
+        "held_out_samples": config["prepared"]["held_out_samples"],
+        "resumed_from_step": resumed_from,
+        "final_loss": {k: sum(h[k] for h in last) / len(last) for k in LOSS_TERMS if k in last[-1]},
+        "held_out": metrics,
+        "history": history,
+    }
+
+
+def render_markdown(report: dict) -> str:
+    r = report
+    lines = [
+        f"# Training report: {r['name']} ({r['architecture']}, target {r['target']})",
+        "",
+        f"- steps: {r['steps']} on {r['workers']} {r['resource']} workers"
+        + (f", resumed from step {r['resumed_from_step']}" if r["resumed_from_step"] else ""),
+        f"- images seen: {r['images_seen']} at {r['images_per_s']:.1f} images/s; "
+        f"{r['resource']}-seconds (allocated): {r[r['resource'].lower() + '_seconds']:.0f}",
+        f"- data: {r['train_samples']} training samples, {r['held_out_samples']} held out",
+        "",
+        "| loss term | mean of the last 10 steps |",
+        "| --- | --- |",
+        *[f"| {k} | {v:.4f} |" for k, v in r["final_loss"].items()],
+        "",
+        f"Held-out metrics ({r['held_out']['held_out_samples']} samples, against the original images):",
+        "",
+        "| metric | value |",
+        "| --- | --- |",
+        *[f"| {k} | {r['held_out'][k]:.4f} |" for k in ("psnr", "ssim", "lpips", "lpips_test_only") if k in r["held_out"]],
+        "",
+        f"LPIPS: {r['held_out']['lpips_status']}",
+        "",
+        "![loss curve](loss.png)",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def loss_chart(history: list[dict]) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    steps = [h["step"] for h in history]
+    for term in LOSS_TERMS:
+        if any(term in h for h in history):
+            ax.plot([s for s, h in zip(steps, history) if term in h], [h[term] for h in history if term in h], label=term)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (weighted)")
+    ax.set_yscale("log" if all(h["total"] > 0 for h in history) else "linear")
+    ax.legend()
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def write_report(spec, config: dict, history: list[dict], metrics: dict, resumed_from: int | None) -> dict:
+    report = summarize(spec, config, history, metrics, resumed_from)
+    fs, root = open_output(spec.output.url, spec.output.storage)
+    files = {"report.json": json.dumps(report, indent=2).encode(), "report.md": render_markdown(report).encode(),
+             "loss.png": loss_chart(history)}
+    for name, data in files.items():
+        with fs.open(posixpath.join(root, name), "wb") as f:
+            f.write(data)
+    return report
+
+
+def summary_line(report: dict, output_url: str) -> str:
+    held = report["held_out"]
+    return (
+        f"{report['name']}: trained {report['architecture']} for {report['steps']} steps "
+        f"({report['images_per_s']:.1f} images/s); held-out PSNR {held['psnr']:.2f} dB, SSIM {held['ssim']:.4f}; "
+        f"decoder {output_url.rstrip('/')}/decoder, report {output_url.rstrip('/')}/report.md"
+    )
