@@ -69,3 +69,21 @@ def s3_storage(server, **changes) -> dict:
         "secret_access_key_env": S3_SECRET_ENV,
         **changes,
     }
+
+
+@pytest.fixture(scope="session")
+def photos(tmp_path_factory):
+    """64 smooth colour images of three sizes and aspect ratios: the input of encode jobs (which
+    must resize and crop them)."""
+    import numpy as np
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(3)
+    for i in range(64):
+        h, w = [(144, 144), (160, 136), (130, 200)][i % 3]
+        y, x = np.mgrid[0:h, 0:w]
+        base = rng.uniform(0, 255, 3)
+        pixels = np.stack([(base[c] + 80 * np.sin(x / (5 + i % 7) + c) + 60 * np.cos(y / 7)) % 256 for c in range(3)], -1)
+        Image.fromarray(pixels.astype(np.uint8)).save(folder / f"photo-{i:02d}.png")
+    return folder

@@ -24,9 +24,47 @@ BASE = {
 }
 
 
+# Latent precompute over a folder of photos (tests/conftest.py `photos`), 64x64, tiny VAE.
+ENCODE_BASE = {
+    "name": "test-encode",
+    "kind": "encode",
+    "input": {"url": "IN"},
+    "model": {"reference": "tiny"},
+    "image": {"height": 64, "width": 64},
+    "output": {"url": "OUT", "samples_per_shard": 8},
+    "stages": {
+        "read": {"num_cpus": 0.25, "batch_size": 4},
+        "encode": {"num_gpus": 0, "num_cpus": 0.5, "batch_size": 4},
+        "write": {"num_cpus": 0.25, "concurrency": 2},
+    },
+}
+# Slow enough that faults land mid-run (8 shards of 8 samples, about 1 s per shard here); a
+# driver killed mid-run leaves its output lease, which a rerun (with wait) takes over after 4 s.
+SLOW = {
+    "generate": {"num_images": 64, "sampler__height": 128, "sampler__width": 128, "sampler__steps": 8,
+                 "output__lease_ttl_s": 4},
+    "encode": {"image__height": 128, "image__width": 128, "stages__read__batch_size": 2,
+               "stages__encode__batch_size": 2, "output__lease_ttl_s": 4},
+}
+
+
 def spec_dict(output_url: str, **changes) -> dict:
     """BASE with output.url set; `changes` maps dotted paths to values (None deletes the field)."""
-    spec = copy.deepcopy(BASE)
+    return _changed(BASE, output_url, changes)
+
+
+def encode_spec_dict(input_url, output_url, **changes) -> dict:
+    return _changed(ENCODE_BASE, output_url, {"input__url": str(input_url), **changes})
+
+
+def kind_spec_dict(kind: str, output_url, photos=None, slow: bool = False, **changes) -> dict:
+    """A spec of `kind` (generate, or encode over the folder `photos`), optionally slowed down."""
+    changes = {**(SLOW[kind] if slow else {}), **changes}
+    return spec_dict(output_url, **changes) if kind == "generate" else encode_spec_dict(photos, output_url, **changes)
+
+
+def _changed(base: dict, output_url, changes: dict) -> dict:
+    spec = copy.deepcopy(base)
     spec["output"]["url"] = str(output_url)
     for dotted, value in changes.items():
         *parents, last = dotted.split("__")

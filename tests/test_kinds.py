@@ -19,29 +19,9 @@ from jobs.spec import parse_spec
 from pipelines.sinks.layout import OutputLayout
 from pipelines.verify import verify_output
 from tests.conftest import REPO
-from tests.jobspecs import spec_dict
+from tests.jobspecs import encode_spec_dict, spec_dict
 
 SIZE = 64
-
-
-def encode_spec_dict(input_url, output_url, **changes) -> dict:
-    data = {
-        "name": "test-encode",
-        "kind": "encode",
-        "input": {"url": str(input_url)},
-        "model": {"reference": "tiny"},
-        "image": {"height": SIZE, "width": SIZE},
-        "output": {"url": str(output_url), "samples_per_shard": 8},
-        "stages": {"read": {"num_cpus": 0.25, "batch_size": 4}, "encode": {"num_gpus": 0, "num_cpus": 0.5, "batch_size": 4},
-                   "write": {"num_cpus": 0.25, "concurrency": 2}},
-    }
-    for dotted, value in changes.items():
-        *parents, last = dotted.split("__")
-        node = data
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[last] = value
-    return data
 
 
 def parse(data: dict, overrides=()):

@@ -1,4 +1,6 @@
-"""Kill the driver with SIGKILL mid-run, rerun, and get exactly what an uninterrupted run writes."""
+"""Kill the driver with SIGKILL mid-run, rerun, and get exactly what an uninterrupted run writes.
+
+Parametrised by job kind: the engine's resume is the same for every kind."""
 
 from __future__ import annotations
 
@@ -16,11 +18,9 @@ from jobs.spec import parse_spec
 from pipelines.sinks.layout import OutputLayout
 from pipelines.verify import verify_output
 from tests.conftest import s3_storage
-from tests.jobspecs import spec_dict
+from tests.jobspecs import kind_spec_dict
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Slow enough (about 1 s per shard here) that the kill lands between the first and the last commit.
-SLOW = {"num_images": 64, "sampler__height": 128, "sampler__width": 128, "sampler__steps": 8}
 
 
 def committed(spec) -> dict[str, str]:
@@ -28,18 +28,21 @@ def committed(spec) -> dict[str, str]:
     return {name: m["tar_sha256"] for name, m in layout.committed_markers().items()}
 
 
-def job_spec(target, output, s3_server) -> dict:
+def job_spec(kind, target, output, s3_server, photos) -> dict:
+    # Slow enough (about 1 s per shard here) that the kill lands between the first and the last commit.
     if target == "local":
-        return spec_dict(output, **SLOW)
-    data = spec_dict(f"s3://latentmill/kill-{output.parent.name}-{output.name}", **SLOW)
+        return kind_spec_dict(kind, output, photos, slow=True)
+    data = kind_spec_dict(kind, f"s3://latentmill/kill-{kind}-{output.parent.name}-{output.name}", photos, slow=True)
     data["output"]["storage"] = s3_storage(s3_server)
     return data
 
 
-@pytest.mark.parametrize("target", ["local", "s3"])
-def test_driver_killed_mid_run_resumes_to_the_uninterrupted_output(ray_cluster, s3_server, tmp_path, target):
+@pytest.mark.parametrize("kind, target", [("generate", "local"), ("generate", "s3"), ("encode", "local")])
+def test_driver_killed_mid_run_resumes_to_the_uninterrupted_output(
+    ray_cluster, s3_server, photos, tmp_path, kind, target
+):
     spec_path = tmp_path / "job.yaml"
-    spec_path.write_text(yaml.safe_dump(job_spec(target, tmp_path / "killed", s3_server)))
+    spec_path.write_text(yaml.safe_dump(job_spec(kind, target, tmp_path / "killed", s3_server, photos)))
     spec = parse_spec(spec_path.read_text(), source=str(spec_path))
     layout = OutputLayout(spec.output.url, spec.output.storage)
     driver = subprocess.Popen(
@@ -61,14 +64,14 @@ def test_driver_killed_mid_run_resumes_to_the_uninterrupted_output(ray_cluster, 
     assert 1 <= len(at_kill) < 8, f"the kill must land mid-run, {len(at_kill)} of 8 shards were committed"
     assert not verify_output(spec.output.url, spec.output.storage)["ok"]
 
-    report = run_job(spec, progress=False)
+    report = run_job(spec, progress=False, wait=True)  # the killed driver's lease expires first
     assert report["already_committed"] + report["generated"] == 64
     assert report["generated"] <= 64 - 8 * len(at_kill)
     result = verify_output(spec.output.url, spec.output.storage)
     assert result["ok"], result["problems"]
     assert (result["unique_keys"], result["duplicates"], result["missing"]) == (64, 0, 0)
 
-    reference = parse_spec(yaml.safe_dump(job_spec(target, tmp_path / "uninterrupted", s3_server)))
+    reference = parse_spec(yaml.safe_dump(job_spec(kind, target, tmp_path / "uninterrupted", s3_server, photos)))
     run_job(reference, progress=False)
     # Same batch composition on the same machine: every shard is byte-identical.
     assert committed(spec) == committed(reference)

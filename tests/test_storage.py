@@ -24,12 +24,13 @@ from pipelines.readers import ray_dataset, webdataset
 from pipelines.sinks.layout import OutputLayout
 from pipelines.verify import verify_output
 from tests.conftest import S3_SECRET_ENV, s3_storage
-from tests.jobspecs import spec_dict
+from tests.jobspecs import SLOW as SLOW_BY_KIND
+from tests.jobspecs import kind_spec_dict, spec_dict
 
 
-def s3_spec(server, prefix=None, overrides=(), storage_changes=None, **changes):
+def s3_spec(server, prefix=None, overrides=(), storage_changes=None, kind="generate", photos=None, **changes):
     url = f"s3://latentmill/{prefix or uuid.uuid4().hex[:8]}"
-    data = spec_dict(url, **changes)
+    data = kind_spec_dict(kind, url, photos, **changes)
     data["output"]["storage"] = s3_storage(server, **(storage_changes or {}))
     return parse_spec(yaml.safe_dump(data), source="s3-job.yaml", overrides=list(overrides))
 
@@ -72,8 +73,7 @@ def images_by_key(spec) -> dict[str, np.ndarray]:
     }
 
 
-# Slow enough that faults land mid-run: 8 shards of 8 samples, ~1 s per shard here.
-SLOW = {"num_images": 64, "sampler__height": 128, "sampler__width": 128, "sampler__steps": 8}
+SLOW = SLOW_BY_KIND["generate"]
 
 
 def test_s3_job_is_read_back_by_webdataset_and_ray_data(ray_cluster, s3_server):
@@ -100,15 +100,16 @@ def test_credentials_never_reach_saved_spec_or_reports(ray_cluster, s3_server):
     ] == S3_SECRET_ENV
 
 
-def test_killed_actor_processes_are_restarted_and_nothing_is_lost(ray_cluster, s3_server):
+@pytest.mark.parametrize("kind", ["generate", "encode"])
+def test_killed_actor_processes_are_restarted_and_nothing_is_lost(ray_cluster, s3_server, photos, kind):
     import psutil
 
-    spec = s3_spec(s3_server, **SLOW)
+    spec = s3_spec(s3_server, kind=kind, photos=photos, **SLOW_BY_KIND[kind])
     thread, outcome = run_in_thread(spec)
     wait_for_commit(spec, thread)
     # This test process started the Ray cluster: its stage actors are its descendants.
     actors = [p for p in psutil.Process().children(recursive=True) if "StageActor" in " ".join(p.cmdline())]
-    assert len(actors) >= 2  # the denoise and the decode actor (a finished job's may still be exiting)
+    assert len(actors) >= 2  # the job's two stage actors (a finished job's may still be exiting)
     at_kill = len(markers(spec))
     for process in actors:
         process.send_signal(signal.SIGKILL)
@@ -158,13 +159,22 @@ def test_storage_down_past_its_limit_fails_clearly_and_keeps_committed_shards(ra
     assert verify(spec)["ok"]
 
 
-def test_failed_samples_are_retried_recorded_and_retried_later(ray_cluster, s3_server):
-    spec = s3_spec(s3_server)
-    faults = (
-        Fault.parse("denoise:raise:000000005"),     # fails on every attempt
-        Fault.parse("denoise:nan:000000010"),       # NaN latents on every attempt
-        Fault.parse("decode:raise:000000003:1"),    # transient: fails once, then succeeds
-    )
+FAULTS = {
+    "generate": (
+        "denoise:raise:000000005",   # fails on every attempt
+        "denoise:nan:000000010",     # NaN latents on every attempt
+        "decode:raise:000000003:1",  # transient: fails once, then succeeds
+    ),
+    "encode": ("encode:raise:000000005", "read:raise:000000010", "encode:raise:000000003:1"),
+}
+
+
+@pytest.mark.parametrize("kind", ["generate", "encode"])
+def test_failed_samples_are_retried_recorded_and_retried_later(ray_cluster, s3_server, photos, kind):
+    # 24 samples in 3 shards for either kind (encode: a list of 24 of the photos).
+    changes = {} if kind == "generate" else {"input__url": _first_photos(photos, 24)}
+    spec = s3_spec(s3_server, kind=kind, photos=photos, **changes)
+    faults = tuple(Fault.parse(text) for text in FAULTS[kind])
     report = run_job(spec, progress=False, faults=faults)
     assert (report["generated"], report["failed"]) == (22, 2)
     result = verify(spec)
@@ -179,7 +189,7 @@ def test_failed_samples_are_retried_recorded_and_retried_later(ray_cluster, s3_s
     assert rows["000000005"]["attempts"] == spec.stages.max_retries + 1
     assert rows["000000003"]["status"] == "ok"
     rows = pq.read_table(io.BytesIO(layout.fs.cat_file(layout.shard_paths("00001")["manifest"]))).to_pylist()
-    assert "NaN" in next(r for r in rows if r["key"] == "000000010")["error"]
+    assert ("NaN" if kind == "generate" else "injected fault") in next(r for r in rows if r["key"] == "000000010")["error"]
 
     again = run_job(spec, progress=False)  # a plain rerun leaves recorded failures alone
     assert again["generated"] == 0
@@ -187,10 +197,18 @@ def test_failed_samples_are_retried_recorded_and_retried_later(ray_cluster, s3_s
     assert (repaired["generated"], repaired["failed"]) == (2, 0)
     result = verify(spec)
     assert result["ok"], result
-    clean = s3_spec(s3_server)
+    clean = s3_spec(s3_server, kind=kind, photos=photos, **changes)
     run_job(clean, progress=False)
     a, b = images_by_key(spec), images_by_key(clean)
     assert a.keys() == b.keys() and max(np.abs(a[k] - b[k]).max() for k in a) <= 1
+
+
+def _first_photos(photos, count: int) -> str:
+    """A list file naming the first `count` photos (an encode input of exactly that many)."""
+    listing = photos / f"first-{count}.jsonl"
+    paths = sorted(photos.glob("*.png"))[:count]
+    listing.write_text("".join(json.dumps({"image": str(p)}) + "\n" for p in paths))
+    return str(listing)
 
 
 @pytest.mark.parametrize(
