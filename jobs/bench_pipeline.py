@@ -145,8 +145,8 @@ def _writer(spec, workdir, shard, metadata, decoded):
     storage = spec.output.storage if hasattr(spec.output, "storage") else None
 
     def write(_):
-        if "failed" in names:  # write_shard(url, storage, name, samples, metadata, format, failed, repair, *decoded)
-            return write_shard(url, storage, "00000", shard, metadata, spec.output.image_format, [], False, *decoded)
+        if "base" in names:  # write_shard(url, storage, name, samples, metadata, format, failed, base, faults, *decoded)
+            return write_shard(url, storage, "00000", shard, metadata, spec.output.image_format, [], None, (), *decoded)
         return write_shard(url, storage, "00000", shard, metadata, spec.output.image_format, *decoded)
 
     return write
