@@ -11,15 +11,18 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
+from urllib.parse import urlsplit
 
 import fsspec
 import yaml
 
-from jobs.schema import build, parse_yaml
+from jobs.nightly import RunDate, fill_dates
+from jobs.schema import LOADER_SET, build, parse_yaml
 from pipelines.config import (
     LATENT_FACTOR,
     CostConfig,
     ModelConfig,
+    NotifyConfig,
     OutputConfig,
     PromptsConfig,
     SamplerConfig,
@@ -52,6 +55,10 @@ class JobSpec:
     stages: StagesConfig = field(default_factory=StagesConfig)
     # Prices per GPU-hour and CPU-hour for the report's cost figures; none given: no cost shown.
     cost: CostConfig | None = None
+    # Where to POST a JSON summary of each run (success or failure).
+    notify: NotifyConfig | None = None
+    # The run's date and the {date} template of output.url: set by the loader (--date), not in YAML.
+    run_date: RunDate | None = field(default=None, metadata=LOADER_SET)
 
     def __post_init__(self):
         require(bool(self.name.strip()), "name", "a non-empty name", self.name)
@@ -67,7 +74,11 @@ class JobSpec:
             )
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The spec as saved with the output: a webhook URL (often holding a token) keeps only its host."""
+        spec = dataclasses.asdict(self)
+        if spec["notify"] and spec["notify"]["webhook"]:
+            spec["notify"]["webhook"] = _origin(spec["notify"]["webhook"]) + "/..."
+        return spec
 
     def identity(self) -> dict[str, Any]:
         """What decides the samples' content. Two runs with equal identities write equal outputs;
@@ -85,7 +96,12 @@ class JobSpec:
         }
 
 
-def load_spec(path: str, overrides: list[str] = ()) -> JobSpec:
+def load_spec(path: str, overrides: list[str] = (), date: str | None = None) -> JobSpec:
+    """Load, override, fill {date} (`date`, default today UTC) and validate a spec file."""
+    return parse_spec(read_spec_text(path), source=path, overrides=overrides, date=date)
+
+
+def read_spec_text(path: str) -> str:
     try:
         with fsspec.open(path, "rb") as f:
             raw = f.read()
@@ -95,10 +111,11 @@ def load_spec(path: str, overrides: list[str] = ()) -> JobSpec:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError("", "", detail=f"{path}: not valid UTF-8 at byte {exc.start}") from None
-    return parse_spec(text, source=path, overrides=overrides)
+    return text
 
 
-def parse_spec(text: str, source: str = "<spec>", overrides: list[str] = ()) -> JobSpec:
+def spec_data(text: str, source: str = "<spec>", overrides: list[str] = ()) -> tuple[dict, dict[str, int]]:
+    """The parsed spec mapping with `--set` overrides applied, and the line of every field."""
     data, lines = parse_yaml(text, source)
     if data is None:
         data = {}
@@ -106,8 +123,14 @@ def parse_spec(text: str, source: str = "<spec>", overrides: list[str] = ()) -> 
         raise ConfigError("", "", detail=f"{source}: expected a mapping of fields at the top, got {type(data).__name__}")
     for item in overrides:
         apply_override(data, item)
+    return data, lines
+
+
+def parse_spec(text: str, source: str = "<spec>", overrides: list[str] = (), date: str | None = None) -> JobSpec:
+    data, lines = spec_data(text, source, overrides)
     try:
-        spec = build(JobSpec, data)
+        run_date = fill_dates(data, date)
+        spec = dataclasses.replace(build(JobSpec, data), run_date=run_date)
         check_references(spec)
     except ConfigError as exc:
         line = _line_of(exc.path, lines)
@@ -139,6 +162,8 @@ def apply_override(data: dict, item: str) -> None:
 
 def check_references(spec: JobSpec) -> None:
     """Checks that need the outside world: files, protocols and registered decoders."""
+    if spec.output.retention is not None and (spec.run_date is None or spec.run_date.output_template is None):
+        raise ConfigError("output.retention", "", detail="needs {date} in output.url (retention applies to dated outputs)")
     _check_protocol(spec.output.url, "output.url")
     if spec.prompts.file is not None:
         _check_protocol(spec.prompts.file, "prompts.file")
@@ -193,6 +218,11 @@ def _check_decoder(decoder: str) -> None:
         "",
         detail=f"unknown decoder {decoder!r}: expected one of {', '.join(decoders.available())} or a checkpoint path",
     )
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
 
 
 def _line_of(path: str, lines: dict[str, int]) -> int | None:

@@ -90,6 +90,34 @@ class StorageConfig:
 
 
 @dataclass(frozen=True)
+class RetentionConfig:
+    """Dated outputs (`{date}` in output.url) to keep: the newest `keep`, this run's included.
+    Only complete latentmill outputs of the same job are ever deleted."""
+
+    keep: int
+
+    def __post_init__(self):
+        require(self.keep >= 1, "keep", "an integer >= 1 (dated outputs to keep, this run's included)", self.keep)
+
+
+@dataclass(frozen=True)
+class NotifyConfig:
+    """Where to POST the run's JSON summary, on success and on failure. A webhook URL often holds
+    a token: `webhook_env` names the environment variable holding it, so it is never saved."""
+
+    webhook: str | None = None
+    webhook_env: str | None = None
+    timeout_s: float = 10.0
+
+    def __post_init__(self):
+        if (self.webhook is None) == (self.webhook_env is None):
+            raise ConfigError("", "", detail="give exactly one of notify.webhook or notify.webhook_env")
+        if self.webhook is not None:
+            require(self.webhook.startswith(("http://", "https://")), "webhook", "an http:// or https:// URL", self.webhook)
+        require(0 < self.timeout_s <= 120, "timeout_s", "seconds, more than 0 and at most 120", self.timeout_s)
+
+
+@dataclass(frozen=True)
 class OutputConfig:
     url: str
     image_format: Literal["png", "jpg", "webp"] = "png"
@@ -100,6 +128,8 @@ class OutputConfig:
     # "overwrite" it, or "extend" it when this spec plans the same samples and more.
     mode: Literal["resume", "overwrite", "extend"] = "resume"
     storage: StorageConfig = field(default_factory=StorageConfig)
+    # With `{date}` in url: delete older dated outputs of this job beyond the newest `keep`.
+    retention: RetentionConfig | None = None
 
     def __post_init__(self):
         require(bool(self.url.strip()), "url", "an output URL or path", self.url)
