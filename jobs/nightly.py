@@ -212,13 +212,14 @@ def _not_removable(spec, url: str, fs, verify_output) -> str | None:
 
 
 def _is_latentmill_file(relpath: str) -> bool:
+    """A file a latentmill job writes under its output (see pipelines/sinks/layout.py)."""
     from pipelines.report import REPORT_JSON, REPORT_MD, REPORT_PNG, RUNS_DIR
-    from pipelines.sinks.layout import INDEX_FILE, JOB_FILE, PLAN_FILE, SHARD_DIR
+    from pipelines.sinks.layout import INDEX_FILE, JOB_FILE, MARKER_SUFFIX, PLAN_FILE, SHARD_DIR
 
-    top, _, below = relpath.partition("/")
-    if not below:
-        return top in (JOB_FILE, PLAN_FILE, INDEX_FILE, REPORT_JSON, REPORT_MD, REPORT_PNG)
-    return top in (SHARD_DIR, RUNS_DIR) and "/" not in below and ".tmp-" not in below
+    if relpath in (JOB_FILE, PLAN_FILE, INDEX_FILE, REPORT_JSON, REPORT_MD, REPORT_PNG):
+        return True
+    shard = rf"{SHARD_DIR}/\d+(\.tar|\.parquet|{re.escape(MARKER_SUFFIX)})"
+    return bool(re.fullmatch(shard, relpath) or re.fullmatch(rf"{RUNS_DIR}/[\w.-]+\.json", relpath))
 
 
 def _path_of(url: str, root_path: str, outputs: DatedOutputs) -> str:

@@ -140,7 +140,7 @@ def submit(spec_path: str, *, address: str | None, overrides: list[str] = (), da
     text = read_spec_text(spec_path)
     spec = parse_spec(text, source=spec_path, overrides=overrides, date=date)  # every check a run does here
     data, _ = spec_data(text, spec_path, overrides)
-    _check_output_for_cluster(spec.output.url)
+    check_output_for_cluster(spec.output.url)
     with tempfile.TemporaryDirectory(prefix="latentmill-submit-") as workdir:
         _ship_local_files(data, date, workdir)
         import yaml
@@ -163,9 +163,12 @@ def submit(spec_path: str, *, address: str | None, overrides: list[str] = (), da
     return Submission(submission_id, True, "PENDING")
 
 
-def _check_output_for_cluster(url: str) -> None:
-    protocol, path = fsspec.core.split_protocol(url)
-    if protocol in (None, "file", "local") and not posixpath.isabs(path):
+def is_local(url: str) -> bool:
+    return fsspec.core.split_protocol(url)[0] in (None, "file", "local")
+
+
+def check_output_for_cluster(url: str) -> None:
+    if is_local(url) and not posixpath.isabs(fsspec.core.split_protocol(url)[1]):
         raise ConfigError(
             "output.url", "", detail=f"{url!r} is a relative path: on a cluster give an object-store URL "
             "(s3://...) or an absolute path on storage every node mounts"
@@ -190,10 +193,9 @@ def _ship_local_files(data: dict, date: str, workdir: str) -> None:
 
 def _ship(value: str, field: str, workdir: str, dirs: bool) -> str:
     """The shipped relative path of a local file (or directory); remote URLs stay as they are."""
-    protocol, path = fsspec.core.split_protocol(value)
-    if protocol not in (None, "file", "local"):
+    if not is_local(value):
         return value  # read on the cluster, with the cluster's credentials
-    source = Path(path).expanduser()
+    source = Path(fsspec.core.split_protocol(value)[1]).expanduser()
     if not (source.is_file() or (dirs and source.is_dir())):
         raise ConfigError(field, "", detail=f"local file {str(source)!r} does not exist")
     target = Path(workdir, SHIPPED_INPUTS, source.name)
