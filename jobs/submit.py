@@ -214,7 +214,8 @@ def status(address: str | None, submission_id: str):
     return job_info(connect(address), submission_id)
 
 
-def logs(address: str | None, submission_id: str, follow: bool = False, out=sys.stdout) -> None:
+def logs(address: str | None, submission_id: str, follow: bool = False, out=None) -> None:
+    out = out or sys.stdout
     client = connect(address)
     job_info(client, submission_id)  # a clear error for an unknown id
     if not follow:
