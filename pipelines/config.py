@@ -18,6 +18,12 @@ def require(ok: bool, path: str, expected: str, got: object) -> None:
         raise ConfigError(path, expected, got)
 
 
+def require_exactly_one(section: str, **fields) -> None:
+    """Exactly one of the alternative fields is given (not None)."""
+    if sum(value is not None for value in fields.values()) != 1:
+        raise ConfigError("", "", detail="give exactly one of " + " or ".join(f"{section}.{name}" for name in fields))
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     family: Literal["sdxl"] = "sdxl"
@@ -61,8 +67,7 @@ class PromptsConfig:
     images_per_prompt: int = 1
 
     def __post_init__(self):
-        if (self.inline is None) == (self.file is None):
-            raise ConfigError("", "", detail="give exactly one of prompts.inline or prompts.file")
+        require_exactly_one("prompts", inline=self.inline, file=self.file)
         if self.inline is not None:
             require(len(self.inline) > 0, "inline", "a non-empty list of prompts", self.inline)
         require(self.images_per_prompt > 0, "images_per_prompt", "a positive integer", self.images_per_prompt)
@@ -110,8 +115,7 @@ class NotifyConfig:
     timeout_s: float = 10.0
 
     def __post_init__(self):
-        if (self.webhook is None) == (self.webhook_env is None):
-            raise ConfigError("", "", detail="give exactly one of notify.webhook or notify.webhook_env")
+        require_exactly_one("notify", webhook=self.webhook, webhook_env=self.webhook_env)
         if self.webhook is not None:
             require(self.webhook.startswith(("http://", "https://")), "webhook", "an http:// or https:// URL", self.webhook)
         require(0 < self.timeout_s <= 120, "timeout_s", "seconds, more than 0 and at most 120", self.timeout_s)
