@@ -1,16 +1,18 @@
 # The two commands of the README. Each sets up everything it needs on a fresh machine.
 #   make quickstart   run the quickstart job (local Ray, local output, built-in tiny model) and verify it
 #   make test         run the test suite (what CI runs)
+#   make image        build the container image (infra/docker/Dockerfile; needs docker and a registry)
 
 VENV ?= .venv
 PYTHON ?= python3
 # torch + torchvision that import together (lpips needs torchvision; the 2.13.0 CPU wheel has no
 # matching torchvision here). On a GPU machine set TORCH_SPEC to the CUDA build you want.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+IMAGE ?= latentmill:0.1.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: quickstart test setup clean
+.PHONY: quickstart test setup image clean
 
 setup: $(STAMP)
 
@@ -26,6 +28,9 @@ quickstart: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+image:
+	docker build -f infra/docker/Dockerfile --build-arg TORCH_SPEC="$(TORCH_SPEC)" -t $(IMAGE) .
 
 clean:
 	rm -rf $(VENV) latentmill-output

@@ -1,1 +1,2 @@
-"""What a user submits: the job spec, the `latentmill` command line, local and Ray Jobs runs."""
+"""What a user submits: the job spec, the `latentmill` command line, local runs, Ray Jobs submission,
+Kubernetes manifests and nightly dated builds."""

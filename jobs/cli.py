@@ -34,6 +34,35 @@ def main(argv: list[str] | None = None) -> int:
                      help="how committed shards are checked before resuming: size (default) or full (also sha256)")
     run.add_argument("--inject-fault", action="append", default=[], metavar="STAGE:KIND:KEY[:TIMES]",
                      help="for fault-tolerance testing: make a stage raise (or return NaN) for a sample")
+    run.add_argument("--date", help="YYYY-MM-DD for {date} in output.url and prompts.file (default: today, UTC)")
+
+    submit = commands.add_parser("submit", help="submit a job spec to a running Ray cluster (Ray Jobs API)")
+    submit.add_argument("spec", help="job spec YAML; it and the local files it names are shipped with the job")
+    submit.add_argument("--address", help="the cluster's dashboard URL, e.g. http://HEAD:8265 (default: RAY_ADDRESS)")
+    submit.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a spec field (repeatable)")
+    submit.add_argument("--date", help="YYYY-MM-DD for {date} and the submission id (default: today, UTC)")
+    submit.add_argument("--again", action="store_true",
+                        help="submit even if this job already succeeded for this date (a new attempt id)")
+    for name, text in (("status", "status of a submitted job"), ("logs", "logs of a submitted job"),
+                       ("stop", "stop a submitted job (committed shards stay; resubmit to resume)")):
+        command = commands.add_parser(name, help=text)
+        command.add_argument("id", help="the submission id `latentmill submit` printed")
+        command.add_argument("--address", help="the cluster's dashboard URL (default: RAY_ADDRESS)")
+        if name == "logs":
+            command.add_argument("--follow", action="store_true", help="keep printing until the job ends")
+    jobs = commands.add_parser("jobs", help="list the jobs submitted to a cluster")
+    jobs.add_argument("--address", help="the cluster's dashboard URL (default: RAY_ADDRESS)")
+
+    k8s = commands.add_parser("k8s", help="Kubernetes (KubeRay) manifests")
+    k8s_commands = k8s.add_subparsers(dest="k8s", required=True)
+    render = k8s_commands.add_parser("render", help="write RayCluster/RayJob/RayCronJob/CronJob manifests for a spec")
+    render.add_argument("spec", help="job spec YAML")
+    render.add_argument("--image", required=True, help="container image with latentmill installed (infra/docker)")
+    render.add_argument("--schedule", help="cron schedule (UTC) for nightly builds, e.g. '0 2 * * *'")
+    render.add_argument("--out", default="k8s", help="directory to write the manifests to (default: ./k8s)")
+    render.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a spec field (repeatable)")
 
     verify = commands.add_parser("verify", help="check a job output for completeness and consistency")
     verify.add_argument("output", help="the job's output URL")
@@ -75,6 +104,14 @@ def main(argv: list[str] | None = None) -> int:
             from jobs.eval import main as evaluate
 
             return evaluate(rest)
+        if args.command in ("submit", "status", "logs", "stop", "jobs"):
+            from jobs.submit import COMMANDS
+
+            return COMMANDS[args.command](args)
+        if args.command == "k8s":
+            from jobs.k8s import render_command
+
+            return render_command(args)
         if args.command == "bench" and args.bench == "pipeline":
             from jobs.bench_pipeline import main as bench_pipeline
 
@@ -130,14 +167,16 @@ def _run(args) -> int:
     from jobs.spec import load_spec
     from pipelines.faults import Fault
 
-    spec = load_spec(args.spec, args.overrides)
+    spec = load_spec(args.spec, args.overrides, date=args.date)
     if args.dry_run:
         from jobs.dry_run import describe
 
         print(describe(spec, pipeline_for(spec)))
         return 0
+    from jobs.nightly import run_with_upkeep
+
     faults = tuple(Fault.parse(text) for text in args.inject_fault)
-    report = run_job(
+    report = run_with_upkeep(spec, lambda: run_job(
         spec,
         address=args.address,
         progress=not args.quiet,
@@ -146,7 +185,7 @@ def _run(args) -> int:
         faults=faults,
         check_full=args.check == "full",
         wait=args.wait,
-    )
+    ))
     if spec.kind == "train-decoder":
         from jobs.train_report import summary_line
 

@@ -15,6 +15,9 @@ import yaml
 
 from pipelines.errors import ConfigError
 
+# Field metadata of dataclass fields that the spec loader sets and a YAML file may not.
+LOADER_SET = {"set_by": "loader"}
+
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
 
 
@@ -56,7 +59,7 @@ def _describe(tp: Any) -> str:
     if origin is list:
         return f"a list of {_describe(typing.get_args(tp)[0]).removeprefix('a ').removeprefix('an ')}s"
     if dataclasses.is_dataclass(tp):
-        return "a mapping with fields " + ", ".join(f.name for f in dataclasses.fields(tp))
+        return "a mapping with fields " + ", ".join(f.name for f in dataclasses.fields(tp) if f.metadata != LOADER_SET)
     return _TYPE_NAMES.get(tp, getattr(tp, "__name__", str(tp)))
 
 
@@ -100,7 +103,7 @@ def _convert_dataclass(cls: type, value: Any, path: str, default: Any) -> Any:
     if not isinstance(value, dict):
         raise ConfigError(path, _describe(cls), value)
     hints = typing.get_type_hints(cls)
-    known = {f.name: f for f in dataclasses.fields(cls)}
+    known = {f.name: f for f in dataclasses.fields(cls) if f.metadata != LOADER_SET}
     for key in value:
         if key not in known:
             where = f"{path}.{key}" if path else str(key)

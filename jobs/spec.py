@@ -11,12 +11,14 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
+from urllib.parse import urlsplit
 
 import fsspec
 import yaml
 
 from decoders import references
-from jobs.schema import build, parse_yaml
+from jobs.nightly import RunDate, fill_dates
+from jobs.schema import LOADER_SET, build, parse_yaml
 from jobs.train_spec import TrainDecoderSpec
 from pipelines.config import (
     LATENT_FACTOR,
@@ -26,6 +28,7 @@ from pipelines.config import (
     ImageConfig,
     InputConfig,
     ModelConfig,
+    NotifyConfig,
     OutputConfig,
     PromptsConfig,
     RedecodeStages,
@@ -59,6 +62,10 @@ class JobSpec:
     stages: StagesConfig = field(default_factory=StagesConfig)
     # Prices per GPU-hour and CPU-hour for the report's cost figures; none given: no cost shown.
     cost: CostConfig | None = None
+    # Where to POST a JSON summary of each run (success or failure).
+    notify: NotifyConfig | None = None
+    # The run's date and the {date} template of output.url: set by the loader (--date), not in YAML.
+    run_date: RunDate | None = field(default=None, metadata=LOADER_SET)
 
     def __post_init__(self):
         require(bool(self.name.strip()), "name", "a non-empty name", self.name)
@@ -70,7 +77,11 @@ class JobSpec:
         _check_tiling(self.decoder_tiling)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The spec as saved with the output: a webhook URL (often holding a token) keeps only its host."""
+        spec = dataclasses.asdict(self)
+        if spec["notify"] and spec["notify"]["webhook"]:
+            spec["notify"]["webhook"] = _origin(spec["notify"]["webhook"]) + "/..."
+        return spec
 
     def identity(self) -> dict[str, Any]:
         """What decides the samples' content. Two runs with equal identities write equal outputs;
@@ -161,20 +172,25 @@ SPEC_CLASSES = {"generate": JobSpec, "encode": EncodeSpec, "redecode": RedecodeS
 AnySpec = Union[JobSpec, EncodeSpec, RedecodeSpec, TrainDecoderSpec]
 
 
-def load_spec(path: str, overrides: list[str] = ()) -> AnySpec:
+def load_spec(path: str, overrides: list[str] = (), date: str | None = None) -> AnySpec:
+    """Load, override, fill {date} (`date`, default today UTC) and validate a spec file."""
+    return parse_spec(read_spec_text(path), source=path, overrides=overrides, date=date)
+
+
+def read_spec_text(path: str) -> str:
     try:
         with fsspec.open(path, "rb") as f:
             raw = f.read()
     except FileNotFoundError:
         raise ConfigError("", "", detail=f"{path}: spec file not found") from None
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError("", "", detail=f"{path}: not valid UTF-8 at byte {exc.start}") from None
-    return parse_spec(text, source=path, overrides=overrides)
 
 
-def parse_spec(text: str, source: str = "<spec>", overrides: list[str] = ()) -> AnySpec:
+def spec_data(text: str, source: str = "<spec>", overrides: list[str] = ()) -> tuple[dict, dict[str, int]]:
+    """The parsed spec mapping with `--set` overrides applied, and the line of every field."""
     data, lines = parse_yaml(text, source)
     if data is None:
         data = {}
@@ -182,11 +198,19 @@ def parse_spec(text: str, source: str = "<spec>", overrides: list[str] = ()) -> 
         raise ConfigError("", "", detail=f"{source}: expected a mapping of fields at the top, got {type(data).__name__}")
     for item in overrides:
         apply_override(data, item)
+    return data, lines
+
+
+def parse_spec(text: str, source: str = "<spec>", overrides: list[str] = (), date: str | None = None) -> AnySpec:
+    data, lines = spec_data(text, source, overrides)
     try:
         kind = data.get("kind", "generate")
         if kind not in SPEC_CLASSES:
             raise ConfigError("kind", "one of " + ", ".join(repr(k) for k in SPEC_CLASSES), kind)
+        run_date = fill_dates(data, date)
         spec = build(SPEC_CLASSES[kind], data)
+        if hasattr(spec, "run_date"):  # nightly builds: generate jobs
+            spec = dataclasses.replace(spec, run_date=run_date)
         check_references(spec)
     except ConfigError as exc:
         line = _line_of(exc.path, lines)
@@ -218,6 +242,9 @@ def apply_override(data: dict, item: str) -> None:
 
 def check_references(spec: AnySpec) -> None:
     """Checks that need the outside world: files, protocols and registered decoders."""
+    run_date = getattr(spec, "run_date", None)
+    if getattr(spec.output, "retention", None) is not None and (run_date is None or run_date.output_template is None):
+        raise ConfigError("output.retention", "", detail="needs {date} in output.url (retention applies to dated outputs)")
     _check_protocol(spec.output.url, "output.url")
     if getattr(spec, "prompts", None) is not None and spec.prompts.file is not None:
         _check_protocol(spec.prompts.file, "prompts.file")
@@ -283,6 +310,11 @@ def _check_decoder(decoder: str, model_family: str) -> None:
     elif kind is None:
         detail = f"unknown decoder {decoder!r}: {unknown_name_help(decoder)}; or 'sdxl-vae', the model's own VAE"
         raise ConfigError("decoder", "", detail=detail)
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
 
 
 def _line_of(path: str, lines: dict[str, int]) -> int | None:

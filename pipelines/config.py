@@ -29,6 +29,12 @@ def require_finite(value: float, path: str, expected: str) -> None:
     require(value >= 0 and math.isfinite(value), path, expected, value)
 
 
+def require_exactly_one(section: str, **fields) -> None:
+    """Exactly one of the alternative fields is given (not None)."""
+    if sum(value is not None for value in fields.values()) != 1:
+        raise ConfigError("", "", detail="give exactly one of " + " or ".join(f"{section}.{name}" for name in fields))
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     family: Literal["sdxl"] = "sdxl"
@@ -72,8 +78,7 @@ class PromptsConfig:
     images_per_prompt: int = 1
 
     def __post_init__(self):
-        if (self.inline is None) == (self.file is None):
-            raise ConfigError("", "", detail="give exactly one of prompts.inline or prompts.file")
+        require_exactly_one("prompts", inline=self.inline, file=self.file)
         if self.inline is not None:
             require(len(self.inline) > 0, "inline", "a non-empty list of prompts", self.inline)
             for i, prompt in enumerate(self.inline):
@@ -103,6 +108,33 @@ class StorageConfig:
 
 
 @dataclass(frozen=True)
+class RetentionConfig:
+    """Dated outputs (`{date}` in output.url) to keep: the newest `keep`, this run's included.
+    Only complete latentmill outputs of the same job are ever deleted."""
+
+    keep: int
+
+    def __post_init__(self):
+        require(self.keep >= 1, "keep", "an integer >= 1 (dated outputs to keep, this run's included)", self.keep)
+
+
+@dataclass(frozen=True)
+class NotifyConfig:
+    """Where to POST the run's JSON summary, on success and on failure. A webhook URL often holds
+    a token: `webhook_env` names the environment variable holding it, so it is never saved."""
+
+    webhook: str | None = None
+    webhook_env: str | None = None
+    timeout_s: float = 10.0
+
+    def __post_init__(self):
+        require_exactly_one("notify", webhook=self.webhook, webhook_env=self.webhook_env)
+        if self.webhook is not None:
+            require(self.webhook.startswith(("http://", "https://")), "webhook", "an http:// or https:// URL", self.webhook)
+        require(0 < self.timeout_s <= 120, "timeout_s", "seconds, more than 0 and at most 120", self.timeout_s)
+
+
+@dataclass(frozen=True)
 class OutputConfig:
     url: str
     image_format: Literal["png", "jpg", "webp"] = "png"
@@ -116,6 +148,8 @@ class OutputConfig:
     # One driver writes an output at a time: it renews its lease every lease_ttl_s / 4, and a
     # driver killed without releasing it is taken over this long after its last renewal.
     lease_ttl_s: float = 60.0
+    # With `{date}` in url: delete older dated outputs of this job beyond the newest `keep`.
+    retention: RetentionConfig | None = None
 
     def __post_init__(self):
         require(bool(self.url.strip()), "url", "an output URL or path", self.url)

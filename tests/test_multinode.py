@@ -1,0 +1,69 @@
+"""More than one Ray node, and a full object store: each scenario runs in its own process
+(tests/multinode_scenario.py), since this pytest process holds the session's Ray."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from pipelines.readers import webdataset
+
+SCENARIO = os.path.join(os.path.dirname(__file__), "multinode_scenario.py")
+
+
+def run_scenario(name: str, out, timeout_s: float = 420) -> dict:
+    """Run a scenario; its whole process group (Ray nodes included) ends with it, even on timeout."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    process = subprocess.Popen([sys.executable, SCENARIO, name, str(out)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        pytest.fail(f"scenario {name} did not finish within {timeout_s} s:\n{stderr[-3000:]}")
+    finally:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)  # Ray processes a failed scenario left behind
+        except ProcessLookupError:
+            pass
+    assert process.returncode == 0, stderr[-3000:]
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def test_stages_spread_over_nodes_and_a_lost_node_loses_no_sample(tmp_path):
+    result = run_scenario("remove-node", tmp_path / "out")
+    workers, placement = result["workers"], result["placement"]
+    # Each stage asks for one GPU; only the two workers have one each: one stage per worker.
+    assert set(placement) == {"denoise", "decode"}
+    assert {placement["denoise"], placement["decode"]} == set(workers)
+    assert result["head"] not in placement.values()
+    # The decode actor's node was removed after the first commit, mid-run.
+    assert result["removed"]["node_id"] == placement["decode"]
+    assert 1 <= result["removed"]["committed_before"] < 8
+    assert result["error"] is None
+    verify = result["verify"]
+    assert verify["ok"], verify
+    assert (verify["planned"], verify["samples"], verify["unique_keys"]) == (32, 32, 32)
+    assert verify["missing"] == 0 and verify["duplicates"] == 0 and verify["failed"] == 0
+    keys = sorted(s["__key__"] for s in webdataset(str(tmp_path / "out")))
+    assert keys == [f"{i:09d}" for i in range(32)]
+
+
+def test_spilled_latents_and_images_are_not_lost(tmp_path):
+    result = run_scenario("spill", tmp_path / "out")
+    summary = result["memory_summary"]
+    spilled = re.search(r"Spilled (\d+) MiB, (\d+) objects", summary)
+    restored = re.search(r"Restored (\d+) MiB, (\d+) objects", summary)
+    assert spilled and int(spilled.group(2)) > 0, summary
+    assert restored and int(restored.group(2)) > 0, summary
+    verify = result["verify"]
+    assert verify["ok"] and verify["samples"] == 8 and verify["missing"] == 0, verify
+    samples = list(webdataset(str(tmp_path / "out")))
+    assert len(samples) == 8 and all(s["png"] and s["latent.npy"] for s in samples)
