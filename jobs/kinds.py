@@ -26,7 +26,7 @@ def _base(spec, plan, stages, faults, sample_metadata) -> Pipeline:
     return Pipeline(
         name=spec.name, kind=spec.kind, plan=plan, stages=tuple(stages), output=spec.output, write=spec.stages.write,
         identity=spec.identity(), spec=spec.to_dict(), sample_metadata=sample_metadata,
-        max_retries=spec.stages.max_retries, faults=faults, cost=spec.cost,
+        max_retries=spec.stages.max_retries, faults=faults, cost=spec.cost, gpus=getattr(spec.stages, "gpus", None),
     )
 
 
