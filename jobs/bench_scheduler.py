@@ -147,8 +147,9 @@ def synthetic_kwargs(profile: dict, name: str, time_scale: float, latent_shape: 
 
 
 def build_pipeline(profile: dict, split: dict, url: str, images: int, time_scale: float, latent_shape: tuple,
-                   gpus: int | None = None):
-    """A generate-like pipeline whose stages are synthetic. `split`: actors per stage, or "auto"."""
+                   gpus: int | None = None, gpu_share: float = 1.0):
+    """A generate-like pipeline whose stages are synthetic. `split`: actors per stage, or "auto";
+    `gpus`: the auto stages' GPU budget; `gpu_share`: each actor's num_gpus."""
     from pipelines.config import OutputConfig, StageResources, WriteResources
     from pipelines.pipeline import Pipeline, StageDef
     from pipelines.plan import build_plan
@@ -159,7 +160,7 @@ def build_pipeline(profile: dict, split: dict, url: str, images: int, time_scale
     stages = []
     for name in profile["stages"]:
         concurrency = "auto" if split == "auto" else split[name]
-        resources = StageResources(num_gpus=1, num_cpus=STAGE_CPUS, concurrency=concurrency,
+        resources = StageResources(num_gpus=gpu_share, num_cpus=STAGE_CPUS, concurrency=concurrency,
                                    batch_size=profile["stages"][name]["batch_size"])
         kwargs = synthetic_kwargs(profile, name, time_scale, latent_shape)
         stages.append(StageDef(name, SyntheticStage, kwargs, resources))
@@ -183,6 +184,7 @@ def run_latentmill(profile: dict, split, url: str, images: int, args, gpus: int 
     from pipelines.runner import run_pipeline
 
     pipeline = build_pipeline(profile, split, url, images, args.time_scale, tuple(args.latent_shape), gpus)
+    began = time.perf_counter()
     with CpuClock() as clock:
         report = run_pipeline(pipeline, progress=False, start_timeout_s=600)
     events = commit_events(url)
@@ -194,6 +196,7 @@ def run_latentmill(profile: dict, split, url: str, images: int, args, gpus: int 
     write = stages.get("write", {})
     return {
         "images": report["generated"],
+        "wall_s": time.perf_counter() - began,  # actor start-up and the output's setup included
         "planned_shards": pipeline.plan.num_shards,
         "committed_shards": len(events),
         "steady_items_per_s": steady_rate(events),
@@ -255,6 +258,7 @@ def run_ray_data(profile: dict, split: dict, url: str, images: int, args) -> dic
     rows = [n for _, n in events]
     return {
         "images": sum(rows),
+        "wall_s": wall,
         "files": len(events),
         "rows_per_file": {"min": min(rows, default=0), "max": max(rows, default=0)},
         "example_files": sorted(os.path.basename(p) for p in glob.glob(os.path.join(url, "*.tar")))[:2],
@@ -365,7 +369,9 @@ class InstantRuntime:
 
 def memory_dry_run(samples: int, batch_size: int, shard: int) -> dict:
     """The scheduler and accounting over `samples` with instant stages; commits kept as the runner keeps
-    them (name -> marker, for index.json). Returns the peak RSS and what it took."""
+    them (name -> marker, for index.json). Returns the peak RSS and what it took, with the modules a
+    real driver holds (Ray, pyarrow, the runner) loaded, so the baseline is a driver's."""
+    import pipelines.runner  # noqa: F401  (Ray, pyarrow, the sinks: what a driver process has loaded)
     from pipelines.accounting import RunAccounting
     from pipelines.plan import build_plan
     from pipelines.scheduler import ShardScheduler
@@ -390,7 +396,8 @@ def memory_dry_run(samples: int, batch_size: int, shard: int) -> dict:
     scheduler.run(deque((i, None) for i in range(plan.num_shards)))
     report_started = time.perf_counter()
     accounting.finish([])
-    return {"samples": samples, "committed": accounting.written, "wall_s": time.perf_counter() - started,
+    return {"samples": samples, "committed": accounting.written, "shards": len(markers),
+            "wall_s": time.perf_counter() - started,
             "cpu_s": time.process_time() - cpu, "final_report_s": time.perf_counter() - report_started,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
@@ -506,9 +513,10 @@ def main(argv: list[str] | None = None) -> int:
         rows = [run_in_child({"name": "memory", "memory": {"samples": int(n), "batch_size": first["batch_size"],
                                                             "shard": profile["samples_per_shard"]}})
                 for n in args.memory_samples.split(",")]
-        print("| samples | committed | wall s | driver CPU s | final report s | peak RSS MB |\n|---|---|---|---|---|---|")
+        print("| samples | committed | shards | wall s | driver CPU s | final report s | peak RSS MB |\n"
+              "|---|---|---|---|---|---|---|")
         for r in rows:
-            print(f"| {r['samples']:,} | {r['committed']:,} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} "
+            print(f"| {r['samples']:,} | {r['committed']:,} | {r['shards']:,} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} "
                   f"| {r['final_report_s']:.3f} | {r['peak_rss_mb']:.1f} |")
         print(f"\npeak RSS {rows[-1]['samples']:,} / {rows[0]['samples']:,} samples: "
               f"{rows[-1]['peak_rss_mb'] / rows[0]['peak_rss_mb']:.3f}x")
@@ -522,7 +530,9 @@ def main(argv: list[str] | None = None) -> int:
                    "args": shared}
             result = run_in_child(job)
             results.append(result)
-            print(f"done: {name} at {gpus} GPUs ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
+            summary = ", ".join(f"{k} {_f(v['steady_items_per_s'], 1)}/s in {v['wall_s']:.0f} s" for k, v in result["runs"].items())
+            print(f"done: {name} at {gpus} GPUs ({time.perf_counter() - started:.0f} s): {summary}", file=sys.stderr,
+                  flush=True)
     print(f"time scale {args.time_scale} (per-item times x {args.time_scale}); {args.cpus:g} CPUs; "
           f"benchmark wall time {time.perf_counter() - started:.0f} s")
     print(auto_table(results) if args.auto else scale_table(results))

@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     bench_commands.add_parser("scale", help="10K/100K-image runs: throughput and peak memory", add_help=False)
     bench_commands.add_parser("pipeline", help="each stage alone vs the pipeline vs a naive diffusers loop",
                               add_help=False)
+    bench_commands.add_parser("scheduler", help="dozens of logical GPUs, synthetic stages: efficiency vs the ideal, "
+                              "Ray Data side by side, concurrency auto", add_help=False)
 
     args, rest = parser.parse_known_args(argv)
     if rest and not (args.command == "bench"):
@@ -59,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
             from decoders.bench import main as bench_decoders
 
             return bench_decoders(rest)
+        if args.command == "bench" and args.bench == "scheduler":
+            from jobs.bench_scheduler import main as bench_scheduler
+
+            return bench_scheduler(rest)
         if args.command == "bench" and args.bench == "scale":
             from jobs.bench_scale import main as bench_scale
 
