@@ -367,10 +367,11 @@ class InstantRuntime:
                       "tar_bytes": 0, "tar_sha256": "0" * 64, "manifest_sha256": "0" * 64, "write_seconds": 0.01})
 
 
-def memory_dry_run(samples: int, batch_size: int, shard: int) -> dict:
-    """The scheduler and accounting over `samples` with instant stages; commits kept as the runner keeps
-    them (name -> marker, for index.json). Returns the peak RSS and what it took, with the modules a
-    real driver holds (Ray, pyarrow, the runner) loaded, so the baseline is a driver's."""
+def memory_dry_run(samples: int, batch_size: int, shard: int, keep_markers: bool = True) -> dict:
+    """The scheduler and accounting over `samples` with instant stages. `keep_markers`: commits kept
+    as the runner keeps them (name -> marker, for index.json); else not kept (the engine alone).
+    Returns the peak RSS and what it took, with the modules a real driver holds (Ray, pyarrow, the
+    runner) loaded, so the baseline is a driver's."""
     import pipelines.runner  # noqa: F401  (Ray, pyarrow, the sinks: what a driver process has loaded)
     from pipelines.accounting import RunAccounting
     from pipelines.plan import build_plan
@@ -391,12 +392,12 @@ def memory_dry_run(samples: int, batch_size: int, shard: int) -> dict:
     pools = [InstantPool("denoise", False), InstantPool("decode", True)]
     scheduler = ShardScheduler(plan, pools, InstantRuntime(), accounting, batch_size=batch_size, max_retries=0,
                                write_concurrency=WRITE_SLOTS, write_cpus=0.0, committed=0,
-                               on_commit=lambda name, marker: markers.__setitem__(name, marker))
+                               on_commit=lambda name, marker: keep_markers and markers.__setitem__(name, marker))
     started, cpu = time.perf_counter(), time.process_time()
     scheduler.run(deque((i, None) for i in range(plan.num_shards)))
     report_started = time.perf_counter()
     accounting.finish([])
-    return {"samples": samples, "committed": accounting.written, "shards": len(markers),
+    return {"samples": samples, "committed": accounting.written, "kept_markers": len(markers),
             "wall_s": time.perf_counter() - started,
             "cpu_s": time.process_time() - cpu, "final_report_s": time.perf_counter() - report_started,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
@@ -471,6 +472,29 @@ def auto_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def memory_table(profile: dict, sizes: list[int]) -> str:
+    """Peak RSS of dry runs (each in a fresh process), with and without the runner's commit markers."""
+    first = next(iter(profile["stages"].values()))
+    lines = ["| samples | commits kept (index.json markers) | wall s | driver CPU s | final report s | peak RSS MB |",
+             "|---|---|---|---|---|---|"]
+    peaks = {}
+    for keep in (True, False):
+        for n in sizes:
+            job = {"memory": {"samples": n, "batch_size": first["batch_size"], "shard": profile["samples_per_shard"],
+                              "keep_markers": keep}}
+            r = run_in_child({"name": "memory", **job})
+            peaks[keep, n] = r["peak_rss_mb"]
+            lines.append(f"| {n:,} | {r['kept_markers']:,} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} "
+                         f"| {r['final_report_s']:.3f} | {r['peak_rss_mb']:.1f} |")
+    for keep in (True, False):
+        what = "as the runner keeps commits" if keep else "engine alone (commits not kept)"
+        lines.append(f"
+peak RSS {sizes[-1]:,} / {sizes[0]:,} samples, {what}: "
+                     f"{peaks[keep, sizes[-1]] / peaks[keep, sizes[0]]:.3f}x "
+                     f"(+{peaks[keep, sizes[-1]] - peaks[keep, sizes[0]]:.1f} MB)")
+    return "\n".join(lines)
+
+
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="latentmill bench scheduler", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -508,18 +532,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown profile(s) {unknown}; {args.profiles} has {list(profiles)}", file=sys.stderr)
         return 2
     if args.memory:
-        profile = profiles[names[0]]
-        first = next(iter(profile["stages"].values()))
-        rows = [run_in_child({"name": "memory", "memory": {"samples": int(n), "batch_size": first["batch_size"],
-                                                            "shard": profile["samples_per_shard"]}})
-                for n in args.memory_samples.split(",")]
-        print("| samples | committed | shards | wall s | driver CPU s | final report s | peak RSS MB |\n"
-              "|---|---|---|---|---|---|---|")
-        for r in rows:
-            print(f"| {r['samples']:,} | {r['committed']:,} | {r['shards']:,} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} "
-                  f"| {r['final_report_s']:.3f} | {r['peak_rss_mb']:.1f} |")
-        print(f"\npeak RSS {rows[-1]['samples']:,} / {rows[0]['samples']:,} samples: "
-              f"{rows[-1]['peak_rss_mb'] / rows[0]['peak_rss_mb']:.3f}x")
+        print(memory_table(profiles[names[0]], [int(n) for n in args.memory_samples.split(",")]))
         return 0
     started = time.perf_counter()
     results = []

@@ -140,3 +140,24 @@ def test_scheduler_moves_gpus_when_decode_slows_down_mid_run():
     assert denoise.sizes == [s["denoise"] for s in splits] and decode.sizes == [s["decode"] for s in splits]
     assert [n for n in accounting.notes if n.startswith("concurrency auto")] == [d.describe() for d in rebalancer.decisions]
     assert accounting.written == 600 and len(runtime.written) == plan.num_shards
+
+
+def test_spec_takes_concurrency_auto_and_a_gpu_budget(tmp_path):
+    import yaml
+
+    from jobs.dry_run import describe
+    from jobs.local import pipeline_for
+    from jobs.spec import parse_spec
+    from pipelines.errors import ConfigError
+    from tests.jobspecs import spec_dict
+
+    data = spec_dict(tmp_path / "o", stages__denoise__concurrency="auto", stages__decode__concurrency="auto",
+                     stages__gpus=4)
+    spec = parse_spec(yaml.safe_dump(data), source="job.yaml")
+    assert spec.stages.denoise.concurrency == spec.stages.decode.concurrency == "auto" and spec.stages.gpus == 4
+    pipeline = pipeline_for(spec)
+    assert pipeline.gpus == 4 and "actors=auto" in describe(spec, pipeline)
+    assert rebalancer_for(pipeline.stages, pipeline.gpus, cluster_gpus=0).slots == 4
+    for field, value in (("stages__decode__concurrency", "sometimes"), ("stages__gpus", 0)):
+        with pytest.raises(ConfigError, match=field.replace("__", ".")):
+            parse_spec(yaml.safe_dump(spec_dict(tmp_path / "o", **{field: value})), source="job.yaml")

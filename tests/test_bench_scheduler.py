@@ -31,7 +31,7 @@ def test_bench_scheduler_command_prints_the_table(tmp_path):
     profiles = tmp_path / "profiles.yaml"
     profiles.write_text(yaml.safe_dump({"profiles": {"tiny": PROFILE}}))
     command = [sys.executable, "-m", "jobs.cli", "bench", "scheduler", "--gpus", "4", "--profiles", str(profiles),
-               "--seconds", "2", "--cpus", "2", "--workdir", str(tmp_path), "--json"]
+               "--seconds", "2", "--time-scale", "1", "--cpus", "2", "--workdir", str(tmp_path), "--json"]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
     table, result = done.stdout.split("\n[")[0], json.loads("[" + done.stdout.split("\n[", 1)[1])[0]
