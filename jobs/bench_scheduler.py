@@ -488,8 +488,7 @@ def memory_table(profile: dict, sizes: list[int]) -> str:
                          f"| {r['final_report_s']:.3f} | {r['peak_rss_mb']:.1f} |")
     for keep in (True, False):
         what = "as the runner keeps commits" if keep else "engine alone (commits not kept)"
-        lines.append(f"
-peak RSS {sizes[-1]:,} / {sizes[0]:,} samples, {what}: "
+        lines.append(f"\npeak RSS {sizes[-1]:,} / {sizes[0]:,} samples, {what}: "
                      f"{peaks[keep, sizes[-1]] / peaks[keep, sizes[0]]:.3f}x "
                      f"(+{peaks[keep, sizes[-1]] - peaks[keep, sizes[0]]:.1f} MB)")
     return "\n".join(lines)
