@@ -57,11 +57,10 @@ def scaled_times(profile: dict, time_scale: float) -> dict[str, float]:
     return {name: s["per_item_s"] * time_scale for name, s in profile["stages"].items()}
 
 
-def ideal_of(split: dict[str, int], times: dict[str, float], write_s_per_item: float | None, cores: float) -> dict:
+def ideal_of(split: dict[str, int], times: dict[str, float], write_cpu_s_per_item: float, cores: float) -> dict:
     """The bound the resources allow: GPU stages on their own devices, and the write stage's CPUs."""
     limits = {name: split[name] / times[name] for name in times}
-    if write_s_per_item:
-        limits["write"] = min(WRITE_SLOTS, cores) / write_s_per_item
+    limits["write"] = min(WRITE_SLOTS, cores) / write_cpu_s_per_item
     set_by = min(limits, key=limits.get)
     return {"items_per_s": limits[set_by], "set_by": set_by, "limits": limits}
 
@@ -135,6 +134,26 @@ class CpuClock:
         return at(end) - at(start)
 
 
+def write_cpu_per_item(profile: dict, workdir: str, shards: int = 3) -> float:
+    """CPU seconds the shard writer spends per item on this machine: whole shards of the synthetic
+    payload written here with the real writer, timed in CPU time (not wall time, which other
+    processes on a loaded machine would inflate)."""
+    from pipelines.sinks.webdataset_writer import write_shard
+    from pipelines.stages.synthetic import tiny_png
+
+    size = profile["samples_per_shard"]
+    started = None
+    for shard in range(shards + 1):  # the first one warms up (imports, first Parquet write)
+        if shard == 1:
+            started = time.process_time()
+        samples = [{"key": f"{i:09d}", "index": i, "prompt": "synthetic", "seed": i}
+                   for i in range(shard * size, (shard + 1) * size)]
+        batch = {"keys": [s["key"] for s in samples], "files": [{"png": tiny_png(s["index"], 8)} for s in samples],
+                 "fields": [{"height": 8, "width": 8}] * size, "timings": {"decode": 0.0}}
+        write_shard(workdir, None, f"{shard:05d}", samples, {"job": "bench"}, [], False, batch)
+    return (time.process_time() - started) / (shards * size)
+
+
 # -- latentmill -----------------------------------------------------------------------------------
 
 
@@ -205,7 +224,7 @@ def run_latentmill(profile: dict, split, url: str, images: int, args, gpus: int 
         "startup_s": report["startup_s"],
         "utilisation": {n: s["utilisation"] for n, s in stages.items()},
         "actors": {n: s["actors"] for n, s in stages.items()},
-        "write_s_per_item": write["busy_s"] / write["items"] if write.get("items") else None,
+        "write_wall_s_per_item": write["busy_s"] / write["items"] if write.get("items") else None,
         "driver_cpu_cores": driver_cpu / (end - start),
         "driver_cpu_ms_per_batch": 1000 * driver_cpu / (items * events_per_item),
         "driver_cpu_ms_per_item": 1000 * driver_cpu / items,
@@ -284,11 +303,13 @@ def run_child(job: dict) -> dict:
     best = best_split(times, gpus)
     images = sized_run(split_throughput(best, times), profile["samples_per_shard"], args.seconds)
     workdir = tempfile.mkdtemp(prefix="latentmill-bench-scheduler-", dir=args.workdir)
-    result = {"profile": job["name"], "gpus": gpus, "images": images, "times": times, "split": best, "runs": {}}
+    write_cpu = write_cpu_per_item(profile, os.path.join(workdir, "write-alone"))
+    result = {"profile": job["name"], "gpus": gpus, "images": images, "times": times, "split": best, "runs": {},
+              "write_cpu_s_per_item": write_cpu}
     try:
         if job["mode"] == "scale":
             run = run_latentmill(profile, best, os.path.join(workdir, "latentmill"), images, args)
-            run["ideal"] = ideal_of(best, times, run["write_s_per_item"], args.cpus)
+            run["ideal"] = ideal_of(best, times, write_cpu, args.cpus)
             result["runs"]["latentmill"] = run
             if args.peer:
                 result["runs"]["ray_data"] = run_ray_data(profile, best, os.path.join(workdir, "ray-data"), images, args)
@@ -297,7 +318,7 @@ def run_child(job: dict) -> dict:
             for first in range(1, gpus):
                 split = {names[0]: first, names[1]: gpus - first}
                 run = run_latentmill(profile, split, os.path.join(workdir, f"static-{first}"), images, args)
-                run["ideal"] = ideal_of(split, times, run["write_s_per_item"], args.cpus)
+                run["ideal"] = ideal_of(split, times, write_cpu, args.cpus)
                 run["split"] = split
                 result["runs"][f"static {first}/{gpus - first}"] = run
             result["runs"]["auto"] = run_latentmill(profile, "auto", os.path.join(workdir, "auto"), images, args,

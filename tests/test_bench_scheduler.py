@@ -29,7 +29,7 @@ def test_steady_rate_is_the_slope_of_commits_over_time():
 
 def test_bench_scheduler_command_prints_the_table(tmp_path):
     profiles = tmp_path / "profiles.yaml"
-    profiles.write_text(yaml.safe_dump({"profiles": {"tiny": PROFILE}}))
+    profiles.write_text(yaml.safe_dump({"profiles": {"tiny": PROFILE}}, sort_keys=False))  # chain order
     command = [sys.executable, "-m", "jobs.cli", "bench", "scheduler", "--gpus", "4", "--profiles", str(profiles),
                "--seconds", "2", "--time-scale", "1", "--cpus", "2", "--workdir", str(tmp_path), "--json"]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=400)
