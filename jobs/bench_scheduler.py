@@ -521,9 +521,9 @@ def parse_args(argv):
     parser.add_argument("--gpus", default="8,16,32,64", help="logical GPU counts, comma-separated")
     parser.add_argument("--profile", action="append", help="profile name(s) (default: all in the profiles file)")
     parser.add_argument("--profiles", default=PROFILES_FILE, help="profiles YAML")
-    parser.add_argument("--time-scale", type=float, default=0.02,
-                        help="multiplies every per-item time (0.02: 50x faster than the profile)")
-    parser.add_argument("--seconds", type=float, default=15.0, help="streaming seconds per run at the ideal rate")
+    parser.add_argument("--time-scale", type=float, default=0.05,
+                        help="multiplies every per-item time (0.05: 20x faster than the profile)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="streaming seconds per run at the ideal rate")
     parser.add_argument("--cpus", type=float, default=float(os.cpu_count() or 2), help="CPUs the local Ray declares")
     parser.add_argument("--latent-shape", type=lambda t: [int(x) for x in t.split(",")], default=[4, 8, 8],
                         help="shape of the latents the first stage emits per item (4,128,128 is SDXL 1024)")
