@@ -261,7 +261,10 @@ def run_ray_data(profile: dict, split: dict, url: str, images: int, args) -> dic
 
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
-    ds = ray.data.range(images)
+    # One block per first-stage batch: Ray Data runs one task per block on an actor, so the default
+    # (a few blocks per CPU: 4 on 2 cores) would keep only 4 actors busy whatever the GPU count.
+    first_batch = next(iter(profile["stages"].values()))["batch_size"]
+    ds = ray.data.range(images, override_num_blocks=max(1, images // first_batch))
     for name, s in profile["stages"].items():
         kwargs = synthetic_kwargs(profile, name, args.time_scale, tuple(args.latent_shape))
         ds = ds.map_batches(RayDataStage, fn_constructor_kwargs=kwargs, batch_size=s["batch_size"],
