@@ -36,11 +36,12 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import threading
 import time
 from collections import deque
 
 import yaml
+
+from jobs.sampling import PeriodicSampler
 
 PROFILES_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_profiles.yaml")
 STAGE_CPUS = 0.01  # per synthetic actor: it sleeps; this only lets 64 actors fit on 2 cores
@@ -105,27 +106,16 @@ def steady_rate(events: list[tuple[float, int]], low: float = 0.1, high: float =
     return sum((t - mean_t) * (c - mean_c) for t, c in points) / spread if spread > 0 else None
 
 
-class CpuClock:
+class CpuClock(PeriodicSampler):
     """Samples this process's CPU time against the wall clock in a thread, so the driver's CPU
     over any window of the run (the steady window) can be read afterwards."""
 
-    def __init__(self, every_s: float = 0.1):
+    def __init__(self, interval_s: float = 0.1):
+        super().__init__(interval_s)
         self.samples: list[tuple[float, float]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(every_s,), daemon=True)
 
-    def _run(self, every_s):
-        while not self._stop.is_set():
-            self.samples.append((time.time(), time.process_time()))
-            self._stop.wait(every_s)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
+    def sample(self) -> None:
+        self.samples.append((time.time(), time.process_time()))
 
     def cpu_between(self, start: float, end: float) -> float:
         def at(t):
@@ -333,47 +323,22 @@ def run_child(job: dict) -> dict:
 
 
 def sized_run(ideal_items_per_s: float, shard: int, seconds: float) -> int:
-    """Items for about `seconds` of streaming at the ideal rate, in whole shards (at least 4)."""
-    shards = max(4, round(ideal_items_per_s * seconds / shard))
+    """Items for about `seconds` of streaming at the ideal rate, in whole shards: at least 24, so the
+    steady window holds enough commits for its slope."""
+    shards = max(24, round(ideal_items_per_s * seconds / shard))
     return shards * shard
 
 
 # -- the driver's memory, without Ray -------------------------------------------------------------
 
 
-class _Done:
-    def __init__(self, value):
-        self.value = value
+def instant_stage(last: bool):
+    """A stage function for the dry run: the last one returns (empty) files per sample."""
+    def run(batch: dict) -> dict:
+        keys = batch["keys"]
+        return {"keys": keys, "files": [{"png": b""}] * len(keys)} if last else {"keys": keys}
 
-
-class InstantPool:
-    """A stage that finishes at once in this process: only the scheduler's bookkeeping runs."""
-
-    def __init__(self, name: str, last: bool):
-        self.name, self.last, self.max_actors, self.in_flight = name, last, 4, 0
-
-    def scale_for(self, backlog, spare_cpus):
-        pass
-
-    def free_slots(self):
-        return 2 * self.max_actors - self.in_flight
-
-    def held_cpus(self):
-        return 0.0
-
-    def submit(self, payload, attempt=0):
-        self.in_flight += 1
-        keys = payload.value["keys"] if isinstance(payload, _Done) else payload["keys"]
-        out = {"keys": keys, "files": [{"png": b""}] * len(keys)} if self.last else {"keys": keys}
-        return _Done(out), _Done({"items": len(keys), "busy_s": 0.01, "started_at": time.time()}), None
-
-    def release(self, member, dead=False):
-        self.in_flight -= 1
-
-    def load(self, queued):
-        from pipelines.accounting import task_load
-
-        return task_load(self.max_actors, self.in_flight, queued, 0.0)
+    return run
 
 
 class InstantRuntime:
@@ -386,9 +351,11 @@ class InstantRuntime:
         return ref.value
 
     def write(self, work):
+        from pipelines.inprocess import Done
+
         keys = sum(len(r.value["keys"]) for r in work.outputs)
-        return _Done({"shard": work.shard.name, "samples": keys, "failed": 0, "failed_keys": [], "rejected": 0,
-                      "tar_bytes": 0, "tar_sha256": "0" * 64, "manifest_sha256": "0" * 64, "write_seconds": 0.01})
+        return Done({"shard": work.shard.name, "samples": keys, "failed": 0, "failed_keys": [], "rejected": 0,
+                     "tar_bytes": 0, "tar_sha256": "0" * 64, "manifest_sha256": "0" * 64, "write_seconds": 0.01})
 
 
 def memory_dry_run(samples: int, batch_size: int, shard: int, keep_markers: bool = True) -> dict:
@@ -398,6 +365,7 @@ def memory_dry_run(samples: int, batch_size: int, shard: int, keep_markers: bool
     runner) loaded, so the baseline is a driver's."""
     import pipelines.runner  # noqa: F401  (Ray, pyarrow, the sinks: what a driver process has loaded)
     from pipelines.accounting import RunAccounting
+    from pipelines.inprocess import InProcessPool
     from pipelines.plan import build_plan
     from pipelines.scheduler import ShardScheduler
 
@@ -413,7 +381,7 @@ def memory_dry_run(samples: int, batch_size: int, shard: int, keep_markers: bool
     accounting = RunAccounting(run_id="dry", planned=samples, already_committed=0, to_generate=samples,
                                listeners=[Reports()])
     markers: dict[str, dict] = {}
-    pools = [InstantPool("denoise", False), InstantPool("decode", True)]
+    pools = [InProcessPool("denoise", instant_stage(False), 4), InProcessPool("decode", instant_stage(True), 4)]
     scheduler = ShardScheduler(plan, pools, InstantRuntime(), accounting, batch_size=batch_size, max_retries=0,
                                write_concurrency=WRITE_SLOTS, write_cpus=0.0, committed=0,
                                on_commit=lambda name, marker: keep_markers and markers.__setitem__(name, marker))
