@@ -28,6 +28,7 @@ for a dry run of the scheduler's bookkeeping (instant in-process stages, no Ray)
 from __future__ import annotations
 
 import argparse
+import datetime
 import glob
 import json
 import os
@@ -66,19 +67,19 @@ def ideal_of(split: dict[str, int], times: dict[str, float], write_cpu_s_per_ite
     return {"items_per_s": limits[set_by], "set_by": set_by, "limits": limits}
 
 
-def steady_window(events: list[tuple[float, int]], low: float = 0.1, high: float = 0.9) -> tuple | None:
-    """(start, end, items) between the event at which `low` of the items were done and the one at `high`.
-
-    `events`: (time, items) per commit. The items of the first commit in the window are not
-    counted (its time marks the window's start).
-    """
+def steady_window(events: list[tuple[float, int]], low: float = 0.1, high: float = 0.9,
+                  after: float = 0.0) -> tuple[float, float, int] | None:
+    """(start, end, items) of the steady state: from the commit at which `low` of the items were
+    done (and not before time `after`) to the one at which `high` were; items committed after the
+    start, up to and including the end. Output comes in bursts (shards finishing together), so the
+    window must hold many commits: the error is at most one burst."""
     events = sorted(events)
     total = sum(n for _, n in events)
     done, start, counted = 0, None, 0
     for t, n in events:
         done += n
         if start is None:
-            if done >= low * total:
+            if done >= low * total and t >= after:
                 start = t
             continue
         counted += n
@@ -87,23 +88,10 @@ def steady_window(events: list[tuple[float, int]], low: float = 0.1, high: float
     return None
 
 
-def steady_rate(events: list[tuple[float, int]], low: float = 0.1, high: float = 0.9) -> float | None:
-    """Items/s in the steady state: the least-squares slope of items done against time, over the
-    commits from `low` to `high` of the items. Shards finish in bursts; the slope of the whole
-    staircase is not biased by where a burst falls at the window's ends."""
-    events = sorted(events)
-    total = sum(n for _, n in events)
-    points, done = [], 0
-    for t, n in events:
-        done += n
-        if low * total <= done <= high * total:
-            points.append((t, done))
-    if len(points) < 3:
-        return None
-    mean_t = sum(t for t, _ in points) / len(points)
-    mean_c = sum(c for _, c in points) / len(points)
-    spread = sum((t - mean_t) ** 2 for t, _ in points)
-    return sum((t - mean_t) * (c - mean_c) for t, c in points) / spread if spread > 0 else None
+def steady_rate(events: list[tuple[float, int]], low: float = 0.1, high: float = 0.9, after: float = 0.0) -> float | None:
+    """Items/s in the steady state (see steady_window)."""
+    window = steady_window(events, low, high, after)
+    return window[2] / (window[1] - window[0]) if window else None
 
 
 class CpuClock(PeriodicSampler):
@@ -124,24 +112,45 @@ class CpuClock(PeriodicSampler):
         return at(end) - at(start)
 
 
+def synthetic_shard(shard: int, size: int) -> tuple[list, dict]:
+    """The planned samples and the last stage's batch of one shard of synthetic output."""
+    from pipelines.stages.synthetic import tiny_png
+
+    samples = [{"key": f"{i:09d}", "index": i, "prompt": "synthetic", "seed": i}
+               for i in range(shard * size, (shard + 1) * size)]
+    batch = {"keys": [s["key"] for s in samples], "files": [{"png": tiny_png(s["index"], 8)} for s in samples],
+             "fields": [{"height": 8, "width": 8}] * size, "timings": {"decode": 0.0}}
+    return samples, batch
+
+
 def write_cpu_per_item(profile: dict, workdir: str, shards: int = 3) -> float:
     """CPU seconds the shard writer spends per item on this machine: whole shards of the synthetic
     payload written here with the real writer, timed in CPU time (not wall time, which other
     processes on a loaded machine would inflate)."""
     from pipelines.sinks.webdataset_writer import write_shard
-    from pipelines.stages.synthetic import tiny_png
 
     size = profile["samples_per_shard"]
     started = None
     for shard in range(shards + 1):  # the first one warms up (imports, first Parquet write)
         if shard == 1:
             started = time.process_time()
-        samples = [{"key": f"{i:09d}", "index": i, "prompt": "synthetic", "seed": i}
-                   for i in range(shard * size, (shard + 1) * size)]
-        batch = {"keys": [s["key"] for s in samples], "files": [{"png": tiny_png(s["index"], 8)} for s in samples],
-                 "fields": [{"height": 8, "width": 8}] * size, "timings": {"decode": 0.0}}
+        samples, batch = synthetic_shard(shard, size)
         write_shard(workdir, None, f"{shard:05d}", samples, {"job": "bench"}, [], False, batch)
     return (time.process_time() - started) / (shards * size)
+
+
+def warm_write_workers(profile: dict, workdir: str) -> None:
+    """Start Ray's task workers for writes (and their imports) before a run, as a long job has them:
+    on a fresh local Ray the first writes of a short run would otherwise wait for worker processes
+    and then commit in one burst, which says nothing about the steady state."""
+    import ray
+
+    from pipelines.sinks.webdataset_writer import write_shard
+
+    remote = ray.remote(write_shard).options(num_cpus=WRITE_CPUS)
+    shards = [synthetic_shard(i, profile["samples_per_shard"]) for i in range(2 * WRITE_SLOTS)]
+    ray.get([remote.remote(workdir, None, f"{i:05d}", samples, {}, [], False, batch)
+             for i, (samples, batch) in enumerate(shards)])
 
 
 # -- latentmill -----------------------------------------------------------------------------------
@@ -219,7 +228,17 @@ def run_latentmill(profile: dict, split, url: str, images: int, args, gpus: int 
         "driver_cpu_ms_per_batch": 1000 * driver_cpu / (items * events_per_item),
         "driver_cpu_ms_per_item": 1000 * driver_cpu / items,
         "notes": [n for n in report["notes"] if n.startswith("concurrency auto")],
+        "converged_items_per_s": converged_rate(report, events) if split == "auto" else None,
     }
+
+
+def converged_rate(report: dict, events: list[tuple[float, int]]) -> float | None:
+    """Steady items/s of an auto run from the moment its pools reached their last split's sizes."""
+    final = report["timeline"][-1]["actors"] if report["timeline"] else {}
+    started = datetime.datetime.fromisoformat(report["started"]).timestamp()
+    settled = next((p["t"] for p in report["timeline"]
+                    if all(p["actors"].get(name) == count for name, count in final.items() if name != "write")), None)
+    return steady_rate(events, low=0.0, after=started + settled) if settled is not None else None
 
 
 # -- the Ray Data peer ----------------------------------------------------------------------------
@@ -297,6 +316,7 @@ def run_child(job: dict) -> dict:
     images = sized_run(split_throughput(best, times), profile["samples_per_shard"], args.seconds)
     workdir = tempfile.mkdtemp(prefix="latentmill-bench-scheduler-", dir=args.workdir)
     write_cpu = write_cpu_per_item(profile, os.path.join(workdir, "write-alone"))
+    warm_write_workers(profile, os.path.join(workdir, "write-warm"))
     result = {"profile": job["name"], "gpus": gpus, "images": images, "times": times, "split": best, "runs": {},
               "write_cpu_s_per_item": write_cpu}
     try:
@@ -310,7 +330,9 @@ def run_child(job: dict) -> dict:
             names = list(times)
             for first in range(1, gpus):
                 split = {names[0]: first, names[1]: gpus - first}
-                run = run_latentmill(profile, split, os.path.join(workdir, f"static-{first}"), images, args)
+                # Each split sized by its own ideal (a bad split would take minutes at the best one's size).
+                size = sized_run(split_throughput(split, times), profile["samples_per_shard"], args.seconds, 8)
+                run = run_latentmill(profile, split, os.path.join(workdir, f"static-{first}"), size, args)
                 run["ideal"] = ideal_of(split, times, write_cpu, args.cpus)
                 run["split"] = split
                 result["runs"][f"static {first}/{gpus - first}"] = run
@@ -322,10 +344,10 @@ def run_child(job: dict) -> dict:
     return result
 
 
-def sized_run(ideal_items_per_s: float, shard: int, seconds: float) -> int:
-    """Items for about `seconds` of streaming at the ideal rate, in whole shards: at least 24, so the
-    steady window holds enough commits for its slope."""
-    shards = max(24, round(ideal_items_per_s * seconds / shard))
+def sized_run(ideal_items_per_s: float, shard: int, seconds: float, min_shards: int = 24) -> int:
+    """Items for about `seconds` of streaming at the ideal rate, in whole shards: at least
+    `min_shards`, so the steady window holds enough commits for its slope."""
+    shards = max(min_shards, round(ideal_items_per_s * seconds / shard))
     return shards * shard
 
 
@@ -451,16 +473,18 @@ def ratio_of(a, b):
 
 
 def auto_table(results: list[dict]) -> str:
-    lines = ["| profile | GPUs | best static split | best static/s | auto/s | auto / best static | auto decisions |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| profile | GPUs | best static split | best static/s | auto/s (steady) | auto / best | auto/s after its "
+             "last split | that / best | auto decisions |", "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         static = {k: v for k, v in r["runs"].items() if k.startswith("static")}
         best_name = max(static, key=lambda k: static[k]["steady_items_per_s"] or 0)
         best, auto = static[best_name]["steady_items_per_s"], r["runs"]["auto"]["steady_items_per_s"]
+        converged = r["runs"]["auto"]["converged_items_per_s"]
         lines.append(f"| {r['profile']} | {r['gpus']} | {best_name.split()[1]} | {_f(best, 1)} | {_f(auto, 1)} "
-                     f"| {_f(ratio_of(auto, best), 3)} | {'; '.join(r['runs']['auto']['notes']) or 'none'} |")
+                     f"| {_f(ratio_of(auto, best), 3)} | {_f(converged, 1)} | {_f(ratio_of(converged, best), 3)} "
+                     f"| {'; '.join(r['runs']['auto']['notes']) or 'none'} |")
         sweep = ", ".join(f"{k.split()[1]}: {_f(v['steady_items_per_s'], 1)}" for k, v in static.items())
-        lines.append(f"| | | every split (steady items/s): {sweep} | | | | |")
+        lines.append(f"| | | every split (steady items/s): {sweep} | | | | | | |")
     return "\n".join(lines)
 
 

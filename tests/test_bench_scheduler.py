@@ -21,7 +21,7 @@ PROFILE = {
 }
 
 
-def test_steady_rate_is_the_slope_of_commits_over_time():
+def test_steady_rate_of_bursty_commits():
     # Bursts of 3 commits of 10 items every second: 30 items/s whatever the window's ends.
     events = [(t + 0.001 * k, 10) for t in range(20) for k in range(3)]
     assert abs(steady_rate(events) - 30) < 1.5
