@@ -279,7 +279,10 @@ def run_ray_data(profile: dict, split: dict, url: str, images: int, args) -> dic
         ds = ds.map_batches(RayDataStage, fn_constructor_kwargs=kwargs, batch_size=s["batch_size"],
                             concurrency=split[name], num_gpus=1, num_cpus=STAGE_CPUS)
     started = time.perf_counter()
-    ds.write_webdataset(url, encoder=None)  # the stage already encoded its PNGs and JSON
+    # Writes get what latentmill's get (slots and CPUs): by default each asks for a whole CPU,
+    # which on 2 cores would make Ray Data's writes, not its GPU stages, set its pace.
+    ds.write_webdataset(url, encoder=None, ray_remote_args={"num_cpus": WRITE_CPUS},  # PNG/JSON already encoded
+                        concurrency=WRITE_SLOTS)
     wall = time.perf_counter() - started
     events = []
     for path in glob.glob(os.path.join(url, "*.tar")):
