@@ -32,13 +32,10 @@ import datetime
 import glob
 import json
 import os
-import resource
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
-from collections import deque
 
 import yaml
 
@@ -241,66 +238,6 @@ def converged_rate(report: dict, events: list[tuple[float, int]]) -> float | Non
     return steady_rate(events, low=0.0, after=started + settled) if settled is not None else None
 
 
-# -- the Ray Data peer ----------------------------------------------------------------------------
-
-
-class RayDataStage:
-    """The same synthetic stage, behind Ray Data's batch format (dicts of columns)."""
-
-    def __init__(self, **kwargs):
-        from pipelines.stages.synthetic import SyntheticStage
-
-        self.stage = SyntheticStage(**kwargs)
-
-    def __call__(self, batch: dict) -> dict:
-        import numpy as np
-
-        ids = [int(i) for i in batch["id"]]
-        keys = [f"{i:09d}" for i in ids]
-        if self.stage.emits == "latents":
-            out = self.stage({"keys": keys, "samples": [{"index": i} for i in ids]})
-            return {"id": np.array(ids), "latents": out["latents"]}
-        out = self.stage({"keys": keys, "indices": ids, "latents": batch["latents"]})
-        meta = [json.dumps({"key": k, **f}).encode() for k, f in zip(keys, out["fields"])]
-        return {"__key__": keys, "png": [f["png"] for f in out["files"]], "json": meta}
-
-
-def run_ray_data(profile: dict, split: dict, url: str, images: int, args) -> dict:
-    import ray.data
-
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False
-    # One block per first-stage batch: Ray Data runs one task per block on an actor, so the default
-    # (a few blocks per CPU: 4 on 2 cores) would keep only 4 actors busy whatever the GPU count.
-    first_batch = next(iter(profile["stages"].values()))["batch_size"]
-    ds = ray.data.range(images, override_num_blocks=max(1, images // first_batch))
-    for name, s in profile["stages"].items():
-        kwargs = synthetic_kwargs(profile, name, args.time_scale, tuple(args.latent_shape))
-        ds = ds.map_batches(RayDataStage, fn_constructor_kwargs=kwargs, batch_size=s["batch_size"],
-                            concurrency=split[name], num_gpus=1, num_cpus=STAGE_CPUS)
-    started = time.perf_counter()
-    # Writes get what latentmill's get (slots and CPUs): by default each asks for a whole CPU,
-    # which on 2 cores would make Ray Data's writes, not its GPU stages, set its pace.
-    ds.write_webdataset(url, encoder=None, ray_remote_args={"num_cpus": WRITE_CPUS},  # PNG/JSON already encoded
-                        concurrency=WRITE_SLOTS)
-    wall = time.perf_counter() - started
-    events = []
-    for path in glob.glob(os.path.join(url, "*.tar")):
-        with tarfile.open(path) as tar:
-            rows = sum(1 for m in tar.getmembers() if m.name.endswith(".png"))
-        events.append((os.path.getmtime(path), rows))
-    rows = [n for _, n in events]
-    return {
-        "images": sum(rows),
-        "wall_s": wall,
-        "files": len(events),
-        "rows_per_file": {"min": min(rows, default=0), "max": max(rows, default=0)},
-        "example_files": sorted(os.path.basename(p) for p in glob.glob(os.path.join(url, "*.tar")))[:2],
-        "steady_items_per_s": steady_rate(events),
-        "run_items_per_s": sum(rows) / wall,  # actor start-up included (Ray Data starts them inside)
-    }
-
-
 # -- one GPU count, in its own process with its own Ray -------------------------------------------
 
 
@@ -328,6 +265,8 @@ def run_child(job: dict) -> dict:
             run["ideal"] = ideal_of(best, times, write_cpu, args.cpus)
             result["runs"]["latentmill"] = run
             if args.peer:
+                from jobs.bench_raydata import run_ray_data
+
                 result["runs"]["ray_data"] = run_ray_data(profile, best, os.path.join(workdir, "ray-data"), images, args)
         else:  # auto: every static split, then concurrency auto from a bad split
             names = list(times)
@@ -354,78 +293,12 @@ def sized_run(ideal_items_per_s: float, shard: int, seconds: float, min_shards: 
     return shards * shard
 
 
-# -- the driver's memory, without Ray -------------------------------------------------------------
-
-
-def instant_stage(last: bool):
-    """A stage function for the dry run: the last one returns (empty) files per sample."""
-    def run(batch: dict) -> dict:
-        keys = batch["keys"]
-        return {"keys": keys, "files": [{"png": b""}] * len(keys)} if last else {"keys": keys}
-
-    return run
-
-
-class InstantRuntime:
-    total_cpus = 2.0
-
-    def wait(self, refs, timeout):
-        return refs
-
-    def get(self, ref):
-        return ref.value
-
-    def write(self, work):
-        from pipelines.inprocess import Done
-
-        keys = sum(len(r.value["keys"]) for r in work.outputs)
-        return Done({"shard": work.shard.name, "samples": keys, "failed": 0, "failed_keys": [], "rejected": 0,
-                     "tar_bytes": 0, "tar_sha256": "0" * 64, "manifest_sha256": "0" * 64, "write_seconds": 0.01})
-
-
-def memory_dry_run(samples: int, batch_size: int, shard: int, keep_markers: bool = True) -> dict:
-    """The scheduler and accounting over `samples` with instant stages. `keep_markers`: commits kept
-    as the runner keeps them (name -> marker, for index.json); else not kept (the engine alone).
-    Returns the peak RSS and what it took, with the modules a real driver holds (Ray, pyarrow, the
-    runner) loaded, so the baseline is a driver's."""
-    import pipelines.runner  # noqa: F401  (Ray, pyarrow, the sinks: what a driver process has loaded)
-    from pipelines.accounting import RunAccounting
-    from pipelines.inprocess import InProcessPool
-    from pipelines.plan import build_plan
-    from pipelines.scheduler import ShardScheduler
-
-    class Reports:  # the report is rebuilt as often as the run report writer would (every 10 s or commit)
-        def update(self, acc):
-            if acc.written % (shard * 50) == 0:
-                acc.report()
-
-        def finish(self, acc, report):
-            pass
-
-    plan = build_plan(["a prompt"], images_per_prompt=1, num_images=samples, seed=0, samples_per_shard=shard)
-    accounting = RunAccounting(run_id="dry", planned=samples, already_committed=0, to_generate=samples,
-                               listeners=[Reports()])
-    markers: dict[str, dict] = {}
-    pools = [InProcessPool("denoise", instant_stage(False), 4), InProcessPool("decode", instant_stage(True), 4)]
-    scheduler = ShardScheduler(plan, pools, InstantRuntime(), accounting, batch_size=batch_size, max_retries=0,
-                               write_concurrency=WRITE_SLOTS, write_cpus=0.0, committed=0,
-                               on_commit=lambda name, marker: keep_markers and markers.__setitem__(name, marker))
-    started, cpu = time.perf_counter(), time.process_time()
-    scheduler.run(deque((i, None) for i in range(plan.num_shards)))
-    report_started = time.perf_counter()
-    accounting.finish([])
-    return {"samples": samples, "committed": accounting.written, "kept_markers": len(markers),
-            "wall_s": time.perf_counter() - started,
-            "cpu_s": time.process_time() - cpu, "final_report_s": time.perf_counter() - report_started,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-
-
 # -- the parent: children per GPU count, tables ---------------------------------------------------
 
 
 def run_in_child(job: dict) -> dict:
     command = [sys.executable, "-m", "jobs.bench_scheduler", "--child", json.dumps(job)]
-    done = subprocess.run(command, capture_output=True, text=True)
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
         raise RuntimeError(f"benchmark child for {job.get('name')} at {job.get('gpus')} GPUs failed:\n"
@@ -438,11 +311,10 @@ def _f(value, digits=2) -> str:
 
 
 def scale_table(results: list[dict]) -> str:
-    lines = [
-        "| profile | GPUs | split | items | ideal/s (set by) | steady/s | eff. steady | whole run/s | eff. run "
-        "| utilisation | driver CPU cores | driver ms/batch | driver ms/item | Ray Data/s | latentmill / Ray Data | Ray Data files (rows) |",
-        "|" + "---|" * 16,
-    ]
+    header = ("| profile | GPUs | split | items | ideal/s (set by) | steady/s | eff. steady | whole run/s | eff. run "
+              "| utilisation | driver CPU cores | driver ms/batch | driver ms/item | Ray Data/s | latentmill / Ray Data "
+              "| Ray Data files (rows) |")
+    lines = [header, "|" + "---|" * 16]
     for r in results:
         lm, rd = r["runs"]["latentmill"], r["runs"].get("ray_data")
         ideal = lm["ideal"]["items_per_s"]
@@ -476,8 +348,9 @@ def ratio_of(a, b):
 
 
 def auto_table(results: list[dict]) -> str:
-    lines = ["| profile | GPUs | best static split | best static/s | auto/s (steady) | auto / best | auto/s after its "
-             "last split | that / best | auto decisions |", "|---|---|---|---|---|---|---|---|---|"]
+    header = ("| profile | GPUs | best static split | best static/s | auto/s (steady) | auto / best "
+              "| auto/s after its last split | that / best | auto decisions |")
+    lines = [header, "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         static = {k: v for k, v in r["runs"].items() if k.startswith("static")}
         best_name = max(static, key=lambda k: static[k]["steady_items_per_s"] or 0)
@@ -488,28 +361,6 @@ def auto_table(results: list[dict]) -> str:
                      f"| {'; '.join(r['runs']['auto']['notes']) or 'none'} |")
         sweep = ", ".join(f"{k.split()[1]}: {_f(v['steady_items_per_s'], 1)}" for k, v in static.items())
         lines.append(f"| | | every split (steady items/s): {sweep} | | | | | | |")
-    return "\n".join(lines)
-
-
-def memory_table(profile: dict, sizes: list[int]) -> str:
-    """Peak RSS of dry runs (each in a fresh process), with and without the runner's commit markers."""
-    first = next(iter(profile["stages"].values()))
-    lines = ["| samples | commits kept (index.json markers) | wall s | driver CPU s | final report s | peak RSS MB |",
-             "|---|---|---|---|---|---|"]
-    peaks = {}
-    for keep in (True, False):
-        for n in sizes:
-            job = {"memory": {"samples": n, "batch_size": first["batch_size"], "shard": profile["samples_per_shard"],
-                              "keep_markers": keep}}
-            r = run_in_child({"name": "memory", **job})
-            peaks[keep, n] = r["peak_rss_mb"]
-            lines.append(f"| {n:,} | {r['kept_markers']:,} | {r['wall_s']:.1f} | {r['cpu_s']:.1f} "
-                         f"| {r['final_report_s']:.3f} | {r['peak_rss_mb']:.1f} |")
-    for keep in (True, False):
-        what = "as the runner keeps commits" if keep else "engine alone (commits not kept)"
-        lines.append(f"\npeak RSS {sizes[-1]:,} / {sizes[0]:,} samples, {what}: "
-                     f"{peaks[keep, sizes[-1]] / peaks[keep, sizes[0]]:.3f}x "
-                     f"(+{peaks[keep, sizes[-1]] - peaks[keep, sizes[0]]:.1f} MB)")
     return "\n".join(lines)
 
 
@@ -540,7 +391,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv if argv is not None else sys.argv[1:])
     if args.child:
         job = json.loads(args.child)
-        result = memory_dry_run(**job["memory"]) if "memory" in job else run_child(job)
+        if "memory" in job:
+            from jobs.bench_memory import memory_dry_run
+
+            result = memory_dry_run(**job["memory"])
+        else:
+            result = run_child(job)
         print(json.dumps(result), flush=True)
         return 0
     profiles = load_profiles(args.profiles)
@@ -550,6 +406,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown profile(s) {unknown}; {args.profiles} has {list(profiles)}", file=sys.stderr)
         return 2
     if args.memory:
+        from jobs.bench_memory import memory_table
+
         print(memory_table(profiles[names[0]], [int(n) for n in args.memory_samples.split(",")]))
         return 0
     started = time.perf_counter()

@@ -11,7 +11,12 @@ from collections import deque
 import pytest
 
 from pipelines.accounting import RunAccounting
-from pipelines.autoscale import GpuRebalancer, best_split, rebalancer_for, split_throughput
+from pipelines.autoscale import (
+    GpuRebalancer,
+    best_split,
+    rebalancer_for,
+    split_throughput,
+)
 from pipelines.config import StageResources
 from pipelines.errors import SchedulingError
 from pipelines.pipeline import StageDef

@@ -32,7 +32,7 @@ def test_bench_scheduler_command_prints_the_table(tmp_path):
     profiles.write_text(yaml.safe_dump({"profiles": {"tiny": PROFILE}}, sort_keys=False))  # chain order
     command = [sys.executable, "-m", "jobs.cli", "bench", "scheduler", "--gpus", "4", "--profiles", str(profiles),
                "--seconds", "2", "--time-scale", "1", "--cpus", "2", "--workdir", str(tmp_path), "--json"]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=400)
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=400, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     table, result = done.stdout.split("\n[")[0], json.loads("[" + done.stdout.split("\n[", 1)[1])[0]
     assert "| tiny | 4 | 3/1 |" in table and "largest GPU count with steady efficiency >= 0.95" in table
