@@ -13,11 +13,12 @@ import json
 import os
 import shutil
 import tempfile
-import threading
 import time
 
 import psutil
 import yaml
+
+from jobs.sampling import PeriodicSampler
 
 SCALE_SPEC = {
     "name": "bench-scale",
@@ -33,7 +34,7 @@ SCALE_SPEC = {
 }
 
 
-class MemorySampler:
+class MemorySampler(PeriodicSampler):
     """Peak memory of this process (the driver) and of Ray's worker processes, sampled in a thread.
 
     RSS counts the object-store pages a worker has touched (shared memory, bounded by the store),
@@ -41,12 +42,12 @@ class MemorySampler:
     """
 
     def __init__(self, exclude_pids: set[int], interval_s: float = 1.0):
-        self.exclude, self.interval = exclude_pids, interval_s
+        super().__init__(interval_s)
+        self.exclude, self.me = exclude_pids, psutil.Process()
         self.peaks = {"driver_rss": 0, "driver_uss": 0, "workers_rss": 0, "workers_uss": 0, "largest_worker_uss": 0}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _sample(self, me: psutil.Process) -> None:
+    def sample(self) -> None:
+        me = self.me
         driver = me.memory_full_info()
         workers = []
         for child in me.children(recursive=True):
@@ -64,20 +65,6 @@ class MemorySampler:
         }
         for name, value in now.items():
             self.peaks[name] = max(self.peaks[name], value)
-
-    def _run(self):
-        me = psutil.Process()
-        while not self._stop.is_set():
-            self._sample(me)
-            self._stop.wait(self.interval)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
 
 
 def run_one(target: str, images: int, url: str, storage: dict | None, exclude: set[int]) -> dict:

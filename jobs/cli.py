@@ -89,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     bench_commands.add_parser("sources", help="driver memory and time to plan a 1M-image list", add_help=False)
     bench_commands.add_parser("pipeline", help="each stage alone vs the pipeline vs a naive diffusers loop",
                               add_help=False)
+    bench_commands.add_parser("scheduler", help="dozens of logical GPUs, synthetic stages: efficiency vs the ideal, "
+                              "Ray Data side by side, concurrency auto", add_help=False)
 
     args, rest = parser.parse_known_args(argv)
     if rest and args.command not in ("bench", "eval"):
@@ -124,6 +126,10 @@ def main(argv: list[str] | None = None) -> int:
             from jobs.bench_sources import main as bench_sources
 
             return bench_sources(rest)
+        if args.command == "bench" and args.bench == "scheduler":
+            from jobs.bench_scheduler import main as bench_scheduler
+
+            return bench_scheduler(rest)
         if args.command == "bench" and args.bench == "scale":
             from jobs.bench_scale import main as bench_scale
 

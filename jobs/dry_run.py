@@ -28,7 +28,8 @@ def describe(spec, pipeline: Pipeline) -> str:
     lines.append("  stages:")
     for stage in pipeline.stages:
         r = stage.resources
-        concurrency = r.min_actors if r.min_actors == r.max_actors else f"{r.min_actors}..{r.max_actors}"
+        concurrency = ("auto" if r.concurrency == "auto" else r.min_actors if r.min_actors == r.max_actors
+                       else f"{r.min_actors}..{r.max_actors}")
         lines.append(f"    {stage.name:8s} actors={concurrency} num_gpus={r.num_gpus} num_cpus={r.num_cpus} "
                      f"batch_size={r.batch_size}")
     w = pipeline.write

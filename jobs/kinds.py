@@ -36,8 +36,8 @@ def _base(spec, plan, stages, faults, sample_metadata) -> Pipeline:
     return Pipeline(
         name=spec.name, kind=spec.kind, plan=plan, stages=tuple(stages), output=spec.output, write=spec.stages.write,
         identity={**spec.identity(), "weights": weights_identity(spec)}, spec=spec.to_dict(),
-        sample_metadata=sample_metadata,
-        max_retries=spec.stages.max_retries, faults=faults, cost=spec.cost,
+        sample_metadata=sample_metadata, max_retries=spec.stages.max_retries, faults=faults, cost=spec.cost,
+        gpus=getattr(spec.stages, "gpus", None),
     )
 
 

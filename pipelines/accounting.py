@@ -28,12 +28,14 @@ from __future__ import annotations
 import datetime as dt
 import math
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 STAGE_ORDER = ("encode", "denoise", "decode", "write")
 # Latency histograms: log-spaced buckets 5% wide from 1 ms, so runs merge into job totals.
 _BUCKET_BASE, _BUCKET_RATIO = 1e-3, 1.05
 TIMELINE_POINTS = 600  # at most this many timeline points per run (older ones are thinned)
+RECENT_LATENCIES = 4096
 
 
 def bucket_of(seconds: float) -> int:
@@ -64,7 +66,8 @@ def percentiles_from_histogram(hist: dict) -> dict:
 
 
 def exact_percentile(values: list[float], q: float) -> float | None:
-    """Linear interpolation between closest ranks (numpy's default)."""
+    """Linear interpolation between closest ranks (numpy's default); the reference the histogram
+    quantiles are checked against."""
     if not values:
         return None
     ordered = sorted(values)
@@ -74,15 +77,43 @@ def exact_percentile(values: list[float], q: float) -> float | None:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
-def summarize(values: list[float]) -> dict:
-    if not values:
+def histogram_summary(hist: dict, total_s: float, count: int, low: float | None, high: float | None) -> dict:
+    """mean (exact), p50/p95 (from the histogram, within its 5% bucket width, kept inside [min, max]), max."""
+    if not count:
         return {"mean": None, "p50": None, "p95": None, "max": None}
+    quantiles = percentiles_from_histogram(hist)
     return {
-        "mean": round(sum(values) / len(values), 4),
-        "p50": round(exact_percentile(values, 0.5), 4),
-        "p95": round(exact_percentile(values, 0.95), 4),
-        "max": round(max(values), 4),
+        "mean": round(total_s / count, 4),
+        **{name: round(min(high, max(low, value)), 4) for name, value in quantiles.items()},
+        "max": round(high, 4),
     }
+
+
+@dataclass
+class Distribution:
+    """Seconds per event (a batch's service time or latency) in constant memory: a log-bucket
+    histogram plus count, sum, min and max. Recording and summarising cost the same at the
+    millionth batch as at the first."""
+
+    hist: dict = field(default_factory=dict)
+    count: int = 0
+    total_s: float = 0.0
+    low: float | None = None
+    high: float | None = None
+
+    def add(self, seconds: float) -> None:
+        b = bucket_of(seconds)
+        self.hist[b] = self.hist.get(b, 0) + 1
+        self.count += 1
+        self.total_s += seconds
+        self.low = seconds if self.low is None else min(self.low, seconds)
+        self.high = seconds if self.high is None else max(self.high, seconds)
+
+    def summary(self) -> dict:
+        return histogram_summary(self.hist, self.total_s, self.count, self.low, self.high)
+
+    def as_hist(self) -> dict:
+        return {str(k): v for k, v in sorted(self.hist.items())}
 
 
 def _ratio(a: float, b: float, digits: int = 4) -> float | None:
@@ -137,22 +168,19 @@ class StageStats:
     actors_max: int = 0
     observed_s: float = 0.0
     first_start: float | None = None  # wall clock of the first batch's start
-    batch_s: list = field(default_factory=list)  # service time per batch (inside the actor/task)
-    latency_s: list = field(default_factory=list)  # submission -> result seen by the driver
-    latency_hist: dict = field(default_factory=dict)
-    service_hist: dict = field(default_factory=dict)
+    service: Distribution = field(default_factory=Distribution)  # per batch, inside the actor/task
+    latency: Distribution = field(default_factory=Distribution)  # submission -> result seen by the driver
+    # The latest latencies, for listeners that forward each one (Ray metrics); bounded.
+    recent_latency_s: deque = field(default_factory=lambda: deque(maxlen=RECENT_LATENCIES))
 
     def add(self, items: int, busy_s: float, started_at: float, latency_s: float | None) -> None:
         self.batches += 1
         self.items_out += items
         self.busy_s += busy_s
-        self.batch_s.append(busy_s)
-        b = bucket_of(busy_s)
-        self.service_hist[b] = self.service_hist.get(b, 0) + 1
+        self.service.add(busy_s)
         if latency_s is not None:
-            self.latency_s.append(latency_s)
-            b = bucket_of(latency_s)
-            self.latency_hist[b] = self.latency_hist.get(b, 0) + 1
+            self.latency.add(latency_s)
+            self.recent_latency_s.append(latency_s)
         self.first_start = started_at if self.first_start is None else min(self.first_start, started_at)
 
     def integrate(self, load: StageLoad, seconds: float, next_stage_backlogged: bool) -> None:
@@ -195,8 +223,8 @@ class StageStats:
             "items_per_busy_s": _ratio(self.items_out, self.busy_s, 3),
             # What the stage could do with its mean actors if never starved: the bottleneck has the lowest.
             "capacity_items_per_s": _ratio(self.items_out * mean_actors, self.busy_s, 3),
-            "batch_s": summarize(self.batch_s),
-            "latency_s": summarize(self.latency_s),
+            "batch_s": self.service.summary(),
+            "latency_s": self.latency.summary(),
             "actors": {"min": self.actors_min or 0, "max": self.actors_max, "mean": round(mean_actors, 3)},
             "observed_s": round(self.observed_s, 3),
             "kind": "tasks" if self.is_tasks else "actors",
@@ -206,8 +234,8 @@ class StageStats:
             "cpu_s": round(cpu_s, 4),
             "gpu_s_per_item": _ratio(gpu_s, self.items_out, 6),
             "cpu_s_per_item": _ratio(cpu_s, self.items_out, 6),
-            "service_hist": {str(k): v for k, v in sorted(self.service_hist.items())},
-            "latency_hist": {str(k): v for k, v in sorted(self.latency_hist.items())},
+            "service_hist": self.service.as_hist(),
+            "latency_hist": self.latency.as_hist(),
         }
 
 

@@ -8,6 +8,7 @@ next stage, and a small stats record, the only thing the driver fetches.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -20,13 +21,16 @@ from pipelines.scheduler import error_cause
 
 # Work queued per actor: one running and one waiting, so an actor never idles between calls.
 CALLS_PER_ACTOR = 2
+RESOURCE_CHECK_S = 0.2
 
 
 class StageActor:
     def __init__(self, stage_name: str, stage_cls: type, stage_kwargs: dict, threads: int, faults: tuple = ()):
-        import torch
-
-        torch.set_num_threads(threads)
+        # The stage's module is imported by now (its class is an argument): set torch's threads if it
+        # uses torch, without importing torch into actors that don't (synthetic stages, 64 per machine).
+        torch = sys.modules.get("torch")
+        if torch is not None:
+            torch.set_num_threads(threads)
         self.stage_name = stage_name
         self.faults = faults
         started = time.perf_counter()
@@ -84,7 +88,12 @@ class StagePool:
     max_actors: int
     faults: tuple = ()
     max_restarts: int = 3
+    # Actors wanted now, set by `resize` (concurrency auto); None: grow on demand up to max_actors.
+    target: int | None = None
     members: list[_Member] = field(default_factory=list)
+    # Members given up by `resize`: no new calls; killed (freeing their GPU) once their calls finish.
+    retiring: list[_Member] = field(default_factory=list)
+    _next_resource_check: float = 0.0
 
     def _new_actor(self) -> None:
         remote_cls = _RemoteStageActor.options(
@@ -100,7 +109,7 @@ class StagePool:
         self.members.append(_Member(handle, handle.info.remote()))
 
     def start(self) -> None:
-        for _ in range(self.min_actors):
+        for _ in range(self.target if self.target is not None else self.min_actors):
             self._new_actor()
 
     def wait_ready(self, timeout_s: float) -> None:
@@ -133,20 +142,50 @@ class StagePool:
                     m.info = self._get_info(m.ready_ref)
 
     def scale_for(self, backlog: int, spare_cpus: float) -> None:
-        """Add an actor when work waits, the pool is below max, and the cluster has room now.
+        """Start actors the pool is short of, as far as the cluster has room now.
 
-        `spare_cpus`: CPUs no actor holds and no write task needs; taking more would starve writes.
+        Short of: below `target` when one is set (resize); else one more actor at a time when work
+        waits and the pool is below max_actors. `spare_cpus`: CPUs no actor holds and no write task
+        needs; taking more would starve writes.
         """
         self.poll_new_actors()
-        starting = any(m.info is None for m in self.members)
-        if starting or len(self.members) >= self.max_actors or backlog <= self.free_slots():
+        if self.target is not None:
+            missing = self.target - len(self.members)
+        else:
+            starting = any(m.info is None for m in self.members)
+            grow = not starting and len(self.members) < self.max_actors and backlog > self.free_slots()
+            missing = 1 if grow else 0
+        # Asking Ray for free resources is a round trip: not on every loop turn while waiting for them.
+        if missing <= 0 or time.monotonic() < self._next_resource_check:
             return
+        self._next_resource_check = time.monotonic() + RESOURCE_CHECK_S
         free = ray.available_resources()
-        if min(spare_cpus, free.get("CPU", 0)) >= self.num_cpus and free.get("GPU", 0) >= self.num_gpus:
+        cpus, gpus = min(spare_cpus, free.get("CPU", 0)), free.get("GPU", 0)
+        while missing > 0 and cpus >= self.num_cpus and gpus >= self.num_gpus - 1e-9:
             self._new_actor()
+            missing, cpus, gpus = missing - 1, cpus - self.num_cpus, gpus - self.num_gpus
+
+    def resize(self, actors: int) -> None:
+        """Aim for `actors`: the extra ones retire (idle ones first), the missing ones start when the
+        resources of retired ones are free (see scale_for)."""
+        self.target = actors
+        extra = len(self.members) - actors
+        if extra > 0:
+            # Starting actors first (nothing to lose), then the least busy.
+            by_cost = sorted(self.members, key=lambda m: (m.info is not None, m.calls))
+            for member in by_cost[:extra]:
+                self.members.remove(member)
+                self.retiring.append(member)
+            self._reap()
+        self._next_resource_check = 0.0
+
+    def _reap(self) -> None:
+        for member in [m for m in self.retiring if m.calls == 0]:
+            ray.kill(member.handle, no_restart=True)
+            self.retiring.remove(member)
 
     def held_cpus(self) -> float:
-        return len(self.members) * self.num_cpus
+        return (len(self.members) + len(self.retiring)) * self.num_cpus
 
     def free_slots(self) -> int:
         return sum(CALLS_PER_ACTOR - m.calls for m in self.members if m.info is not None)
@@ -160,16 +199,20 @@ class StagePool:
     def release(self, member: _Member, dead: bool = False) -> None:
         """A call finished; `dead`: its actor is gone for good (out of restarts), so replace it."""
         member.calls -= 1
-        if dead and member in self.members:
+        if member in self.retiring:
+            if dead:
+                self.retiring.remove(member)
+            self._reap()
+        elif dead and member in self.members:
             self.members.remove(member)
-            if len(self.members) < self.min_actors:
+            if len(self.members) < max(self.min_actors, self.target or 0):
                 self._new_actor()
 
     def load(self, queued: int) -> StageLoad:
         ready = [m for m in self.members if m.info is not None]
         return StageLoad(
             actors=len(ready),
-            reserved=len(self.members),
+            reserved=len(self.members) + len(self.retiring),
             queued=queued,
             free_slots=self.free_slots(),
             idle_actors=sum(1 for m in ready if m.calls == 0),
@@ -181,9 +224,10 @@ class StagePool:
         return [m.info for m in self.members if m.info is not None]
 
     def shutdown(self) -> None:
-        for m in self.members:
+        for m in self.members + self.retiring:
             ray.kill(m.handle, no_restart=True)
         self.members.clear()
+        self.retiring.clear()
 
 
 def check_fits(asks: dict[str, tuple[float, float, int]]) -> None:
@@ -220,7 +264,9 @@ class RayRuntime:
 
     @staticmethod
     def wait(refs: list, timeout: float) -> list:
-        return ray.wait(refs, num_returns=1, timeout=timeout)[0]
+        """Every ref ready now; if none, block (up to `timeout`) until one is."""
+        ready = ray.wait(refs, num_returns=len(refs), timeout=0)[0]
+        return ready or ray.wait(refs, num_returns=1, timeout=timeout)[0]
 
     @staticmethod
     def get(ref):

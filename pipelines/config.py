@@ -178,7 +178,9 @@ class StageResources:
     # "auto": one GPU per actor when the cluster has GPUs, none otherwise.
     num_gpus: Union[float, Literal["auto"]] = "auto"
     num_cpus: float = 1.0
-    concurrency: Union[int, Concurrency] = 1
+    # Actors: n, {min, max}, or "auto" (GPU stages: split the GPU budget, stages.gpus, between the
+    # auto stages by their measured per-item times, and re-balance as they drift; pipelines/autoscale.py).
+    concurrency: Union[int, Concurrency, Literal["auto"]] = 1
     batch_size: int = 4
 
     def __post_init__(self):
@@ -191,10 +193,15 @@ class StageResources:
 
     @property
     def min_actors(self) -> int:
+        if self.concurrency == "auto":
+            return 1
         return self.concurrency if isinstance(self.concurrency, int) else self.concurrency.min
 
     @property
-    def max_actors(self) -> int:
+    def max_actors(self) -> int | None:
+        """None for "auto": the GPU budget bounds it (pipelines/autoscale.py)."""
+        if self.concurrency == "auto":
+            return None
         return self.concurrency if isinstance(self.concurrency, int) else self.concurrency.max
 
     def gpus_per_actor(self, cluster_has_gpus: bool) -> float:
@@ -224,9 +231,13 @@ class StagesConfig:
     write: WriteResources = field(default_factory=WriteResources)
     # A failing sample is retried this many times, then recorded as failed.
     max_retries: int = 2
+    # GPUs the stages with `concurrency: auto` share; default: all the cluster's.
+    gpus: int | None = None
 
     def __post_init__(self):
         require(self.max_retries >= 0, "max_retries", "an integer >= 0", self.max_retries)
+        if self.gpus is not None:
+            require(self.gpus > 0, "gpus", "a positive number of GPUs", self.gpus)
         _check_chunking("denoise", self.denoise.batch_size, "decode", self.decode.batch_size)
 
 

@@ -81,10 +81,12 @@ class RayMetrics:
             self._inc("batches", (name,), stats.batches, tags)
             self._inc("busy", (name,), stats.busy_s, tags)
             self._inc("failed", (name,), stats.failed_batches, tags)
-            sent = int(self._sent.get(("latency", name), 0))
-            for value in stats.latency_s[sent:]:
+            # Latencies recorded since the last push (the most recent ones, if more than the buffer holds).
+            new = stats.latency.count - int(self._sent.get(("latency", name), 0))
+            recent = stats.recent_latency_s
+            for value in list(recent)[len(recent) - min(new, len(recent)):]:
                 m["latency"].observe(value, tags=tags)
-            self._sent[("latency", name)] = len(stats.latency_s)
+            self._sent[("latency", name)] = stats.latency.count
             load = acc._last_loads.get(name)
             m["actors"].set(load.actors if load else 0, tags=tags)
             m["queued"].set(load.queued if load else 0, tags=tags)

@@ -46,6 +46,7 @@ class Pipeline:
     max_retries: int = 2
     faults: tuple[Fault, ...] = ()
     cost: CostConfig | None = None  # prices for the report's cost figures
+    gpus: int | None = None  # GPUs the `concurrency: auto` stages share (None: the cluster's)
 
     def __post_init__(self):
         if not self.stages:

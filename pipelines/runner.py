@@ -21,6 +21,7 @@ import ray
 
 from pipelines.accounting import RunAccounting
 from pipelines.actors import RayRuntime, StagePool, check_fits
+from pipelines.autoscale import rebalancer_for
 from pipelines.errors import Interrupted
 from pipelines.pipeline import Pipeline
 from pipelines.plan import shard_name
@@ -91,7 +92,8 @@ def _run_under_lease(pipeline, layout, lease, connect, start_timeout_s, progress
         return accounting.finish([])
 
     connect()
-    pools = make_pools(pipeline)
+    rebalancer = rebalancer_for(pipeline.stages, pipeline.gpus, ray.cluster_resources().get("GPU", 0))
+    pools = make_pools(pipeline, rebalancer)
     accounting.pools_starting()
     interrupts = _Interrupts()
     infos: list[dict] = []
@@ -111,7 +113,7 @@ def _run_under_lease(pipeline, layout, lease, connect, start_timeout_s, progress
                 plan, pools, RayRuntime(shard_writer(pipeline, markers)), accounting,
                 batch_size=pipeline.stages[0].resources.batch_size, max_retries=pipeline.max_retries,
                 write_concurrency=pipeline.write.concurrency, write_cpus=pipeline.write.num_cpus,
-                committed=len(markers), on_commit=on_commit,
+                committed=len(markers), on_commit=on_commit, rebalancer=rebalancer,
             )
             interrupts.scheduler = scheduler
             lease.on_lost = scheduler.stop
@@ -190,14 +192,17 @@ class _Interrupts:
             signal.signal(signal.SIGINT, self._previous)
 
 
-def make_pools(pipeline: Pipeline) -> list[StagePool]:
+def make_pools(pipeline: Pipeline, rebalancer=None) -> list[StagePool]:
+    """One pool per stage; `concurrency: auto` stages start at the rebalancer's initial split."""
     has_gpus = ray.cluster_resources().get("GPU", 0) > 0
+    split = rebalancer.initial_split() if rebalancer is not None else {}
     pools = [
         StagePool(s.name, s.cls, s.kwargs, s.resources.num_cpus, s.resources.gpus_per_actor(has_gpus),
-                  s.resources.min_actors, s.resources.max_actors, faults=pipeline.faults)
+                  s.resources.min_actors, s.resources.max_actors or rebalancer.slots, faults=pipeline.faults,
+                  target=split.get(s.name))
         for s in pipeline.stages
     ]
-    asks = {p.name: (p.num_cpus, p.num_gpus, p.min_actors) for p in pools}
+    asks = {p.name: (p.num_cpus, p.num_gpus, p.target or p.min_actors) for p in pools}
     check_fits({**asks, "write": (pipeline.write.num_cpus, 0.0, 1)})
     return pools
 

@@ -62,12 +62,15 @@ class ShardScheduler:
 
     `pools`: one per stage, in chain order. `runtime`: wait(refs, timeout), get(ref),
     is_actor_death(exc), discard(ref), write(work) -> ref, total_cpus. `on_commit(name, marker)`
-    is called after each commit (the runner updates index.json there).
+    is called after each commit (the runner updates index.json there). `rebalancer`
+    (pipelines/autoscale.py, optional) moves GPUs between pools as measured rates ask: pools then
+    also need `target` and `resize(actors)`.
     """
 
     def __init__(self, plan, pools: list, runtime, accounting, *, batch_size: int, max_retries: int,
-                 write_concurrency: int, write_cpus: float, committed: int, on_commit):
+                 write_concurrency: int, write_cpus: float, committed: int, on_commit, rebalancer=None):
         self.plan, self.pools, self.runtime, self.accounting = plan, pools, runtime, accounting
+        self.rebalancer = rebalancer
         self.batch_size, self.max_retries = batch_size, max_retries
         self.write_concurrency, self.write_cpus = write_concurrency, write_cpus
         self.committed, self.on_commit = committed, on_commit
@@ -98,8 +101,11 @@ class ShardScheduler:
                 # Nothing in flight (actors still starting, or only writes to queue): don't spin.
                 time.sleep(IDLE_WAIT_S)
                 continue
+            # Every result ready now is handled in one turn: one wait per turn, not per result.
             for ref in self.runtime.wait(list(self.waiting), timeout=1.0):
                 self._on_ready(ref)
+            if self.rebalancer is not None:
+                self._rebalance()
 
     def _activate(self, index: int, only: frozenset | None) -> None:
         shard = self.plan.shard(index)
@@ -145,6 +151,8 @@ class ShardScheduler:
             return
         pool.release(member)
         self.accounting.record(pool.name, **stats, ref=ref)
+        if self.rebalancer is not None:
+            self.rebalancer.record(pool.name, stats["items"], stats["busy_s"])
         if stage + 1 < len(self.pools):
             self.queues[stage + 1].append((batch, result_ref))
             return
@@ -152,6 +160,16 @@ class ShardScheduler:
         work.outputs.append(result_ref)
         work.pending.difference_update(s.key for s in batch.samples)
         self._maybe_ready_to_write(work)
+
+    def _rebalance(self) -> None:
+        pools = {p.name: p for p in self.pools if p.name in self.rebalancer.stages}
+        decision = self.rebalancer.decide(time.monotonic(), {name: p.target for name, p in pools.items()})
+        if decision is None:
+            return
+        # Shrink first: a retiring actor's GPU is what the growing pool starts its new actor on.
+        for name in sorted(decision.split, key=lambda n: decision.split[n] - pools[n].target):
+            pools[name].resize(decision.split[name])
+        self.accounting.note(decision.describe())
 
     def _on_failure(self, batch: Batch, stage: str, exc: Exception) -> None:
         """Split a failed batch into single samples; a sample out of retries is recorded as failed."""

@@ -11,56 +11,40 @@ from collections import deque
 
 import pytest
 
-from pipelines.accounting import RunAccounting, task_load
+from pipelines.accounting import RunAccounting
 from pipelines.errors import OutputError
+from pipelines.inprocess import Done as Ref
+from pipelines.inprocess import InProcessPool
 from pipelines.plan import build_plan
 from pipelines.scheduler import ShardScheduler
-
-
-class Ref:
-    """A finished call: its value, or the exception it raised."""
-
-    def __init__(self, value=None, error: Exception | None = None):
-        self.value, self.error = value, error
 
 
 class ActorDied(Exception):
     pass
 
 
-class FakePool:
+class FakePool(InProcessPool):
     """Runs `fn(batch)` at submit time; `fail(keys, attempt)` may return an exception to raise."""
 
     def __init__(self, name, fn, actors=1, fail=None):
-        self.name, self.fn, self.max_actors, self.fail = name, fn, actors, fail
-        self.calls, self.in_flight, self.peak_in_flight, self.released_dead = [], 0, 0, 0
-
-    def scale_for(self, backlog, spare_cpus):
-        pass
-
-    def free_slots(self):
-        return 2 * self.max_actors - self.in_flight
-
-    def held_cpus(self):
-        return 0.0
+        super().__init__(name, fn, actors)
+        self.fail = fail
+        self.calls, self.peak_in_flight, self.released_dead = [], 0, 0
 
     def submit(self, payload, attempt=0):
         batch = payload.value if isinstance(payload, Ref) else payload
         self.calls.append((tuple(batch["keys"]), attempt))
-        self.in_flight += 1
-        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         error = self.fail(batch["keys"], attempt) if self.fail else None
         if error is not None:
+            self.in_flight += 1
             return Ref(error=error), Ref(error=error), object()
-        result = self.fn(batch)
-        return Ref(result), Ref({"items": len(result["keys"]), "busy_s": 0.001, "started_at": 0.0}), object()
+        refs = super().submit(payload, attempt)
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        return refs
 
     def release(self, member, dead=False):
-        self.in_flight -= 1
+        super().release(member, dead)
         self.released_dead += dead
-
-    def load(self, queued):
-        return task_load(self.max_actors, self.in_flight, queued, 0.0)
 
 
 class FakeRuntime:

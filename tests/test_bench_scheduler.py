@@ -1,0 +1,64 @@
+"""`latentmill bench scheduler` on real Ray: a tiny smoke run of the command (its own local Ray with 4
+logical GPUs, latentmill and the Ray Data peer), and `concurrency: auto` re-balancing a real run on
+the session Ray when the decode stage slows down mid-run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import yaml
+
+from jobs.bench_scheduler import build_pipeline, steady_rate
+from pipelines.runner import run_pipeline
+from pipelines.verify import verify_output
+from tests.conftest import REPO
+
+PROFILE = {
+    "description": "test: tiny times", "unit": "image", "samples_per_shard": 16,
+    "stages": {"denoise": {"per_item_s": 0.02, "batch_size": 4}, "decode": {"per_item_s": 0.005, "batch_size": 4}},
+}
+
+
+def test_steady_rate_of_bursty_commits():
+    # Bursts of 3 commits of 10 items every second: 30 items/s whatever the window's ends.
+    events = [(t + 0.001 * k, 10) for t in range(20) for k in range(3)]
+    assert abs(steady_rate(events) - 30) < 1.5
+
+
+def test_bench_scheduler_command_prints_the_table(tmp_path):
+    profiles = tmp_path / "profiles.yaml"
+    profiles.write_text(yaml.safe_dump({"profiles": {"tiny": PROFILE}}, sort_keys=False))  # chain order
+    command = [sys.executable, "-m", "jobs.cli", "bench", "scheduler", "--gpus", "4", "--profiles", str(profiles),
+               "--seconds", "2", "--time-scale", "1", "--cpus", "2", "--workdir", str(tmp_path), "--json"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=400, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    table, result = done.stdout.split("\n[")[0], json.loads("[" + done.stdout.split("\n[", 1)[1])[0]
+    assert "| tiny | 4 | 3/1 |" in table and "largest GPU count with steady efficiency >= 0.95" in table
+    latentmill, ray_data = result["runs"]["latentmill"], result["runs"]["ray_data"]
+    # Ideal for 3 denoise actors at 0.02 s per item: 150 items/s (write is far faster).
+    assert result["split"] == {"denoise": 3, "decode": 1} and latentmill["ideal"]["set_by"] == "denoise"
+    assert abs(latentmill["ideal"]["items_per_s"] - 150) < 1e-6
+    assert latentmill["images"] == result["images"] and latentmill["committed_shards"] == latentmill["planned_shards"]
+    assert 0 < latentmill["steady_items_per_s"] and latentmill["driver_cpu_ms_per_item"] > 0
+    assert ray_data["images"] == result["images"] and ray_data["files"] >= 1 and ray_data["steady_items_per_s"] > 0
+
+
+def test_concurrency_auto_rebalances_a_real_run_when_decode_slows_down(ray_cluster, tmp_path):
+    # 8 actors of a quarter GPU on the session's 2 logical GPUs, starting 4/4. Measured: denoise 10 ms,
+    # decode 2 ms per item -> 6/2. From sample 2400 on, decode takes 15 ms -> 3/5.
+    profile = {**PROFILE, "stages": {
+        "denoise": {"per_item_s": 0.01, "batch_size": 4},
+        "decode": {"per_item_s": 0.002, "batch_size": 4, "changes": [{"from_index": 2400, "per_item_s": 0.015}]},
+    }}
+    url = str(tmp_path / "out")
+    pipeline = build_pipeline(profile, "auto", url, 3200, 1.0, (4, 8, 8), gpus=2, gpu_share=0.25)
+    report = run_pipeline(pipeline, progress=False, start_timeout_s=300)
+    notes = [n for n in report["notes"] if n.startswith("concurrency auto")]
+    assert notes, report["notes"]
+    assert "GPUs split denoise 6, decode 2 (was denoise 4, decode 4) after warm-up" in notes[0]
+    assert "as measured rates drifted" in notes[-1]
+    assert "GPUs split denoise 3, decode 5" in notes[-1]
+    assert report["stages"]["decode"]["actors"]["max"] == 5 and report["stages"]["denoise"]["actors"]["max"] >= 6
+    assert verify_output(url)["ok"] and report["generated"] == 3200
