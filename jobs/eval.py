@@ -23,7 +23,7 @@ import time
 import numpy as np
 import torch
 
-from jobs.train_data import held_out_samples, scan, shards_from
+from jobs.train_data import held_out_samples, scan
 from pipelines.config import StorageConfig
 from pipelines.errors import ConfigError
 from pipelines.sinks.storage import open_output

@@ -76,7 +76,7 @@ def test_submit_watch_logs_verify_and_a_retry_is_recognised(cluster, tmp_path, c
     code, logs, _ = cli(capsys, "logs", submission_id, "--address", cluster.address)
     assert code == 0
     assert f"latentmill run spec.yaml --date {DATE}" in logs
-    assert f"quickstart: generated 8 samples" in logs
+    assert "quickstart: generated 8 samples" in logs
     assert cli(capsys, "verify", str(out))[0] == 0
     assert verify_output(str(out))["samples"] == 8
 
