@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 
 from pipelines.errors import OutputError
 from pipelines.sinks.layout import OutputLayout
+from pipelines.sinks.video import check_clips
 
 
 def verify_output(url: str, storage=None) -> dict:
@@ -80,6 +81,7 @@ def _check_shard(layout: OutputLayout, name: str, marker: dict) -> tuple[list[st
         return tar_keys, [], problems + [f"shard {name}: manifest unreadable ({exc})"]
     ok_keys = sorted(r["key"] for r in rows if r.get("status", "ok") == "ok")
     failed_keys = sorted(r["key"] for r in rows if r.get("status") == "failed")
+    problems += [f"shard {name}: {p}" for p in check_clips(data, rows)]  # every mp4 decoded, vs its row
     if ok_keys != tar_keys:
         problems.append(f"shard {name}: manifest lists {len(ok_keys)} samples, tar holds {len(tar_keys)}")
     if marker["samples"] != len(tar_keys) or marker.get("failed", 0) != len(failed_keys):

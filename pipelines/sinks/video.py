@@ -88,3 +88,19 @@ def check_mp4(data: bytes, row: dict) -> list[str]:
     if row.get("fps") is not None and (found["fps"] is None or abs(found["fps"] - row["fps"]) > 1e-6):
         problems.append(f"fps is {found['fps']}, the manifest says {row['fps']}")
     return problems
+
+
+def check_clips(tar_bytes: bytes, rows: list[dict]) -> list[str]:
+    """`check_mp4` for every clip of a shard (tar bytes) against its manifest row; [] for image shards."""
+    import tarfile
+
+    clips = {r["key"]: r for r in rows if r.get("status", "ok") == "ok" and r.get("format") == "mp4"}
+    if not clips:
+        return []
+    problems = []
+    with tarfile.open(fileobj=io.BytesIO(tar_bytes), mode="r:") as tar:
+        for member in tar.getmembers():
+            key, _, ext = member.name.partition(".")
+            if ext == "mp4" and key in clips:
+                problems += [f"clip {key}: {p}" for p in check_mp4(tar.extractfile(member).read(), clips[key])]
+    return problems
