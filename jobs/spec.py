@@ -308,11 +308,12 @@ def _check_decoder(decoder: str, model_family: str, video: bool = False) -> None
     kind = references.kind_of(decoder, builtins=decoders.available())
     entry = decoders.lookup(decoder) if kind == "builtin" else None
     if entry is not None and entry.is_video != video:
-        own = f"{MODEL_VIDEO_VAE}, the model's own VAE" if video else f"{MODEL_VAE}, the model's own VAE"
+        found, wanted = ("an image", "a video") if video else ("a video", "an image")
+        own = MODEL_VIDEO_VAE if video else MODEL_VAE
         fitting = ", ".join(n for n in decoders.available() if decoders.lookup(n).is_video == video)
         raise ConfigError("decoder", "", detail=(
-            f"{decoder!r} is {'an image' if video else 'a video'} decoder; a {'video' if video else 'image'} job needs "
-            f"{'a video' if video else 'an image'} decoder: {own}, one of {fitting}, or a checkpoint of one"))
+            f"{decoder!r} is {found} decoder; {wanted} job needs {wanted} decoder: {own} (the model's own VAE), "
+            f"one of {fitting}, or a checkpoint of one"))
     try:
         if kind == "builtin":
             decoders.check_latent_space(decoder, model_family)
