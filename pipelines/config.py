@@ -267,15 +267,11 @@ MODEL_VIDEO_VAE = "svd-vae"
 
 
 @dataclass(frozen=True)
-class VideoModelConfig:
-    family: Literal["svd"] = "svd"
-    # "tiny" (built in), a Hugging Face id (e.g. stabilityai/stable-video-diffusion-img2vid), or a
-    # local/fsspec directory in from_pretrained layout.
-    reference: str = "tiny"
-    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+class VideoModelConfig(ModelConfig):
+    """As ModelConfig; a reference is "tiny" (the built-in tiny SVD), a Hugging Face id (e.g.
+    stabilityai/stable-video-diffusion-img2vid) or a from_pretrained directory."""
 
-    def __post_init__(self):
-        require(bool(self.reference.strip()), "reference", "a model reference", self.reference)
+    family: Literal["svd"] = "svd"
 
 
 @dataclass(frozen=True)

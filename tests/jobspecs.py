@@ -26,7 +26,12 @@ BASE = {
 
 def spec_dict(output_url: str, **changes) -> dict:
     """BASE with output.url set; `changes` maps dotted paths to values (None deletes the field)."""
-    spec = copy.deepcopy(BASE)
+    return changed(BASE, output_url, **changes)
+
+
+def changed(base: dict, output_url: str, **changes) -> dict:
+    """A copy of the spec `base` with output.url set and `changes` (a__b=value sets a.b; None deletes)."""
+    spec = copy.deepcopy(base)
     spec["output"]["url"] = str(output_url)
     for dotted, value in changes.items():
         *parents, last = dotted.split("__")

@@ -3,7 +3,6 @@ opened with PyAV, chunked decoding, conditioning images from image sources, kill
 
 from __future__ import annotations
 
-import copy
 import io
 import json
 import os
@@ -28,7 +27,7 @@ from pipelines.readers import webdataset
 from pipelines.sinks.layout import OutputLayout
 from pipelines.verify import verify_output
 from tests.conftest import REPO
-from tests.jobspecs import spec_dict
+from tests.jobspecs import changed, spec_dict
 from tests.test_storage import markers, run_in_thread, wait_for_commit
 
 EXAMPLE = os.path.join(REPO, "jobs", "examples", "video-quickstart.yaml")
@@ -51,15 +50,7 @@ VIDEO_BASE = {
 
 
 def video_dict(output_url, **changes) -> dict:
-    data = copy.deepcopy(VIDEO_BASE)
-    data["output"]["url"] = str(output_url)
-    for dotted, value in changes.items():
-        *parents, last = dotted.split("__")
-        node = data
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[last] = value
-    return data
+    return changed(VIDEO_BASE, output_url, **changes)
 
 
 def parse(data: dict):
