@@ -13,6 +13,7 @@ import inspect
 import json
 import logging
 import os
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -150,18 +151,56 @@ class Decoder(nn.Module):
             log.info("%s: force_upcast is set, running in float32 instead of float16", self.name)
             nn.Module.to(self.model, torch.float32)
 
-    def decode(self, latents: torch.Tensor, *, tile: bool | int | None = None) -> torch.Tensor:
+    def decode(self, latents: torch.Tensor, *, tile: bool | int | None = None,
+               chunk_frames: int | None = None) -> torch.Tensor:
         """Decode diffusion-space latents to float32 pixels in [0, 1], under torch.inference_mode().
 
         tile: None uses `self.tiling`; True tiles with the model's default tile size; an int is the
         tile size in pixels. Only decoders with `supports_tiling` accept it.
+        chunk_frames: video only, decode this many frames at a time (see `decode_chunks`).
         """
+        if chunk_frames is not None:
+            return torch.cat(list(self.decode_chunks(latents, chunk_frames)), dim=1)
         z = self.check_latents(latents)
         self.upcast_if_needed()  # outside inference_mode: upcast weights stay usable for training
         with torch.inference_mode():
             return self._decode(z, tile)
 
-    def _decode(self, z: torch.Tensor, tile: bool | int | None) -> torch.Tensor:
+    @property
+    def supports_chunking(self) -> bool:
+        """Decodes a clip a few frames at a time with the frames of a whole-clip decode, because
+        it carries what later frames need from earlier ones (causal temporal decoders)."""
+        return self.is_video and getattr(self.model, "exact_frame_chunks", False)
+
+    def decode_chunks(self, latents: torch.Tensor, chunk_frames: int) -> Iterator[torch.Tensor]:
+        """Video latents (B, F, C, h, w) -> pixels in [0, 1], (B, f, 3, H, W) per chunk of f <= chunk_frames
+        frames, so decode memory does not grow with clip length.
+
+        Only decoders with `supports_chunking` take chunks shorter than the clip: others (the SVD
+        VAE: its temporal convolutions see both neighbours and its GroupNorms span all frames) would
+        give other frames, which is why diffusers' `decode_chunk_size` changes SVD's output.
+        """
+        z = self.check_latents(latents)
+        if not self.is_video:
+            raise ValueError(f"{self.name}: chunked decoding is for video decoders; this one decodes images")
+        if chunk_frames < 1:
+            raise ValueError(f"{self.name}: chunk_frames must be >= 1, got {chunk_frames}")
+        frames = z.shape[1]
+        if chunk_frames < frames and not self.supports_chunking:
+            raise ValueError(
+                f"{self.name}: {type(self.model).__name__} cannot decode a clip in chunks of frames with the same "
+                f"result as all at once; decode all {frames} frames together"
+            )
+        self.upcast_if_needed()
+        # What each chunk hands the next (decoders that chunk exactly); None for one whole-clip chunk.
+        cache = {} if self.supports_chunking else None
+        for start in range(0, frames, chunk_frames):
+            # inference_mode per chunk, never across a yield: the caller's code runs between chunks.
+            with torch.inference_mode():
+                part = self._decode(z[:, start:start + chunk_frames], None, cache=cache)
+            yield part
+
+    def _decode(self, z: torch.Tensor, tile: bool | int | None, cache: dict | None = None) -> torch.Tensor:
         z = z.to(device=self.device, dtype=self.dtype)
         frames = None
         if self.is_video:
@@ -170,7 +209,8 @@ class Decoder(nn.Module):
         z = self.to_decoder_space(z)
         with self._tiling(self.tiling if tile is None else tile):
             if self.is_video:
-                x = self.model.decode(z, num_frames=frames, return_dict=False)[0]
+                extra = {} if cache is None else {"cache": cache}
+                x = self.model.decode(z, num_frames=frames, return_dict=False, **extra)[0]
             else:
                 x = self.model.decode(z, return_dict=False)[0]
         # diffusers decoders return [-1, 1]; map to [0, 1] exactly once, then clamp once.

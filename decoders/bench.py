@@ -1,5 +1,9 @@
 """`latentmill bench decoders`: params, FLOPs, latency and peak memory of every decoder, per size.
 
+Video decoders are timed per clip length (`--frames 8,14,25`) and, for decoders that decode exact
+chunks of frames (tae-temporal), per chunk length (`--chunk-frames all,4`): a chunked decode hands
+each chunk on and keeps nothing, as the decode stage does, so its peak memory is one chunk's.
+
 Latency is measured the honest way: warm-up decodes first, the device synchronised around each
 timed decode, median and spread over repeats. FLOPs are counted on the meta device (exact and
 instant, see flops.py). Needs only torch, diffusers and this package, so it runs on a bare GPU box.
@@ -32,13 +36,21 @@ def _parse_list(s: str, cast=str) -> list:
     return [cast(x) for x in s.split(",") if x.strip()]
 
 
+def _parse_chunks(s: str) -> list[int | None]:
+    return [None if x.strip() == "all" else int(x) for x in s.split(",") if x.strip()]
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="latentmill bench decoders", description=__doc__.splitlines()[0])
     p.add_argument("--decoders", type=_parse_list, default=list(ARCHITECTURES),
                    help="comma-separated architectures (default: all), built with random weights: "
                         "time and memory do not depend on the weights")
     p.add_argument("--sizes", type=lambda s: _parse_list(s, int), default=[256, 512, 1024], help="square pixel sizes")
-    p.add_argument("--frames", type=int, default=14, help="frames per clip for video decoders (SVD: 14)")
+    p.add_argument("--frames", type=lambda s: _parse_list(s, int), default=[14],
+                   help="comma-separated frames per clip for video decoders (SVD: 14, SVD-XT: 25)")
+    p.add_argument("--chunk-frames", type=_parse_chunks, default=[None],
+                   help="comma-separated frames decoded at once, 'all' for whole clips (default: all); chunks "
+                        "shorter than the clip only for decoders that decode them exactly (tae-temporal)")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--devices", type=_parse_list, default=None, help="cpu,cuda (default: cpu, plus cuda if present)")
     p.add_argument("--dtypes", type=_parse_list, default=None,
@@ -103,20 +115,32 @@ class PeakRSS:
         return (self.peak - self.start) / 2**20
 
 
-def time_decoder(dec: Decoder, z: torch.Tensor, *, warmup: int, repeats: int, budget_s: float) -> dict:
-    """Peak memory covers the warm-up too: the first decode is where buffers are first allocated."""
+def decode_once(dec: Decoder, z: torch.Tensor, chunk_frames: int | None = None) -> None:
+    if dec.is_video:
+        for _ in dec.decode_chunks(z, chunk_frames or z.shape[1]):
+            pass  # each chunk handed on and dropped, as the decode stage does
+    else:
+        dec.decode(z)
+
+
+def time_decoder(dec: Decoder, z: torch.Tensor, *, warmup: int, repeats: int, budget_s: float,
+                 chunk_frames: int | None = None) -> dict:
+    """Peak memory covers the warm-up too: the first decode is where buffers are first allocated.
+
+    Video decoders decode through `decode_chunks` (one chunk of the whole clip unless `chunk_frames`),
+    each chunk dropped once decoded, so whole-clip and chunked rows are measured alike."""
     cuda = dec.device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     times = []
 
     def timed_loop():
         for _ in range(warmup):
-            dec.decode(z)
+            decode_once(dec, z, chunk_frames)
         sync()
         for _ in range(repeats):
             sync()
             t0 = time.perf_counter()
-            dec.decode(z)
+            decode_once(dec, z, chunk_frames)
             sync()
             times.append(time.perf_counter() - t0)
             if sum(times) > budget_s:
@@ -178,26 +202,27 @@ def run(args) -> list[dict]:
         for size in args.sizes:
             # Baselines first, so every row can report its speed-up.
             names = sorted(args.decoders, key=lambda n: n not in (IMAGE_BASELINE, VIDEO_BASELINE))
-            rr = _interleaved(args, names, device, dtype_name, size, flops) if args.interleave and device != "meta" else {}
-            for name in names:
+            todo = variants(args, names)
+            rr = _interleaved(args, todo, device, dtype_name, size, flops) if args.interleave and device != "meta" else {}
+            for name, frames, chunk in todo:
                 spec = ARCHITECTURES[name]
-                frames = args.frames if spec.is_video else 1
                 baseline = VIDEO_BASELINE if spec.is_video else IMAGE_BASELINE
                 gflop = flops(name, size, frames) / 1e9
                 base_gflop = flops(baseline, size, frames) / 1e9
                 row = {
                     "decoder": name, "device": device, "dtype": dtype_name, "size": size,
-                    "frames": frames if spec.is_video else None, "batch": args.batch,
+                    "frames": frames if spec.is_video else None, "chunk_frames": chunk, "batch": args.batch,
                     "params_m": round(meta[name].num_parameters() / 1e6, 3),
                     "mb_fp16": round(meta[name].num_parameters() * 2 / 2**20, 1),
                     "gflop": round(gflop, 1), "baseline": baseline,
                     "flops_ratio": round(base_gflop / gflop, 2),  # how many times fewer FLOPs
                 }
                 if device != "meta":
-                    row.update(rr[name] if rr else _time_row(args, name, device, dtype_name, size, frames, gflop))
-                    if row.get("median_s"):
-                        timed[(name, size)] = (row["median_s"], row["min_s"])
-                    base = timed.get((baseline, size))
+                    variant = (name, frames, chunk)
+                    row.update(rr[variant] if rr else _time_row(args, variant, device, dtype_name, size, gflop))
+                    if row.get("median_s") and chunk is None:
+                        timed[(name, size, frames)] = (row["median_s"], row["min_s"])
+                    base = timed.get((baseline, size, frames))  # the baseline decodes whole clips
                     ok = bool(base and row.get("median_s"))
                     row["speedup"] = round(base[0] / row["median_s"], 2) if ok else None
                     # best-of-n ratio: robust when other processes share the machine (noise only adds)
@@ -210,52 +235,75 @@ def run(args) -> list[dict]:
     return rows
 
 
-def _time_row(args, name, device, dtype_name, size, frames, gflop) -> dict:
+def variants(args, names) -> list[tuple[str, int, int | None]]:
+    """(decoder, frames, chunk_frames) to time: images once; videos per clip length and chunk length,
+    chunks shorter than the clip only for decoders that decode exact chunks."""
+    out = []
+    for name in names:
+        arch = ARCHITECTURES[name]
+        if not arch.is_video:
+            out.append((name, 1, None))
+            continue
+        for frames in args.frames:
+            chunks = dict.fromkeys(None if c is None or c >= frames else c for c in args.chunk_frames
+                                   if c is None or c >= frames or arch.supports_chunking)
+            # A decoder that refuses every chunk length asked for still gets its whole-clip row.
+            out += [(name, frames, c) for c in chunks] or [(name, frames, None)]
+    return out
+
+
+def _time_row(args, variant, device, dtype_name, size, gflop) -> dict:
     if args.max_gflop is not None and gflop > args.max_gflop:
         return {"skipped": f"{gflop:.0f} GFLOP > --max-gflop {args.max_gflop:g}", "median_s": None}
     if device == "cpu" and not args.in_process:
-        return _time_row_subprocess(args, name, dtype_name, size, frames)
-    return _time_row_here(args, name, device, dtype_name, size, frames)
+        return _time_row_subprocess(args, variant, dtype_name, size)
+    return _time_row_here(args, variant, device, dtype_name, size)
 
 
-def _interleaved(args, names, device, dtype_name, size, flops) -> dict[str, dict]:
+def _latents(dec: Decoder, batch: int, frames: int, size: int, device) -> torch.Tensor:
+    lead = (batch, frames) if dec.is_video else (batch,)
+    f = dec.upscale_factor
+    return torch.randn(*lead, dec.latent_channels, size // f, size // f, generator=torch.Generator().manual_seed(0)).to(device)
+
+
+def _interleaved(args, todo, device, dtype_name, size, flops) -> dict[tuple, dict]:
     """Round-robin timing: repeat r decodes every decoder once before repeat r+1 starts."""
     decs, zs, out = {}, {}, {}
-    for name in names:
-        frames = args.frames if ARCHITECTURES[name].is_video else 1
+    for variant in todo:
+        name, frames, _ = variant
         gflop = flops(name, size, frames) / 1e9
         if args.max_gflop is not None and gflop > args.max_gflop:
-            out[name] = {"skipped": f"{gflop:.0f} GFLOP > --max-gflop {args.max_gflop:g}", "median_s": None}
+            out[variant] = {"skipped": f"{gflop:.0f} GFLOP > --max-gflop {args.max_gflop:g}", "median_s": None}
             continue
-        decs[name] = build(name, device=device, dtype=DTYPES[dtype_name])
-        lead = (args.batch, frames) if decs[name].is_video else (args.batch,)
-        zs[name] = torch.randn(*lead, 4, size // 8, size // 8, generator=torch.Generator().manual_seed(0)).to(device)
+        decs[variant] = decs.get(name) or build(name, device=device, dtype=DTYPES[dtype_name])
+        decs[name] = decs[variant]
+        zs[variant] = _latents(decs[variant], args.batch, frames, size, device)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    times = {n: [] for n in decs}
-    for n in decs:
+    times = {v: [] for v in zs}
+    for v in zs:
         for _ in range(args.warmup):
-            decs[n].decode(zs[n])
+            decode_once(decs[v], zs[v], v[2])
     for _ in range(args.repeats):
-        for n in decs:
+        for v in zs:
             sync()
             t0 = time.perf_counter()
-            decs[n].decode(zs[n])
+            decode_once(decs[v], zs[v], v[2])
             sync()
-            times[n].append(time.perf_counter() - t0)
-    for n, ts in times.items():
-        out[n] = {
+            times[v].append(time.perf_counter() - t0)
+    for v, ts in times.items():
+        out[v] = {
             "median_s": statistics.median(ts), "min_s": min(ts), "max_s": max(ts),
             "stdev_s": statistics.stdev(ts) if len(ts) > 1 else 0.0, "repeats": len(ts), "warmup": args.warmup,
             "peak_mem_mb": None, "mem_method": "not measured (--interleave)", "interleaved": True,
-            "compute_dtype": str(decs[n].dtype).replace("torch.", ""), "loadavg_1m": round(os.getloadavg()[0], 2),
+            "compute_dtype": str(decs[v].dtype).replace("torch.", ""), "loadavg_1m": round(os.getloadavg()[0], 2),
         }
     return out
 
 
-def _time_row_subprocess(args, name, dtype_name, size, frames) -> dict:
+def _time_row_subprocess(args, variant, dtype_name, size) -> dict:
     """Run one CPU row in a fresh interpreter: its RSS then reflects this decoder alone, and earlier
     rows' freed-but-cached memory cannot hide (or inflate) this one's peak."""
-    job = dict(name=name, dtype=dtype_name, size=size, frames=frames, batch=args.batch, warmup=args.warmup,
+    job = dict(variant=variant, dtype=dtype_name, size=size, batch=args.batch, warmup=args.warmup,
                repeats=args.repeats, budget_s=args.budget_s, threads=args.threads or torch.get_num_threads())
     proc = subprocess.run([sys.executable, "-m", "decoders.bench", "--_worker", json.dumps(job)],
                           capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)) or ".")
@@ -269,18 +317,16 @@ def _worker(job: dict) -> int:
     torch.set_num_threads(job["threads"])
     args = argparse.Namespace(batch=job["batch"], warmup=job["warmup"], repeats=job["repeats"],
                               budget_s=job["budget_s"])
-    print(json.dumps(_time_row_here(args, job["name"], "cpu", job["dtype"], job["size"], job["frames"])))
+    print(json.dumps(_time_row_here(args, tuple(job["variant"]), "cpu", job["dtype"], job["size"])))
     return 0
 
 
-def _time_row_here(args, name, device, dtype_name, size, frames) -> dict:
+def _time_row_here(args, variant, device, dtype_name, size) -> dict:
+    name, frames, chunk = variant
     dec = build(name, device=device, dtype=DTYPES[dtype_name])
-    lead = (args.batch, frames) if dec.is_video else (args.batch,)
-    f = dec.upscale_factor
-    gen = torch.Generator().manual_seed(0)
-    z = torch.randn(*lead, dec.latent_channels, size // f, size // f, generator=gen).to(device)
+    z = _latents(dec, args.batch, frames, size, device)
     try:
-        out = time_decoder(dec, z, warmup=args.warmup, repeats=args.repeats, budget_s=args.budget_s)
+        out = time_decoder(dec, z, warmup=args.warmup, repeats=args.repeats, budget_s=args.budget_s, chunk_frames=chunk)
     except torch.cuda.OutOfMemoryError as e:  # report it as a row instead of losing the whole run
         out = {"skipped": f"out of memory: {str(e).splitlines()[0]}", "median_s": None}
     out["compute_dtype"] = str(dec.dtype).replace("torch.", "")
@@ -304,14 +350,15 @@ def machine() -> str:
 
 
 def format_table(rows: list[dict]) -> str:
-    head = ["decoder", "device", "dtype", "size", "frames", "params M", "MB fp16", "GFLOP", "FLOPs x fewer",
+    head = ["decoder", "device", "dtype", "size", "frames", "chunk", "params M", "MB fp16", "GFLOP", "FLOPs x fewer",
             "median s", "min-max s", "n", "peak MB", "speed-up median (best)", "vs"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         med = r.get("median_s")
         cells = [
             r["decoder"], r["device"], r.get("compute_dtype", r["dtype"]) if r["dtype"] != "-" else "-",
-            f"{r['size']}x{r['size']}", r["frames"] or "-", f"{r['params_m']:.2f}", f"{r['mb_fp16']:.1f}",
+            f"{r['size']}x{r['size']}", r["frames"] or "-",
+            r.get("chunk_frames") or ("all" if r["frames"] else "-"), f"{r['params_m']:.2f}", f"{r['mb_fp16']:.1f}",
             f"{r['gflop']:,.1f}", f"{r['flops_ratio']:.2f}",
             f"{med:.3f}" if med else (r.get("skipped") or "-"),
             f"{r['min_s']:.3f}-{r['max_s']:.3f}" if med else "-",
@@ -336,7 +383,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"machine: {machine()}")
         print(format_table(rows))
         print("FLOPs: torch FlopCounterMode on the meta device, per decode of the whole batch/clip. "
-              "Speed-up and FLOPs ratio are against the baseline in the last column, same device/dtype/size/frames.")
+              "Speed-up and FLOPs ratio are against the baseline in the last column, same device/dtype/size/frames "
+              "(the baseline decodes whole clips; chunk = frames decoded at once).")
         if rows and "mem_method" in rows[-1]:
             print(f"peak MB: {rows[-1]['mem_method']}")
     return 0

@@ -30,6 +30,8 @@ MODEL_CLASSES = {
 VIDEO_CLASSES = {"AutoencoderKLTemporalDecoder", "TemporalTinyDecoder"}
 # diffusers implements tiled decoding for these; attention-based and temporal decoders have none.
 TILING_CLASSES = {"AutoencoderKL", "AutoencoderTiny"}
+# Causal temporal decoders decode a clip chunk by chunk with the frames of a whole-clip decode.
+CHUNKING_CLASSES = {"TemporalTinyDecoder"}
 
 # What each latent space is; a decoder trained on one decodes garbage from another.
 LATENT_SPACES = {
@@ -64,6 +66,10 @@ class Architecture:
     def supports_tiling(self) -> bool:
         return self.class_name in TILING_CLASSES
 
+    @property
+    def supports_chunking(self) -> bool:
+        return self.class_name in CHUNKING_CLASSES
+
 
 @dataclass(frozen=True)
 class Published:
@@ -93,6 +99,10 @@ class Entry:
     @property
     def supports_tiling(self) -> bool:
         return self.architecture.supports_tiling
+
+    @property
+    def supports_chunking(self) -> bool:
+        return self.architecture.supports_chunking
 
 
 ARCHITECTURES = {

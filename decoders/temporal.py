@@ -6,6 +6,10 @@ never depends on later ones), in the spirit of TAESDV/taehv. Frames travel
 stacked in the batch, (B*F, C, h, w), as in diffusers' video VAEs; `num_frames` says how to split.
 
 Takes diffusion-space latents at scale 1.0 (TAESD convention) and returns [-1, 1].
+
+Being causal, it decodes a clip in chunks of frames with the same result as all at once: `cache`
+carries each TemporalMix's last input frame from one chunk to the next, so memory does not grow with
+clip length.
 """
 
 from __future__ import annotations
@@ -42,10 +46,15 @@ class TemporalMix(nn.Module):
         self.conv = nn.Sequential(conv(2 * ch, ch), nn.ReLU(), conv(ch, ch))
         self.fuse = nn.ReLU()
 
-    def forward(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, num_frames: int, cache: dict | None = None) -> torch.Tensor:
+        """`cache`: when decoding a clip chunk by chunk, holds the previous chunk's last frame."""
         bf, c, h, w = x.shape
         video = x.view(bf // num_frames, num_frames, c, h, w)
-        past = F.pad(video, (0, 0, 0, 0, 0, 0, 1, 0))[:, :num_frames]  # shift frames by one
+        before = cache.get(self) if cache is not None else None
+        first = torch.zeros_like(video[:, :1]) if before is None else before.unsqueeze(1)
+        past = torch.cat([first, video[:, :-1]], dim=1)  # shift frames by one
+        if cache is not None:
+            cache[self] = video[:, -1]
         return self.fuse(x + self.conv(torch.cat([x, past.reshape(bf, c, h, w)], dim=1)))
 
 
@@ -60,6 +69,9 @@ class Upsample(nn.Module):
 
 class TemporalTinyDecoder(ModelMixin, ConfigMixin):
     """Stages from latent resolution up; `temporal_stages[i]` puts a TemporalMix at the start of stage i."""
+
+    # Chunked decoding (with `cache`) gives the frames of a whole-clip decode.
+    exact_frame_chunks = True
 
     @register_to_config
     def __init__(
@@ -91,15 +103,19 @@ class TemporalTinyDecoder(ModelMixin, ConfigMixin):
         self.layers = nn.ModuleList(layers)
         self.conv_out = conv(chs[-1], out_channels)
 
-    def decode(self, z: torch.Tensor, num_frames: int | None = None, return_dict: bool = True, **kwargs):
-        """(B*F, C, h, w) -> (B*F, 3, 8h, 8w) in [-1, 1]; num_frames=None means one video of z.shape[0] frames."""
+    def decode(self, z: torch.Tensor, num_frames: int | None = None, return_dict: bool = True,
+               cache: dict | None = None, **kwargs):
+        """(B*F, C, h, w) -> (B*F, 3, 8h, 8w) in [-1, 1]; num_frames=None means one video of z.shape[0] frames.
+
+        cache: an empty dict before a clip's first chunk, then the same dict for each next chunk.
+        """
         num_frames = num_frames or z.shape[0]
         if z.shape[0] % num_frames:
             raise ValueError(f"batch of {z.shape[0]} frames is not a multiple of num_frames={num_frames}")
         m = self.config.latent_magnitude
         x = torch.relu(self.conv_in(torch.tanh(z / m) * m))  # soft-clamp outliers, as TAESD does
         for layer in self.layers:
-            x = layer(x, num_frames)
+            x = layer(x, num_frames, cache) if isinstance(layer, TemporalMix) else layer(x, num_frames)
         sample = self.conv_out(x).mul(2).sub(1)  # trained for [0, 1]; diffusers' convention is [-1, 1]
         return DecoderOutput(sample=sample) if return_dict else (sample,)
 

@@ -113,12 +113,49 @@ def redecode_pipeline(spec, plan, faults: tuple[Fault, ...] = ()) -> Pipeline:
     return _base(spec, plan, stages, faults, metadata)
 
 
+# -- generate-video: conditioning images -> read -> SVD denoise -> temporal decode -> mp4 shards -------
+
+def video_plan(spec):
+    from pipelines.sources.conditioning import plan_conditioning
+
+    return plan_conditioning(spec.input, samples_per_shard=spec.output.samples_per_shard, seed=spec.seed)
+
+
+def video_pipeline(spec, plan, faults: tuple[Fault, ...] = ()) -> Pipeline:
+    from pipelines.config import ImageConfig
+    from pipelines.stages.read import ReadImages, RenderBuiltinImages
+    from pipelines.stages.video import VideoDecode, VideoDenoise
+
+    v = spec.video
+    # The SVD pipeline resizes too, but a batch of conditioning images must share one size.
+    image = ImageConfig(height=v.height, width=v.width, resize="center-crop")
+    if spec.input.builtin is not None:
+        read = StageDef("read", RenderBuiltinImages, {"image": image}, spec.stages.read)
+    else:
+        read = StageDef("read", ReadImages, {"image": image, "storage": spec.input.storage}, spec.stages.read)
+    decode = {"decoder": spec.decoder, "model_reference": spec.model.reference, "video": v, "output": spec.output,
+              "dtype": spec.model.dtype, "batch_size": spec.stages.decode.batch_size}
+    stages = [
+        read,
+        StageDef("denoise", VideoDenoise, {"model": spec.model, "video": v, "batch_size": spec.stages.denoise.batch_size},
+                 spec.stages.denoise),
+        StageDef("decode", VideoDecode, decode, spec.stages.decode),
+    ]
+    metadata = {"job": spec.name, "model": spec.model.reference, "decoder": spec.decoder, "steps": v.steps,
+                "min_guidance_scale": v.min_guidance_scale, "max_guidance_scale": v.max_guidance_scale,
+                "motion_bucket_id": v.motion_bucket_id, "noise_aug_strength": v.noise_aug_strength,
+                "decode_chunk_size": v.decode_chunk_size,
+                "input": spec.input.url if spec.input.url is not None else f"builtin:{spec.input.builtin}"}
+    return _base(spec, plan, stages, faults, metadata)
+
+
 KINDS = {
     k.name: k
     for k in [
         JobKind("generate", generate_plan, generate_pipeline),
         JobKind("encode", input_plan, encode_pipeline),
         JobKind("redecode", input_plan, redecode_pipeline),
+        JobKind("generate-video", video_plan, video_pipeline),
     ]
 }
 

@@ -23,6 +23,8 @@ from jobs.train_spec import TrainDecoderSpec
 from pipelines.config import (
     LATENT_FACTOR,
     MODEL_VAE,
+    MODEL_VIDEO_VAE,
+    ConditioningInput,
     CostConfig,
     EncodeStages,
     ImageConfig,
@@ -34,6 +36,10 @@ from pipelines.config import (
     RedecodeStages,
     SamplerConfig,
     StagesConfig,
+    VideoConfig,
+    VideoModelConfig,
+    VideoOutputConfig,
+    VideoStages,
     require,
 )
 from pipelines.errors import ConfigError
@@ -168,8 +174,42 @@ class RedecodeSpec:
                 "decoder_tiling": self.decoder_tiling, "input": self.input.url, "output": _output_identity(self)}
 
 
-SPEC_CLASSES = {"generate": JobSpec, "encode": EncodeSpec, "redecode": RedecodeSpec, "train-decoder": TrainDecoderSpec}
-AnySpec = Union[JobSpec, EncodeSpec, RedecodeSpec, TrainDecoderSpec]
+@dataclass(frozen=True)
+class VideoSpec:
+    """Image-to-video with Stable Video Diffusion: one clip per conditioning image, as mp4 shards."""
+
+    name: str
+    input: ConditioningInput
+    output: VideoOutputConfig
+    kind: Literal["generate-video"] = "generate-video"
+    model: VideoModelConfig = field(default_factory=VideoModelConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
+    # Clip i gets seed `seed + i` (its noise and the conditioning image's noise augmentation).
+    seed: int = 0
+    # "svd-vae" (the model's own temporal VAE), a video decoder (random:tae-temporal, ...) or a
+    # checkpoint path of one.
+    decoder: str = MODEL_VIDEO_VAE
+    stages: VideoStages = field(default_factory=VideoStages)
+    cost: CostConfig | None = None
+
+    def __post_init__(self):
+        require(bool(self.name.strip()), "name", "a non-empty name", self.name)
+        require(self.seed >= 0, "seed", "an integer >= 0", self.seed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def identity(self) -> dict[str, Any]:
+        output = dataclasses.asdict(self.output)
+        return {"kind": self.kind, "model": dataclasses.asdict(self.model), "video": dataclasses.asdict(self.video),
+                "seed": self.seed, "decoder": self.decoder,
+                "input": {"url": self.input.url, "builtin": self.input.builtin},
+                "output": {k: output[k] for k in ("crf", "preset", "poster", "samples_per_shard", "save_latents")}}
+
+
+SPEC_CLASSES = {"generate": JobSpec, "encode": EncodeSpec, "redecode": RedecodeSpec, "generate-video": VideoSpec,
+                "train-decoder": TrainDecoderSpec}
+AnySpec = Union[JobSpec, EncodeSpec, RedecodeSpec, VideoSpec, TrainDecoderSpec]
 
 
 def load_spec(path: str, overrides: list[str] = (), date: str | None = None) -> AnySpec:
@@ -248,7 +288,7 @@ def check_references(spec: AnySpec) -> None:
     _check_protocol(spec.output.url, "output.url")
     if getattr(spec, "prompts", None) is not None and spec.prompts.file is not None:
         _check_protocol(spec.prompts.file, "prompts.file")
-    if getattr(spec, "input", None) is not None:
+    if getattr(spec, "input", None) is not None and spec.input.url is not None:
         _check_protocol(spec.input.url, "input.url")
     for i, url in enumerate(spec.data.urls if spec.kind == "train-decoder" else ()):
         _check_protocol(url, f"data.urls[{i}]")
@@ -263,7 +303,9 @@ def check_references(spec: AnySpec) -> None:
             detail=f"{reference!r} is neither 'tiny', a Hugging Face id (org/name) nor an existing directory",
         )
     if hasattr(spec, "decoder"):
-        _check_decoder(spec.decoder, spec.model.family)
+        _check_decoder(spec.decoder, spec.model.family, video=isinstance(spec, VideoSpec))
+    if isinstance(spec, VideoSpec):
+        _check_decode_chunks(spec)
 
 
 def _check_protocol(url: str, path: str) -> None:
@@ -289,14 +331,23 @@ def _check_model_dir(reference: str) -> None:
         )
 
 
-def _check_decoder(decoder: str, model_family: str) -> None:
-    """Before any actor starts: the decoder exists, fits the model's latents, and its weights are here."""
+def _check_decoder(decoder: str, model_family: str, video: bool = False) -> None:
+    """Before any actor starts: the decoder exists, decodes this job's kind of latents (images or
+    clips) and the model's latent space, and its weights are here."""
     import decoders
     from decoders.registry import unknown_name_help
 
-    if decoder == MODEL_VAE:
+    if decoder == (MODEL_VIDEO_VAE if video else MODEL_VAE):
         return
     kind = references.kind_of(decoder, builtins=decoders.available())
+    entry = decoders.lookup(decoder) if kind == "builtin" else None
+    if entry is not None and entry.is_video != video:
+        found, wanted = ("an image", "a video") if video else ("a video", "an image")
+        own = MODEL_VIDEO_VAE if video else MODEL_VAE
+        fitting = ", ".join(n for n in decoders.available() if decoders.lookup(n).is_video == video)
+        raise ConfigError("decoder", "", detail=(
+            f"{decoder!r} is {found} decoder; {wanted} job needs {wanted} decoder: {own} (the model's own VAE), "
+            f"one of {fitting}, or a checkpoint of one"))
     try:
         if kind in ("builtin", "hub"):
             decoders.check_latent_space(decoder, model_family)
@@ -315,6 +366,21 @@ def _check_decoder(decoder: str, model_family: str) -> None:
 def _origin(url: str) -> str:
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+
+
+def _check_decode_chunks(spec: VideoSpec) -> None:
+    """Chunks shorter than the clip only for decoders that decode chunks exactly."""
+    import decoders
+
+    chunk, frames = spec.video.decode_chunk_size, spec.video.frames
+    if chunk is None or chunk >= frames:
+        return
+    entry = None if spec.decoder == MODEL_VIDEO_VAE else decoders.lookup(spec.decoder)
+    if spec.decoder == MODEL_VIDEO_VAE or (entry is not None and not entry.supports_chunking):
+        raise ConfigError("video.decode_chunk_size", "", detail=(
+            f"decoder {spec.decoder!r} cannot decode a clip in chunks of frames with the frames of a whole-clip "
+            f"decode (its temporal layers see every frame); set it to null or >= video.frames ({frames}), or use "
+            f"a decoder that chunks exactly (random:tae-temporal or a checkpoint of it)"))
 
 
 def _line_of(path: str, lines: dict[str, int]) -> int | None:

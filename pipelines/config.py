@@ -322,3 +322,108 @@ class CostConfig:
             value = getattr(self, name)
             require_finite(value, name, "a price >= 0 (per hour)")
         require(bool(self.currency.strip()), "currency", "a currency name, e.g. USD", self.currency)
+
+
+# -- video (kind: generate-video) -------------------------------------------------------------------
+
+# `decoder: svd-vae` in a video job is the model's own temporal VAE (the tiny model's tiny one).
+MODEL_VIDEO_VAE = "svd-vae"
+
+
+@dataclass(frozen=True)
+class VideoModelConfig(ModelConfig):
+    """As ModelConfig; a reference is "tiny" (the built-in tiny SVD), a Hugging Face id (e.g.
+    stabilityai/stable-video-diffusion-img2vid) or a from_pretrained directory."""
+
+    family: Literal["svd"] = "svd"
+
+
+@dataclass(frozen=True)
+class ConditioningInput:
+    """The images clips start from: an image source (`url`) or `builtin: N` deterministic images."""
+
+    # A latentmill output or other webdataset tar shards, a folder of images, or a .parquet/.jsonl
+    # list, at any fsspec URL (as `input.url` of encode).
+    url: str | None = None
+    # N built-in images (smooth colour patterns, the same on every machine): demos and tests.
+    builtin: int | None = None
+    format: Literal["auto", "webdataset", "folder", "list"] = "auto"
+    storage: StorageConfig = field(default_factory=StorageConfig)
+
+    def __post_init__(self):
+        if (self.url is None) == (self.builtin is None):
+            raise ConfigError("", "", detail="give exactly one of input.url or input.builtin")
+        if self.url is not None:
+            require(bool(self.url.strip()), "url", "an input URL or path", self.url)
+        if self.builtin is not None:
+            require(self.builtin > 0, "builtin", "a positive number of built-in images", self.builtin)
+
+
+@dataclass(frozen=True)
+class VideoConfig:
+    """Every clip: its length and rate, size, sampling and Stable Video Diffusion's conditioning."""
+
+    frames: int = 14
+    fps: int = 7  # of the mp4, and SVD's fps conditioning (the UNet sees fps - 1)
+    height: int = 576
+    width: int = 1024
+    steps: int = 25
+    # Classifier-free guidance rises linearly from the first frame to the last, as in SVD.
+    min_guidance_scale: float = 1.0
+    max_guidance_scale: float = 3.0
+    motion_bucket_id: int = 127  # more: more motion
+    noise_aug_strength: float = 0.02  # noise added to the conditioning image
+    # Frames decoded at once (memory bound); null: the whole clip. Shorter chunks need a decoder
+    # that decodes chunks exactly (tae-temporal); the SVD VAE decodes whole clips.
+    decode_chunk_size: int | None = None
+
+    def __post_init__(self):
+        require(self.frames >= 1, "frames", "an integer >= 1", self.frames)
+        require(self.fps > 0, "fps", "a positive integer (frames per second)", self.fps)
+        require(self.steps > 0, "steps", "a positive integer", self.steps)
+        require(self.min_guidance_scale >= 0, "min_guidance_scale", "a number >= 0", self.min_guidance_scale)
+        require(self.max_guidance_scale >= self.min_guidance_scale, "max_guidance_scale",
+                f"a number >= min_guidance_scale ({self.min_guidance_scale})", self.max_guidance_scale)
+        require(self.motion_bucket_id >= 0, "motion_bucket_id", "an integer >= 0", self.motion_bucket_id)
+        require(self.noise_aug_strength >= 0, "noise_aug_strength", "a number >= 0", self.noise_aug_strength)
+        for name in ("height", "width"):
+            value = getattr(self, name)
+            require(value > 0 and value % LATENT_FACTOR == 0, name,
+                    f"a positive multiple of {LATENT_FACTOR} (the VAE's latent factor)", value)
+        if self.decode_chunk_size is not None:
+            require(self.decode_chunk_size >= 1, "decode_chunk_size", "an integer >= 1 or null (all frames)",
+                    self.decode_chunk_size)
+
+
+@dataclass(frozen=True)
+class VideoOutputConfig:
+    url: str
+    samples_per_shard: int = 64
+    crf: int = 18  # H.264 constant rate factor: 0 lossless .. 51 worst; 18 looks lossless to most eyes
+    preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower",
+                    "veryslow"] = "medium"
+    poster: bool = True  # the first frame as <key>.poster.png
+    save_latents: bool = False  # the clip's latents (F, C, h, w) as <key>.latent.npy
+    mode: Literal["resume", "overwrite", "extend"] = "resume"
+    storage: StorageConfig = field(default_factory=StorageConfig)
+
+    def __post_init__(self):
+        require(bool(self.url.strip()), "url", "an output URL or path", self.url)
+        require(0 <= self.crf <= 51, "crf", "an integer from 0 to 51", self.crf)
+        require(self.samples_per_shard > 0, "samples_per_shard", "a positive integer", self.samples_per_shard)
+
+
+@dataclass(frozen=True)
+class VideoStages:
+    # Defaults fit a 2-CPU machine with no GPU, as for images.
+    read: StageResources = field(default_factory=lambda: StageResources(num_gpus=0, num_cpus=0.25, batch_size=2))
+    denoise: StageResources = field(default_factory=lambda: StageResources(num_cpus=1.0, batch_size=2))
+    # Clips per decode call; frames per call are bounded by video.decode_chunk_size.
+    decode: StageResources = field(default_factory=lambda: StageResources(num_cpus=0.5, batch_size=1))
+    write: WriteResources = field(default_factory=WriteResources)
+    max_retries: int = 2
+
+    def __post_init__(self):
+        require(self.max_retries >= 0, "max_retries", "an integer >= 0", self.max_retries)
+        _check_chunking("read", self.read.batch_size, "denoise", self.denoise.batch_size)
+        _check_chunking("denoise", self.denoise.batch_size, "decode", self.decode.batch_size)

@@ -92,6 +92,7 @@ def build_job_report(layout: OutputLayout, now: float | None = None) -> dict:
             "cpu_hours": round(cpu_hours, 8),
             "cost": job_cost(runs, committed),
         },
+        "video": _video_throughput(record, generated, wall),
         "stages": stages,
         "runs": [_run_row(run) for run in runs],
         "generated_at": round(now, 3),
@@ -116,6 +117,16 @@ def job_cost(runs: list[dict], committed: int) -> dict | None:
         "runs_priced": len(priced),
         "runs": len(runs),
     }
+
+
+def _video_throughput(record: dict, clips: int, wall: float) -> dict | None:
+    """Clips/s and frames/s of a video job (a sample is a clip of `video.frames` frames); None otherwise."""
+    frames = ((record.get("spec") or {}).get("video") or {}).get("frames")
+    if not frames:
+        return None
+    per_s = clips / wall if wall > 0 else None
+    return {"frames_per_clip": frames, "clips_per_s": per_s and round(per_s, 4),
+            "frames_per_s": per_s and round(per_s * frames, 3)}
 
 
 def _run_status(run: dict, now: float) -> dict:
@@ -246,6 +257,9 @@ def render_markdown(report: dict, chart: bool = True) -> str:
         + (f"{cost['total']:.4f} {cost['currency']} | {_num(cost['per_1000_images'], 4)} {cost['currency']} |"
            if cost and cost["total"] is not None else "not priced | add `cost: {gpu_hour: ..., cpu_hour: ...}` to the spec |"),
         "",
+        *([f"Video: {_num(report['video']['clips_per_s'], 4)} clips/s, {_num(report['video']['frames_per_s'], 3)} frames/s "
+           f"({report['video']['frames_per_clip']} frames per clip; a sample above is a clip).", ""]
+          if report.get("video") else []),
         "## Stages (all runs)",
         "",
         "| stage | items in | items out | batches | items/s | busy s | idle s | utilisation | capacity items/s | batch s mean / p50 / p95 "

@@ -13,6 +13,7 @@ from collections import Counter
 
 from pipelines.errors import OutputConflict
 from pipelines.sinks.layout import OutputLayout
+from pipelines.sinks.video import check_clips
 from pipelines.tables import table_from_bytes
 
 REPAIR_HINT = "rerun `latentmill run SPEC` on this output to regenerate what is damaged or missing"
@@ -104,6 +105,7 @@ def _check_shard(layout: OutputLayout, name: str, marker: dict, full: bool) -> t
     ok_keys = sorted(r["key"] for r in rows if r.get("status", "ok") == "ok")
     failed_keys = sorted(r["key"] for r in rows if r.get("status") == "failed")
     rejected_keys = sorted(r["key"] for r in rows if r.get("status") == "rejected")
+    problems += [f"shard {name}: {p}" for p in check_clips(data, rows)]  # every mp4 decoded, vs its row
     if ok_keys != tar_keys:
         problems.append(f"shard {name}: manifest lists {len(ok_keys)} samples, tar holds {len(tar_keys)}")
     if marker["samples"] != len(tar_keys) or marker.get("failed", 0) != len(failed_keys):

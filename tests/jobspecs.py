@@ -50,11 +50,11 @@ SLOW = {
 
 def spec_dict(output_url: str, **changes) -> dict:
     """BASE with output.url set; `changes` maps dotted paths to values (None deletes the field)."""
-    return _changed(BASE, output_url, changes)
+    return changed(BASE, output_url, **changes)
 
 
 def encode_spec_dict(input_url, output_url, **changes) -> dict:
-    return _changed(ENCODE_BASE, output_url, {"input__url": str(input_url), **changes})
+    return changed(ENCODE_BASE, output_url, **{"input__url": str(input_url), **changes})
 
 
 def kind_spec_dict(kind: str, output_url, photos=None, slow: bool = False, **changes) -> dict:
@@ -63,7 +63,8 @@ def kind_spec_dict(kind: str, output_url, photos=None, slow: bool = False, **cha
     return spec_dict(output_url, **changes) if kind == "generate" else encode_spec_dict(photos, output_url, **changes)
 
 
-def _changed(base: dict, output_url, changes: dict) -> dict:
+def changed(base: dict, output_url, **changes) -> dict:
+    """A copy of the spec `base` with output.url set and `changes` (a__b=value sets a.b; None deletes)."""
     spec = copy.deepcopy(base)
     spec["output"]["url"] = str(output_url)
     for dotted, value in changes.items():

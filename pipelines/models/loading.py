@@ -34,11 +34,14 @@ def cache_dir() -> Path:
     return Path(os.environ.get("LATENTMILL_CACHE", Path.home() / ".cache" / "latentmill"))
 
 
-def resolve_reference(reference: str) -> str:
-    """What from_pretrained takes: a local directory, or a Hugging Face id as it is."""
+def resolve_reference(reference: str, tiny=None) -> str:
+    """What from_pretrained takes: a local directory, or a Hugging Face id as it is.
+
+    `tiny`: the function that saves the built-in tiny model of the family (default: tiny SDXL).
+    """
     kind = references.kind_of(reference, builtins=(TINY_REFERENCE,))
     if kind == "builtin":
-        return str(ensure_tiny_sdxl())
+        return str((tiny or ensure_tiny_sdxl)())
     if kind == "path" and references.is_url(reference) and not reference.startswith("file://"):
         return str(_copy_remote_dir(reference))
     if kind == "path":
@@ -47,15 +50,20 @@ def resolve_reference(reference: str) -> str:
 
 
 def ensure_tiny_sdxl() -> Path:
-    """Save the built-in tiny SDXL once per machine; concurrent actors race safely via rename."""
-    target = cache_dir() / "models" / TINY_VERSION
-    if (target / "model_index.json").exists():
-        return target
     from pipelines.models.tiny_sdxl import build_tiny_sdxl_pipeline
 
+    return ensure_saved(TINY_VERSION, build_tiny_sdxl_pipeline)
+
+
+def ensure_saved(version: str, build) -> Path:
+    """Save the pipeline `build()` makes once per machine under `version`; concurrent actors race
+    safely via rename."""
+    target = cache_dir() / "models" / version
+    if (target / "model_index.json").exists():
+        return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{TINY_VERSION}-", dir=target.parent))
-    build_tiny_sdxl_pipeline().save_pretrained(staging)
+    staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=target.parent))
+    build().save_pretrained(staging)
     try:
         staging.rename(target)
     except OSError:  # another process finished first; its copy is identical
@@ -110,5 +118,26 @@ def load_denoise_pipeline(reference: str, dtype: str, scheduler: str):
     if scheduler != "default":
         scheduler_cls = getattr(diffusers, SCHEDULERS[scheduler])
         pipe.scheduler = scheduler_cls.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def ensure_tiny_svd() -> Path:
+    from pipelines.models.tiny_svd import TINY_SVD_VERSION, build_tiny_svd_pipeline
+
+    return ensure_saved(TINY_SVD_VERSION, build_tiny_svd_pipeline)
+
+
+def load_video_pipeline(reference: str, dtype: str):
+    """A StableVideoDiffusionPipeline with its image encoder, UNet, scheduler and VAE: the VAE's
+    encoder makes the conditioning latents; decoding is the decode stage's, on its own devices."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+    pipe = diffusers.StableVideoDiffusionPipeline.from_pretrained(
+        resolve_reference(reference, tiny=ensure_tiny_svd), dtype=torch_dtype(dtype)
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe

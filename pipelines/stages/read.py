@@ -43,13 +43,14 @@ def decode_image(data: bytes) -> Image.Image | str:
 
 
 class ReadImages:
-    """samples -> uint8 pixels (B, H, W, 3) at the spec's size; unusable inputs rejected."""
+    """samples -> uint8 pixels (B, H, W, 3) at the spec's size; unusable inputs rejected. The kept
+    samples go along (`samples`) for stages that need more than their keys (a clip's seed)."""
 
     def __init__(self, image: ImageConfig, storage: StorageConfig | None = None):
         self.image, self.storage = image, storage
 
     def __call__(self, batch: dict) -> dict:
-        keys, pixels, rejected = [], [], {}
+        kept, pixels, rejected = [], [], {}
         datas = read_members(batch["samples"], "image", self.storage, return_errors=True)
         for sample, data in zip(batch["samples"], datas):
             image = str(data) if isinstance(data, Exception) else decode_image(data)
@@ -58,10 +59,29 @@ class ReadImages:
             if isinstance(image, str):
                 rejected[sample["key"]] = image
                 continue
-            keys.append(sample["key"])
+            kept.append(sample)
             pixels.append(np.asarray(image, dtype=np.uint8))
-        empty = np.zeros((0, self.image.height, self.image.width, 3), np.uint8)
-        return {"keys": keys, "pixels": np.stack(pixels) if pixels else empty, "rejected": rejected}
+        return pixel_batch(kept, pixels, self.image, rejected)
+
+
+def pixel_batch(samples: list[dict], pixels: list[np.ndarray], size: ImageConfig, rejected: dict | None = None) -> dict:
+    empty = np.zeros((0, size.height, size.width, 3), np.uint8)
+    return {"keys": [s["key"] for s in samples], "samples": samples,
+            "pixels": np.stack(pixels) if pixels else empty, "rejected": rejected or {}}
+
+
+class RenderBuiltinImages:
+    """samples of `input: {builtin: N}` -> their built-in images (pipelines/sources/conditioning.py)."""
+
+    def __init__(self, image: ImageConfig):
+        self.image = image
+
+    def __call__(self, batch: dict) -> dict:
+        from pipelines.sources.conditioning import render_builtin
+
+        samples = batch["samples"]
+        pixels = [render_builtin(s["source"]["builtin"], self.image.height, self.image.width) for s in samples]
+        return pixel_batch(samples, pixels, self.image)
 
 
 class ReadLatents:

@@ -1,0 +1,290 @@
+"""Video jobs (kind: generate-video) end to end on a real local Ray with the tiny SVD: mp4 shards
+opened with PyAV, chunked decoding, conditioning images from image sources, kills and bad input."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import av
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+import decoders
+from jobs.local import run_job
+from jobs.spec import parse_spec
+from pipelines.errors import ConfigError
+from pipelines.readers import webdataset
+from pipelines.sinks.layout import OutputLayout
+from pipelines.verify import verify_output
+from tests.conftest import REPO
+from tests.jobspecs import changed, spec_dict
+from tests.test_storage import markers, run_in_thread, wait_for_commit
+
+EXAMPLE = os.path.join(REPO, "jobs", "examples", "video-quickstart.yaml")
+SIZE, FRAMES = 64, 8
+
+VIDEO_BASE = {
+    "name": "test-video",
+    "kind": "generate-video",
+    "model": {"family": "svd", "reference": "tiny"},
+    "input": {"builtin": 4},
+    "video": {"frames": FRAMES, "fps": 6, "height": SIZE, "width": SIZE, "steps": 2},
+    "seed": 3,
+    "decoder": "svd-vae",
+    "output": {"url": "OUT", "samples_per_shard": 2},
+    "stages": {"read": {"num_gpus": 0, "num_cpus": 0.25, "batch_size": 2},
+               "denoise": {"num_gpus": 0, "num_cpus": 0.75, "batch_size": 2},
+               "decode": {"num_gpus": 0, "num_cpus": 0.5, "batch_size": 1},
+               "write": {"num_cpus": 0.25, "concurrency": 2}},
+}
+
+
+def video_dict(output_url, **changes) -> dict:
+    return changed(VIDEO_BASE, output_url, **changes)
+
+
+def parse(data: dict):
+    return parse_spec(yaml.safe_dump(data), source="video.yaml")
+
+
+def cli(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "jobs.cli", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def manifest_rows(url) -> list[dict]:
+    return [row for path in sorted((OutputLayout(str(url)).fs.glob(f"{url}/shards/*.parquet")))
+            for row in pq.read_table(path).to_pylist()]
+
+
+def opened_with_pyav(data: bytes) -> dict:
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.video[0]
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+        return {"frames": len(frames), "width": stream.codec_context.width, "height": stream.codec_context.height,
+                "fps": float(stream.average_rate), "codec": stream.codec_context.name,
+                "pix_fmt": stream.codec_context.pix_fmt, "pixels": np.stack(frames)}
+
+
+# -- the example, through the command line ------------------------------------------------------------
+
+def test_video_quickstart_writes_clips_that_pyav_opens_as_the_manifest_says(ray_cluster, tmp_path):
+    out = tmp_path / "video-quickstart"
+    run = cli("run", EXAMPLE, "--address", ray_cluster, "--quiet", "--set", f"output.url={out}")
+    assert run.returncode == 0, run.stderr[-3000:]
+    verify = cli("verify", str(out), "--json")
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    result = json.loads(verify.stdout)
+    assert result["ok"] and result["samples"] >= 8 and result["committed_shards"] >= 2, result
+
+    rows = {r["key"]: r for r in manifest_rows(out)}
+    samples = list(webdataset(str(out)))
+    assert sorted(s["__key__"] for s in samples) == sorted(rows) and len(rows) >= 8
+    for sample in samples:
+        row, clip = rows[sample["__key__"]], opened_with_pyav(sample["mp4"])
+        assert row["frames"] >= 8 and row["status"] == "ok"
+        assert (clip["frames"], clip["width"], clip["height"]) == (row["frames"], row["width"], row["height"])
+        assert clip["fps"] == row["fps"] == 7 and row["duration"] == pytest.approx(row["frames"] / row["fps"])
+        assert (clip["codec"], clip["pix_fmt"], row["codec"]) == ("h264", "yuv420p", "h264")
+        assert row["bytes"] == len(sample["mp4"])
+        poster = np.asarray(Image.open(io.BytesIO(sample["poster.png"])).convert("RGB")).astype(int)
+        assert np.abs(poster - clip["pixels"][0]).mean() < 12  # the first frame, before H.264
+        meta = json.loads(sample["json"])
+        assert meta["conditioning_key"] == sample["__key__"] and meta["seed"] == meta["index"]  # seed 0 + index
+    report = json.loads((out / "report.json").read_text())
+    assert report["video"]["frames_per_clip"] == 8 and report["video"]["frames_per_s"] > 0
+    assert "frames/s" in (out / "report.md").read_text()
+
+
+# -- chunked decoding ------------------------------------------------------------------------------
+
+def video_latents(clips=2, frames=FRAMES, seed=0) -> torch.Tensor:
+    return torch.randn(clips, frames, 4, SIZE // 8, SIZE // 8, generator=torch.Generator().manual_seed(seed))
+
+
+def test_chunked_decode_gives_the_whole_clip_decode_within_one_intensity_level():
+    from pipelines.config import VideoConfig, VideoOutputConfig
+    from pipelines.stages.video import VideoDecode
+
+    latents = video_latents()
+    frames = {}
+    for chunk in (1, 3, None):
+        video = VideoConfig(frames=FRAMES, fps=6, height=SIZE, width=SIZE, decode_chunk_size=chunk)
+        stage = VideoDecode("random:tae-temporal-tiny", "tiny", video, VideoOutputConfig(url="unused"), device="cpu")
+        frames[chunk] = stage.frames(latents).astype(int)
+    assert frames[None].shape == (2, FRAMES, SIZE, SIZE, 3)
+    assert frames[None].std() > 1  # varied pixels, not a constant image
+    for chunk in (1, 3):
+        assert np.abs(frames[chunk] - frames[None]).max() <= 1, chunk
+    # Causal: the first frames do not depend on later latents.
+    changed = latents.clone()
+    changed[:, 4:] += 1.0
+    dec = decoders.load("random:tae-temporal-tiny", device="cpu")
+    torch.testing.assert_close(dec.decode(changed, chunk_frames=3)[:, :4], dec.decode(latents)[:, :4])
+
+
+def test_decoders_without_exact_chunks_refuse_them_in_the_decoder_and_the_spec(tmp_path):
+    svd = decoders.load("random:svd-vae-tiny", device="cpu")
+    assert not svd.supports_chunking and decoders.lookup("random:tae-temporal").supports_chunking
+    with pytest.raises(ValueError, match="cannot decode a clip in chunks"):
+        svd.decode(video_latents(clips=1), chunk_frames=3)
+    assert svd.decode(video_latents(clips=1), chunk_frames=FRAMES).shape == (1, FRAMES, 3, SIZE, SIZE)
+    for decoder in ("svd-vae", "random:svd-vae"):
+        with pytest.raises(ConfigError, match=r"video.decode_chunk_size.*cannot decode a clip in chunks"):
+            parse(video_dict(tmp_path, decoder=decoder, video__decode_chunk_size=3))
+    assert parse(video_dict(tmp_path, decoder="random:tae-temporal-tiny", video__decode_chunk_size=3))
+
+
+# -- the model: from_pretrained directories ----------------------------------------------------------
+
+def test_tiny_svd_runs_from_a_save_pretrained_directory_like_the_builtin(cache_dir, tmp_path):
+    from pipelines.config import VideoConfig, VideoModelConfig
+    from pipelines.models.tiny_svd import build_tiny_svd_pipeline
+    from pipelines.sources.conditioning import render_builtin
+    from pipelines.stages.video import VideoDenoise
+
+    saved = tmp_path / "my-svd"
+    build_tiny_svd_pipeline().save_pretrained(saved)
+    assert (saved / "model_index.json").exists() and (saved / "unet" / "config.json").exists()
+    video = VideoConfig(frames=4, fps=6, height=SIZE, width=SIZE, steps=2)
+    batch = {"keys": ["a"], "samples": [{"key": "a", "seed": 5}], "pixels": render_builtin(0, SIZE, SIZE)[None]}
+    latents = {ref: VideoDenoise(VideoModelConfig(reference=ref), video, device="cpu")(batch)["latents"]
+               for ref in ("tiny", str(saved))}
+    assert latents["tiny"].shape == (1, 4, 4, SIZE // 8, SIZE // 8)
+    np.testing.assert_array_equal(latents["tiny"], latents[str(saved)])
+
+
+# -- conditioning images from image sources --------------------------------------------------------
+
+def test_clips_from_an_image_output_keep_its_keys_and_prompts(ray_cluster, tmp_path):
+    images = tmp_path / "images"
+    run_job(parse_spec(yaml.safe_dump(spec_dict(images, num_images=3, output__samples_per_shard=3))), progress=False)
+    out = tmp_path / "clips"
+    report = run_job(parse(video_dict(out, input={"url": str(images)}, video__frames=4)), progress=False)
+    assert report["generated"] == 3
+    assert verify_output(str(out))["ok"]
+    prompts = {s["__key__"]: s["txt"] for s in webdataset(str(images))}
+    clips = {s["__key__"]: s for s in webdataset(str(out))}
+    assert clips.keys() == prompts.keys()
+    for key, clip in clips.items():
+        assert clip["txt"] == prompts[key]  # the conditioning image's prompt is the clip's caption
+        assert json.loads(clip["json"])["conditioning_key"] == key
+        assert opened_with_pyav(clip["mp4"])["frames"] == 4
+
+
+def test_an_unreadable_conditioning_image_is_recorded_and_the_job_goes_on(ray_cluster, tmp_path):
+    from pipelines.sources.conditioning import render_builtin
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(render_builtin(i, 48, 80)).save(folder / f"good-{i}.png")  # other size: cropped
+    (folder / "broken.png").write_text("not a picture")
+    out = tmp_path / "clips"
+    report = run_job(parse(video_dict(out, input={"url": str(folder)}, video__frames=4)), progress=False)
+    assert report["failed"] == 0
+    rows = manifest_rows(out)
+    assert sorted(r["status"] for r in rows) == ["ok", "ok", "ok", "rejected"]
+    broken = next(r for r in rows if r["status"] == "rejected")
+    assert "broken.png" in broken["source"] and "not a readable image" in broken["error"]
+    assert len(list(webdataset(str(out)))) == 3
+
+
+# -- bad input -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("changes, message", [
+    ({"video__frames": 0}, r"video.frames: expected an integer >= 1, got 0"),
+    ({"video__fps": 0}, r"video.fps: expected a positive integer"),
+    ({"video__fps": -3}, r"video.fps: expected a positive integer"),
+    ({"video__height": 60}, r"video.height: expected a positive multiple of 8"),
+    ({"decoder": "sdxl-vae"}, r"decoder.*'sdxl-vae' is an image decoder; a video job needs a video decoder"),
+    ({"decoder": "random:taesd"}, r"decoder.*'random:taesd' is an image decoder"),
+    ({"input": {"builtin": 2, "url": "/tmp"}}, r"give exactly one of input.url or input.builtin"),
+    ({"input": {}}, r"give exactly one of input.url or input.builtin"),
+    ({"model": {"family": "sdxl"}}, r"model.family"),
+])
+def test_bad_video_specs_are_clear_errors(tmp_path, changes, message):
+    with pytest.raises(ConfigError, match=message):
+        parse(video_dict(tmp_path, **changes))
+
+
+@pytest.mark.parametrize("decoder", ["random:tae-temporal", "random:svd-vae-tiny"])
+def test_a_video_decoder_in_an_image_job_is_a_clear_error(tmp_path, decoder):
+    with pytest.raises(ConfigError, match=rf"decoder.*'{decoder}' is a video decoder; an image job needs an image decoder"):
+        parse_spec(yaml.safe_dump(spec_dict(tmp_path, decoder=decoder)))
+
+
+def test_a_bad_spec_exits_2_naming_the_field(tmp_path):
+    path = tmp_path / "video.yaml"
+    path.write_text(yaml.safe_dump(video_dict(tmp_path / "out", video__fps=0)))
+    run = cli("run", str(path), "--dry-run")
+    assert run.returncode == 2 and "video.fps" in run.stderr and "Traceback" not in run.stderr
+
+
+# -- kills -----------------------------------------------------------------------------------------
+
+# 8 shards of 2 clips: slow enough (about 1 s per clip here) that kills land mid-run.
+SLOW = {"input": {"builtin": 16}}
+
+
+def tar_digests(spec) -> dict[str, str]:
+    return {name: m["tar_sha256"] for name, m in markers(spec).items()}
+
+
+def test_driver_killed_mid_video_run_resumes_to_the_uninterrupted_output(ray_cluster, tmp_path):
+    path = tmp_path / "video.yaml"
+    path.write_text(yaml.safe_dump(video_dict(tmp_path / "killed", **SLOW)))
+    spec = parse_spec(path.read_text())
+    driver = subprocess.Popen([sys.executable, "-m", "jobs.cli", "run", str(path), "--address", ray_cluster, "--quiet"],
+                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 300
+    try:
+        while not (OutputLayout(spec.output.url).read_job() and markers(spec)):
+            assert driver.poll() is None, driver.stdout.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "no shard committed in time"
+            time.sleep(0.05)
+    finally:
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+    at_kill = tar_digests(spec)
+    assert 1 <= len(at_kill) < 8, f"the kill must land mid-run, {len(at_kill)} of 8 shards were committed"
+
+    report = run_job(spec, progress=False)
+    assert report["already_committed"] + report["generated"] == 16
+    assert report["generated"] <= 16 - 2 * len(at_kill)
+    result = verify_output(spec.output.url)
+    assert result["ok"] and (result["unique_keys"], result["duplicates"], result["missing"]) == (16, 0, 0), result
+
+    reference = parse(video_dict(tmp_path / "uninterrupted", **SLOW))
+    run_job(reference, progress=False)
+    # Same seeds, same batches, one x264 thread: every shard is byte-identical, mp4s included.
+    assert tar_digests(spec) == tar_digests(reference)
+
+
+def test_killed_video_actors_are_restarted_and_nothing_is_lost(ray_cluster, tmp_path):
+    import psutil
+
+    spec = parse(video_dict(tmp_path / "out", **SLOW))
+    thread, outcome = run_in_thread(spec)
+    wait_for_commit(spec, thread, timeout=300)
+    actors = [p for p in psutil.Process().children(recursive=True) if "StageActor" in " ".join(p.cmdline())]
+    assert len(actors) >= 3  # read, denoise and decode
+    at_kill = len(markers(spec))
+    for process in actors:
+        process.send_signal(signal.SIGKILL)
+    assert at_kill < 8, "the kill must land mid-run"
+    thread.join(timeout=600)
+    assert "error" not in outcome, outcome.get("error")
+    assert outcome["report"]["generated"] == 16
+    result = verify_output(spec.output.url)
+    assert result["ok"] and (result["unique_keys"], result["duplicates"], result["missing"]) == (16, 0, 0), result
