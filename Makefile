@@ -27,6 +27,7 @@ quickstart: $(STAMP)
 	$(BIN)/latentmill verify ./latentmill-output/quickstart
 
 test: $(STAMP)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 image:

@@ -307,7 +307,7 @@ def _time_row_subprocess(args, variant, dtype_name, size) -> dict:
                repeats=args.repeats, budget_s=args.budget_s, threads=args.threads or torch.get_num_threads())
     proc = subprocess.run([sys.executable, "-m", "decoders.bench", "--_worker", json.dumps(job)],
                           capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)) or ".")
-    lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode or not lines:
         return {"skipped": f"worker failed: {proc.stderr.strip().splitlines()[-1:]}", "median_s": None}
     return json.loads(lines[-1])
@@ -342,7 +342,7 @@ def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"

@@ -120,7 +120,7 @@ def _convert_dataclass(cls: type, value: Any, path: str, default: Any) -> Any:
     try:
         instance = dataclasses.replace(default, **kwargs) if isinstance(default, cls) else cls(**kwargs)
     except ConfigError as exc:
-        raise exc.under(path) if path else exc
+        raise (exc.under(path) if path else exc) from None
     return instance
 
 

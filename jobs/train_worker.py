@@ -9,11 +9,11 @@ import time
 
 import torch
 
+from jobs.schema import build as build_spec
 from jobs.train import DECODER_DIR, STATE_JSON, STATE_TENSORS, temporary_dir, write_tree
-from jobs.train_data import batches, shards_from, held_out_samples, units, worker_stream
+from jobs.train_data import batches, held_out_samples, shards_from, units, worker_stream
 from jobs.train_report import write_report
 from jobs.train_spec import TrainDecoderSpec
-from jobs.schema import build as build_spec
 
 
 def _spec(config: dict) -> TrainDecoderSpec:

@@ -73,7 +73,7 @@ def test_encode_a_generate_output_keeps_keys_and_writes_latents_webdataset_reads
     assert (result["samples"], result["missing"], result["duplicates"]) == (16, 0, 0)
     samples = read_samples(out)
     assert sorted(samples) == sorted(read_samples(gen_out))  # the input's keys, kept
-    for key, sample in samples.items():
+    for sample in samples.values():
         latents = np.load(io.BytesIO(sample["latent.npy"]))
         assert latents.shape == (4, SIZE // 8, SIZE // 8) and latents.dtype == np.float32
         meta = json.loads(sample["json"])

@@ -21,8 +21,8 @@ import posixpath
 
 import fsspec
 
-from pipelines.errors import ConfigError
 from decoders.references import is_path as is_path_reference
+from pipelines.errors import ConfigError
 from pipelines.models.loading import TINY_REFERENCE, TINY_VERSION, cache_dir, remote_version
 
 CHUNK = 8 << 20

@@ -27,7 +27,15 @@ from pipelines.config import StorageConfig
 from pipelines.errors import OutputConflict
 from pipelines.plan import Plan
 from pipelines.sinks.lease import LEASE_DIR
-from pipelines.sinks.storage import check_reachable, open_output, read_json, read_table, retrying, streaming_writer, write_json
+from pipelines.sinks.storage import (
+    check_reachable,
+    open_output,
+    read_json,
+    read_table,
+    retrying,
+    streaming_writer,
+    write_json,
+)
 
 JOB_FILE = "latentmill.json"
 PLAN_FILE = "plan.parquet"

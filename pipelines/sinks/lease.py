@@ -125,7 +125,7 @@ class OutputLease:
             self.generation = generation + 1
             self._taken_at = _iso(now)
             data = json.dumps(self._record(now), indent=2, sort_keys=True).encode()
-            won = self.layout.retrying("taking the lease", lambda: create_exclusive(self.layout.fs, self._path(self.generation), data))
+            won = self.layout.retrying("taking the lease", lambda data=data: create_exclusive(self.layout.fs, self._path(self.generation), data))
             if not won:
                 continue  # another driver took this generation first: look at it
             self._expires_unix = now + self.ttl_s

@@ -28,6 +28,7 @@ from pipelines.sinks.layout import OutputLayout, shard_files
 from pipelines.sinks.storage import read_table, streaming_writer, write_atomic, write_json
 from pipelines.tables import table_to_bytes
 
+
 class _HashingWriter:
     """Pass-through file wrapper that counts and hashes what goes to storage."""
 

@@ -3,6 +3,7 @@ import torch
 
 import decoders
 
+
 @pytest.fixture(scope="session")
 def tiny():
     """Tiny (few-channel) random-weight decoder per registered name, same classes as the real ones."""
