@@ -107,11 +107,11 @@ def measure_stages(spec, plan, batches: int, workdir: str, all_cores: int | None
     d_threads = actor_threads(spec.stages.denoise.num_cpus)
     c_threads = actor_threads(spec.stages.decode.num_cpus)
 
-    denoise = denoise_def.cls(**denoise_def.kwargs)
+    denoise = denoise_def.build()
     t_denoise, latents = _timed(denoise, denoise_batches, d_threads)
     t_denoise_all = _timed(denoise, denoise_batches, all_cores)[0] if all_cores else None
     del denoise
-    decode = decode_def.cls(**decode_def.kwargs)
+    decode = decode_def.build()
     # The pipeline hands decode the denoise batches as they are; it decodes them in chunks of its own batch_size.
     t_decode, decoded = _timed(decode, latents, c_threads)
     t_decode_all = _timed(decode, latents, all_cores)[0] if all_cores else None

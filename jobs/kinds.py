@@ -50,17 +50,14 @@ def generate_plan(spec):
 
 
 def generate_pipeline(spec, plan, faults: tuple[Fault, ...] = ()) -> Pipeline:
-    from pipelines.stages.decode import Decode
-    from pipelines.stages.denoise import Denoise
-
     decode = {
         "decoder": spec.decoder, "model_reference": spec.model.reference, "image_format": spec.output.image_format,
         "quality": spec.output.quality, "save_latents": spec.output.save_latents, "dtype": spec.model.dtype,
         "tiling": spec.decoder_tiling, "batch_size": spec.stages.decode.batch_size,
     }
     stages = [
-        StageDef("denoise", Denoise, {"model": spec.model, "sampler": spec.sampler}, spec.stages.denoise),
-        StageDef("decode", Decode, decode, spec.stages.decode),
+        StageDef("denoise", "pipelines.stages.denoise:Denoise", {"model": spec.model, "sampler": spec.sampler}, spec.stages.denoise),
+        StageDef("decode", "pipelines.stages.decode:Decode", decode, spec.stages.decode),
     ]
     s = spec.sampler
     metadata = {"job": spec.name, "model": spec.model.reference, "decoder": spec.decoder, "scheduler": s.scheduler,
@@ -78,17 +75,14 @@ def input_plan(spec):
 
 
 def encode_pipeline(spec, plan, faults: tuple[Fault, ...] = ()) -> Pipeline:
-    from pipelines.stages.encode import Encode
-    from pipelines.stages.read import ReadImages
-
     encode = {
         "encoder": "sdxl-vae", "model_reference": spec.model.reference, "latent_dtype": spec.latent_dtype,
         "image_format": spec.output.image_format, "quality": spec.output.quality, "dtype": spec.model.dtype,
         "batch_size": spec.stages.encode.batch_size,
     }
     stages = [
-        StageDef("read", ReadImages, {"image": spec.image, "storage": spec.input.storage}, spec.stages.read),
-        StageDef("encode", Encode, encode, spec.stages.encode),
+        StageDef("read", "pipelines.stages.read:ReadImages", {"image": spec.image, "storage": spec.input.storage}, spec.stages.read),
+        StageDef("encode", "pipelines.stages.encode:Encode", encode, spec.stages.encode),
     ]
     metadata = {"job": spec.name, "model": spec.model.reference, "input": spec.input.url}
     return _base(spec, plan, stages, faults, metadata)
@@ -97,17 +91,14 @@ def encode_pipeline(spec, plan, faults: tuple[Fault, ...] = ()) -> Pipeline:
 # -- redecode: stored latents -> read -> decoder -> image shards with the same keys ----------------
 
 def redecode_pipeline(spec, plan, faults: tuple[Fault, ...] = ()) -> Pipeline:
-    from pipelines.stages.decode import Decode
-    from pipelines.stages.read import ReadLatents
-
     decode = {
         "decoder": spec.decoder, "model_reference": spec.model.reference, "image_format": spec.output.image_format,
         "quality": spec.output.quality, "save_latents": spec.output.save_latents, "dtype": spec.model.dtype,
         "tiling": spec.decoder_tiling, "batch_size": spec.stages.decode.batch_size,
     }
     stages = [
-        StageDef("read", ReadLatents, {"storage": spec.input.storage}, spec.stages.read),
-        StageDef("decode", Decode, decode, spec.stages.decode),
+        StageDef("read", "pipelines.stages.read:ReadLatents", {"storage": spec.input.storage}, spec.stages.read),
+        StageDef("decode", "pipelines.stages.decode:Decode", decode, spec.stages.decode),
     ]
     metadata = {"job": spec.name, "decoder": spec.decoder, "input": spec.input.url}
     return _base(spec, plan, stages, faults, metadata)
@@ -123,23 +114,20 @@ def video_plan(spec):
 
 def video_pipeline(spec, plan, faults: tuple[Fault, ...] = ()) -> Pipeline:
     from pipelines.config import ImageConfig
-    from pipelines.stages.read import ReadImages, RenderBuiltinImages
-    from pipelines.stages.video import VideoDecode, VideoDenoise
-
     v = spec.video
     # The SVD pipeline resizes too, but a batch of conditioning images must share one size.
     image = ImageConfig(height=v.height, width=v.width, resize="center-crop")
     if spec.input.builtin is not None:
-        read = StageDef("read", RenderBuiltinImages, {"image": image}, spec.stages.read)
+        read = StageDef("read", "pipelines.stages.read:RenderBuiltinImages", {"image": image}, spec.stages.read)
     else:
-        read = StageDef("read", ReadImages, {"image": image, "storage": spec.input.storage}, spec.stages.read)
+        read = StageDef("read", "pipelines.stages.read:ReadImages", {"image": image, "storage": spec.input.storage}, spec.stages.read)
     decode = {"decoder": spec.decoder, "model_reference": spec.model.reference, "video": v, "output": spec.output,
               "dtype": spec.model.dtype, "batch_size": spec.stages.decode.batch_size}
     stages = [
         read,
-        StageDef("denoise", VideoDenoise, {"model": spec.model, "video": v, "batch_size": spec.stages.denoise.batch_size},
+        StageDef("denoise", "pipelines.stages.video:VideoDenoise", {"model": spec.model, "video": v, "batch_size": spec.stages.denoise.batch_size},
                  spec.stages.denoise),
-        StageDef("decode", VideoDecode, decode, spec.stages.decode),
+        StageDef("decode", "pipelines.stages.video:VideoDecode", decode, spec.stages.decode),
     ]
     metadata = {"job": spec.name, "model": spec.model.reference, "decoder": spec.decoder, "steps": v.steps,
                 "min_guidance_scale": v.min_guidance_scale, "max_guidance_scale": v.max_guidance_scale,

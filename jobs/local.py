@@ -9,7 +9,6 @@ from jobs.kinds import kind_of
 from pipelines.errors import ConfigError
 from pipelines.faults import Fault
 from pipelines.pipeline import Pipeline
-from pipelines.runner import run_pipeline
 
 # Libraries' progress bars and notices would drown the job's own progress line.
 QUIET_ENV = {
@@ -62,6 +61,8 @@ def run_job(
         from jobs.train import train_decoder
 
         return train_decoder(spec, progress=progress, connect=lambda: connect_ray(address))
+    from pipelines.runner import run_pipeline  # Ray: not needed to plan or for --dry-run
+
     pipeline = pipeline_for(spec, faults=faults)
     for fault in faults:
         if fault.stage not in pipeline.stage_names:

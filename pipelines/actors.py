@@ -17,6 +17,7 @@ import ray
 from pipelines import faults as fault_injection
 from pipelines.accounting import StageLoad
 from pipelines.errors import SchedulingError
+from pipelines.pipeline import stage_class
 from pipelines.scheduler import error_cause
 
 # Work queued per actor: one running and one waiting, so an actor never idles between calls.
@@ -34,7 +35,7 @@ class StageActor:
         self.stage_name = stage_name
         self.faults = faults
         started = time.perf_counter()
-        self.stage = stage_cls(**stage_kwargs)
+        self.stage = stage_class(stage_cls)(**stage_kwargs)
         self.load_seconds = time.perf_counter() - started
 
     def info(self) -> dict:

@@ -15,6 +15,7 @@ in `rejected` ({key: reason}); the engine carries rejections down the chain to t
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 
 from pipelines.config import CostConfig, OutputConfig, StageResources, WriteResources
@@ -23,12 +24,27 @@ from pipelines.faults import Fault
 
 @dataclass(frozen=True)
 class StageDef:
-    """One stage of a chain: its name, its class and constructor arguments, and its resources."""
+    """One stage of a chain: its name, its class and constructor arguments, and its resources.
+
+    `cls` may be the class or its "module:Class" path: with a path the driver never imports the
+    stage's model code (torch, diffusers); only the actors that run it do.
+    """
 
     name: str
-    cls: type
+    cls: type | str
     kwargs: dict
     resources: StageResources
+
+    def build(self):
+        """An instance of the stage, in this process."""
+        return stage_class(self.cls)(**self.kwargs)
+
+
+def stage_class(cls: type | str) -> type:
+    if isinstance(cls, str):
+        module, _, name = cls.partition(":")
+        return getattr(importlib.import_module(module), name)
+    return cls
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from pipelines.errors import ConfigError
 from pipelines.plan import build_plan
 from pipelines.sources.fetch import UnreadableSample, read_member, read_members
 from pipelines.sources.images import plan_images
-from tests.conftest import s3_storage
+from tests.conftest import REPO, s3_storage
 from tests.jobspecs import spec_dict
 
 
@@ -314,3 +314,26 @@ def test_planning_a_million_list_entries_stays_under_300_mb(tmp_path):
     result = measure(write_list(str(tmp_path), 1_000_000, "parquet"))
     assert result["samples"] == result["rows"] == 1_000_000 and result["last_key"] == "000999999"
     assert result["peak_mb"] < 300, result
+
+
+def test_dry_run_of_a_million_image_encode_job_stays_under_300_mb(tmp_path):
+    """The same bound for the command a user runs: `latentmill run SPEC --dry-run` plans the job
+    without importing Ray or the models (stages are named by path), in a process of its own."""
+    import subprocess
+    import sys
+
+    from jobs.bench_sources import write_list
+
+    listing = write_list(str(tmp_path), 1_000_000, "parquet")
+    spec = tmp_path / "encode.yaml"
+    spec.write_text(yaml.safe_dump({"name": "million", "kind": "encode", "input": {"url": listing},
+                                    "output": {"url": str(tmp_path / "out"), "samples_per_shard": 1000}}))
+    # The CLI's own main(), then this process's peak RSS (the process runs nothing else).
+    program = ("import resource, sys; from jobs.cli import main; code = main(sys.argv[1:]); "
+               "print('peak_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(code)")
+    result = subprocess.run([sys.executable, "-c", program, "run", str(spec), "--dry-run"],
+                            cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "samples: 1000000 (keys 000000000..000999999)" in result.stdout
+    peak_mb = int(result.stderr.split("peak_kb")[-1].split()[0]) / 1024
+    assert peak_mb < 300, peak_mb
