@@ -20,7 +20,7 @@ from tests.jobspecs import spec_dict
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Slow enough (about 1 s per shard here) that the kill lands between the first and the last commit.
-SLOW = {"num_images": 64, "sampler__height": 128, "sampler__width": 128, "sampler__steps": 8}
+SLOW = {"num_images": 64, "sampler__height": 128, "sampler__width": 128, "sampler__steps": 8, "output__lease_ttl_s": 3}
 
 
 def committed(spec) -> dict[str, str]:
@@ -61,7 +61,7 @@ def test_driver_killed_mid_run_resumes_to_the_uninterrupted_output(ray_cluster, 
     assert 1 <= len(at_kill) < 8, f"the kill must land mid-run, {len(at_kill)} of 8 shards were committed"
     assert not verify_output(spec.output.url, spec.output.storage)["ok"]
 
-    report = run_job(spec, progress=False)
+    report = run_job(spec, progress=False, wait=True)  # the killed driver's lease expires first
     assert report["already_committed"] + report["generated"] == 64
     assert report["generated"] <= 64 - 8 * len(at_kill)
     result = verify_output(spec.output.url, spec.output.storage)
