@@ -306,6 +306,20 @@ def check_references(spec: AnySpec) -> None:
         _check_decoder(spec.decoder, spec.model.family, video=isinstance(spec, VideoSpec))
     if isinstance(spec, VideoSpec):
         _check_decode_chunks(spec)
+    if getattr(spec, "decoder_tiling", False):
+        _check_tiling_support(spec.decoder)
+
+
+def _check_tiling_support(decoder: str) -> None:
+    """Tiling is a spec error, not an actor crash, for a registered decoder that cannot tile."""
+    import decoders
+
+    entry = None if decoder == MODEL_VAE else decoders.lookup(decoder)
+    if entry is not None and not entry.supports_tiling:
+        tiling = ", ".join(n for n in decoders.available() if decoders.lookup(n).supports_tiling)
+        raise ConfigError("decoder_tiling", "", detail=(
+            f"decoder {decoder!r} cannot decode in tiles; set decoder_tiling: false or use one that can: "
+            f"sdxl-vae (the model's VAE), {tiling}"))
 
 
 def _check_protocol(url: str, path: str) -> None:

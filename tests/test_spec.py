@@ -254,3 +254,11 @@ def test_dry_run_prints_plan_and_starts_nothing(tmp_path):
     assert "samples: 24" in result.stdout and "shards: 3 of up to 8" in result.stdout
     assert "denoise" in result.stdout and "batch_size=4" in result.stdout
     assert not out.exists()
+
+
+def test_tiling_a_decoder_that_cannot_tile_is_a_spec_error(tmp_path):
+    message = error_of(spec_dict(tmp_path / "o", decoder="random:effvit-tiny", decoder_tiling=True))
+    assert "decoder_tiling" in message and "cannot decode in tiles" in message and "random:taesd" in message
+    # The model's own VAE and TAESD-class decoders tile.
+    for decoder in ("sdxl-vae", "random:taesd-tiny"):
+        assert parse_spec(yaml.safe_dump(spec_dict(tmp_path / "o", decoder=decoder, decoder_tiling=True))).decoder_tiling
