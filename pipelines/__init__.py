@@ -1,1 +1,1 @@
-"""The Ray streaming pipeline: plan -> denoise -> decode -> sharded sink, with accounting."""
+"""The engine: plans and sources -> a chain of stage pools -> sharded sink, with accounting (ARCHITECTURE.md)."""
