@@ -49,12 +49,17 @@ def generate_plan(spec):
                       seed=spec.seed, samples_per_shard=spec.output.samples_per_shard)
 
 
-def generate_pipeline(spec, plan, faults: tuple[Fault, ...] = ()) -> Pipeline:
-    decode = {
+def decode_kwargs(spec) -> dict:
+    """The image decode stage's arguments, from the spec of a kind that decodes images."""
+    return {
         "decoder": spec.decoder, "model_reference": spec.model.reference, "image_format": spec.output.image_format,
         "quality": spec.output.quality, "save_latents": spec.output.save_latents, "dtype": spec.model.dtype,
         "tiling": spec.decoder_tiling, "batch_size": spec.stages.decode.batch_size,
     }
+
+
+def generate_pipeline(spec, plan, faults: tuple[Fault, ...] = ()) -> Pipeline:
+    decode = decode_kwargs(spec)
     stages = [
         StageDef("denoise", "pipelines.stages.denoise:Denoise", {"model": spec.model, "sampler": spec.sampler}, spec.stages.denoise),
         StageDef("decode", "pipelines.stages.decode:Decode", decode, spec.stages.decode),
@@ -91,11 +96,7 @@ def encode_pipeline(spec, plan, faults: tuple[Fault, ...] = ()) -> Pipeline:
 # -- redecode: stored latents -> read -> decoder -> image shards with the same keys ----------------
 
 def redecode_pipeline(spec, plan, faults: tuple[Fault, ...] = ()) -> Pipeline:
-    decode = {
-        "decoder": spec.decoder, "model_reference": spec.model.reference, "image_format": spec.output.image_format,
-        "quality": spec.output.quality, "save_latents": spec.output.save_latents, "dtype": spec.model.dtype,
-        "tiling": spec.decoder_tiling, "batch_size": spec.stages.decode.batch_size,
-    }
+    decode = decode_kwargs(spec)
     stages = [
         StageDef("read", "pipelines.stages.read:ReadLatents", {"storage": spec.input.storage}, spec.stages.read),
         StageDef("decode", "pipelines.stages.decode:Decode", decode, spec.stages.decode),
