@@ -83,8 +83,12 @@ class JobSpec:
         _check_tiling(self.decoder_tiling)
 
     def to_dict(self) -> dict[str, Any]:
-        """The spec as saved with the output: a webhook URL (often holding a token) keeps only its host."""
-        spec = dataclasses.asdict(self)
+        """The spec as saved with the output, parseable again: output.url as written ({date}
+        templates kept, the loader-set run_date left out), a webhook URL (often holding a token)
+        reduced to its host."""
+        spec = {k: v for k, v in dataclasses.asdict(self).items() if k != "run_date"}
+        if self.run_date is not None and self.run_date.output_template is not None:
+            spec["output"]["url"] = self.run_date.output_template
         if spec["notify"] and spec["notify"]["webhook"]:
             spec["notify"]["webhook"] = _origin(spec["notify"]["webhook"]) + "/..."
         return spec

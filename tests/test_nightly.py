@@ -9,10 +9,11 @@ import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
+import yaml
 
 from jobs.cli import main as cli_main
 from jobs.nightly import DatedOutputs, parse_date, post_summary
-from jobs.spec import load_spec
+from jobs.spec import load_spec, parse_spec
 from pipelines.config import NotifyConfig
 from pipelines.errors import ConfigError
 from tests.conftest import REPO
@@ -139,6 +140,10 @@ def test_date_templates_and_bad_dates(tmp_path):
     assert spec.output.url == f"{tmp_path}/out/2026-11-20" and spec.prompts.file == str(prompts)
     assert spec.run_date.date == "2026-11-20" and spec.run_date.output_template == f"{tmp_path}/out/{{date}}"
     assert spec.identity() == load_spec(NIGHTLY, [f"output.url={tmp_path}/x/{{date}}"], date="2026-11-21").identity()
+    # The saved spec parses again: run_date is the loader's, output.url keeps its template.
+    saved = spec.to_dict()
+    assert "run_date" not in saved and saved["output"]["url"] == f"{tmp_path}/out/{{date}}"
+    assert parse_spec(yaml.safe_dump(saved), date="2026-11-20").output.url == spec.output.url
     for bad in ("2026-13-01", "2026-02-30", "20261120", "tomorrow", "2026-1-5"):
         with pytest.raises(ConfigError, match=f"--date '{bad}': expected a calendar date YYYY-MM-DD"):
             parse_date(bad)
