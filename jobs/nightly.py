@@ -216,11 +216,14 @@ def _is_latentmill_file(relpath: str) -> bool:
     """A file a latentmill job writes under its output (see pipelines/sinks/layout.py)."""
     from pipelines.report import REPORT_JSON, REPORT_MD, REPORT_PNG, RUNS_DIR
     from pipelines.sinks.layout import INDEX_FILE, JOB_FILE, MARKER_SUFFIX, PLAN_FILE, SHARD_DIR
+    from pipelines.sinks.lease import LEASE_DIR
 
     if relpath in (JOB_FILE, PLAN_FILE, INDEX_FILE, REPORT_JSON, REPORT_MD, REPORT_PNG):
         return True
-    shard = rf"{SHARD_DIR}/\d+(\.tar|\.parquet|{re.escape(MARKER_SUFFIX)})"
-    return bool(re.fullmatch(shard, relpath) or re.fullmatch(rf"{RUNS_DIR}/[\w.-]+\.json", relpath))
+    # A shard's tar and manifest (repairs add a revision: 00000.r1.tar), its marker; the lease.
+    shard = rf"{SHARD_DIR}/\d+((\.r\d+)?(\.tar|\.parquet)|{re.escape(MARKER_SUFFIX)})"
+    return bool(re.fullmatch(shard, relpath) or re.fullmatch(rf"{RUNS_DIR}/[\w.-]+\.json", relpath)
+                or re.fullmatch(rf"{LEASE_DIR}/\d+\.json", relpath))
 
 
 def _path_of(url: str, root_path: str, outputs: DatedOutputs) -> str:
