@@ -99,6 +99,7 @@ def run_generation(
     """
     layout = OutputLayout(job.output.url, job.output.storage)
     layout.check_reachable()
+    layout.refuse_foreign_data()
     run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
     with OutputLease(layout, run_id, job.output.lease_ttl_s).acquire(wait=wait) as lease:
         return _run_under_lease(job, layout, lease, connect, start_timeout_s, progress, retry_failed, check_full)
