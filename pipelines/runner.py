@@ -51,6 +51,7 @@ def run_pipeline(
     """
     layout = OutputLayout(pipeline.output.url, pipeline.output.storage)
     layout.check_reachable()
+    layout.refuse_foreign_data()
     run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
     with OutputLease(layout, run_id, pipeline.output.lease_ttl_s).acquire(wait=wait) as lease:
         return _run_under_lease(pipeline, layout, lease, connect, start_timeout_s, progress, retry_failed, check_full)

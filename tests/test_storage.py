@@ -139,7 +139,7 @@ def test_storage_outage_is_retried_and_the_job_finishes(ray_cluster, s3_server):
 
 
 def test_storage_down_past_its_limit_fails_clearly_and_keeps_committed_shards(ray_cluster, s3_server):
-    spec = s3_spec(s3_server, storage_changes={"timeout_s": 3}, **SLOW)
+    spec = s3_spec(s3_server, storage_changes={"timeout_s": 3}, output__lease_ttl_s=4, **SLOW)
     thread, outcome = run_in_thread(spec)
     wait_for_commit(spec, thread)
     s3_server.stop()
@@ -154,8 +154,8 @@ def test_storage_down_past_its_limit_fails_clearly_and_keeps_committed_shards(ra
     result = verify(spec)
     assert committed and not result["problems"], result["problems"]  # every committed shard intact
     assert result["samples"] == sum(m["samples"] for m in committed.values())
-    # And the job resumes once storage is back.
-    run_job(spec, progress=False)
+    # And the job resumes once storage is back (after the lease it could not release expires).
+    run_job(spec, progress=False, wait=True)
     assert verify(spec)["ok"]
 
 

@@ -99,13 +99,7 @@ class OutputLayout:
         """Make this output this job's, per `mode`; returns what happened: new, resume, extend or overwrite."""
         existing = self.read_job()
         if existing is None:
-            ours = (JOB_FILE, PLAN_FILE, INDEX_FILE, SHARD_DIR, LEASE_DIR)
-            foreign = [f for f in self._listing(self.root) if f.split(".tmp-")[0] not in ours]
-            if foreign:
-                raise OutputConflict(
-                    f"{self.url} holds data that is not a latentmill job ({', '.join(sorted(foreign)[:5])}); "
-                    "choose an empty output.url"
-                )
+            self.refuse_foreign_data()
             outcome = "new"
         elif existing.get("identity") == job_record["identity"]:
             if not self._exists(self.path(PLAN_FILE)):  # killed between the job record and the plan
@@ -128,6 +122,19 @@ class OutputLayout:
         self.retrying("writing the job record", lambda: write_json(self.fs, self.path(JOB_FILE), job_record))
         self.write_plan(plan)
         return outcome
+
+    def refuse_foreign_data(self) -> None:
+        """Refuse a prefix holding files that are not a latentmill job (checked before the lease is
+        taken too, so that a refused run leaves no lease behind in someone else's folder)."""
+        if self.read_job() is not None:
+            return
+        ours = (JOB_FILE, PLAN_FILE, INDEX_FILE, SHARD_DIR, LEASE_DIR)
+        foreign = [f for f in self._listing(self.root) if f.split(".tmp-")[0] not in ours]
+        if foreign:
+            raise OutputConflict(
+                f"{self.url} holds data that is not a latentmill job ({', '.join(sorted(foreign)[:5])}); "
+                "choose an empty output.url"
+            )
 
     def _remove_all_but_the_lease(self) -> None:
         for name in self._listing(self.root):

@@ -202,7 +202,11 @@ class OutputLease:
             self._thread.join()
         if not self.lost:
             now = time.time()
-            self.layout.retrying("releasing the lease", lambda: write_json(self.layout.fs, self._path(self.generation), self._record(now, released=True)))
+            try:
+                self.layout.retrying("releasing the lease", lambda: write_json(self.layout.fs, self._path(self.generation), self._record(now, released=True)))
+            except Exception as exc:  # storage down: the run's own outcome matters more; the lease expires
+                print(f"warning: could not release the lease on {self.layout.url} ({type(exc).__name__}: {exc}); "
+                      f"it expires at {_iso(self._expires_unix)}", file=sys.stderr)
         self.generation = None
 
     def __enter__(self) -> "OutputLease":
