@@ -185,9 +185,9 @@ def _ship_local_files(data: dict, date: str, workdir: str) -> None:
     decoder = data.get("decoder")
     if isinstance(decoder, str):
         import decoders
-        from pipelines.models.loading import is_path_reference
+        from decoders.references import is_path
 
-        if decoder not in decoders.available() and is_path_reference(decoder):
+        if decoder not in decoders.available() and is_path(decoder):
             data["decoder"] = _ship(decoder, "decoder", workdir, dirs=True)
 
 

@@ -38,13 +38,11 @@ ENCODE_BASE = {
         "write": {"num_cpus": 0.25, "concurrency": 2},
     },
 }
-# Slow enough that faults land mid-run (8 shards of 8 samples, about 1 s per shard here); a
-# driver killed mid-run leaves its output lease, which a rerun (with wait) takes over after 4 s.
+# Slow enough that faults land mid-run (8 shards of 8 samples, about 1 s per shard here).
 SLOW = {
-    "generate": {"num_images": 64, "sampler__height": 128, "sampler__width": 128, "sampler__steps": 8,
-                 "output__lease_ttl_s": 4},
+    "generate": {"num_images": 64, "sampler__height": 128, "sampler__width": 128, "sampler__steps": 8},
     "encode": {"image__height": 128, "image__width": 128, "stages__read__batch_size": 2,
-               "stages__encode__batch_size": 2, "output__lease_ttl_s": 4},
+               "stages__encode__batch_size": 2},
 }
 
 

@@ -50,7 +50,7 @@ def test_tiled_decoding_matches_untiled_closely(ray_cluster, tmp_path):
     # TAESD at 256x256 in 128-pixel tiles: tiles several times its receptive field, as tiling is
     # meant to be used. (The tiny SDXL VAE at 128 in 64-pixel tiles differs by up to 101 levels:
     # its tiles are smaller than what each pixel sees, so no blending can hide the seams.)
-    size = {"sampler__height": 256, "sampler__width": 256, "decoder": "taesd"}
+    size = {"sampler__height": 256, "sampler__width": 256, "decoder": "random:taesd"}
     plain = run(tmp_path / "plain", **size)
     tiled = run(tmp_path / "tiled", decoder_tiling=128, **size)
     assert plain.keys() == tiled.keys()

@@ -29,10 +29,12 @@ def committed(spec) -> dict[str, str]:
 
 
 def job_spec(kind, target, output, s3_server, photos) -> dict:
-    # Slow enough (about 1 s per shard here) that the kill lands between the first and the last commit.
+    # Slow enough (about 1 s per shard here) that the kill lands between the first and the last
+    # commit; the killed driver's lease expires 4 s after its last renewal, and the rerun waits.
     if target == "local":
-        return kind_spec_dict(kind, output, photos, slow=True)
-    data = kind_spec_dict(kind, f"s3://latentmill/kill-{kind}-{output.parent.name}-{output.name}", photos, slow=True)
+        return kind_spec_dict(kind, output, photos, slow=True, output__lease_ttl_s=4)
+    url = f"s3://latentmill/kill-{kind}-{output.parent.name}-{output.name}"
+    data = kind_spec_dict(kind, url, photos, slow=True, output__lease_ttl_s=4)
     data["output"]["storage"] = s3_storage(s3_server)
     return data
 

@@ -41,7 +41,7 @@ def decoder_fingerprint(decoder: str) -> dict:
     means its published repository; a random build comes from code."""
     from decoders.registry import lookup
 
-    if decoder == "sdxl-vae":
+    if decoder in ("sdxl-vae", "svd-vae"):  # in a job spec: the model's own (image or video) VAE
         return {"model_vae": True}
     entry = lookup(decoder)
     if entry is not None and entry.weights is None:
