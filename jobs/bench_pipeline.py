@@ -146,7 +146,7 @@ def _writer(spec, workdir, shard, metadata, decoded):
     url = os.path.join(workdir, "write-alone")
 
     def write(_):
-        return write_shard(url, spec.output.storage, "00000", shard, metadata, [], False, *decoded)
+        return write_shard(url, spec.output.storage, "00000", shard, metadata, [], None, (), *decoded)
 
     return write
 

@@ -132,7 +132,7 @@ def write_cpu_per_item(profile: dict, workdir: str, shards: int = 3) -> float:
         if shard == 1:
             started = time.process_time()
         samples, batch = synthetic_shard(shard, size)
-        write_shard(workdir, None, f"{shard:05d}", samples, {"job": "bench"}, [], False, batch)
+        write_shard(workdir, None, f"{shard:05d}", samples, {"job": "bench"}, [], None, (), batch)
     return (time.process_time() - started) / (shards * size)
 
 
