@@ -209,8 +209,9 @@ def test_pools_scale_up_within_the_cluster_and_leave_room_for_writes(ray_cluster
         tmp_path / "scaled",
         ["stages.denoise.num_cpus=0.5", "stages.denoise.concurrency={min: 1, max: 4}", "stages.denoise.batch_size=2",
          "stages.decode.batch_size=2"],
-        # Long enough (~15 s) for a second actor to load its model and join.
-        num_images=64, sampler__height=128, sampler__width=128, sampler__steps=8,
+        # Long enough (~30 s) for a second actor to load its model and join, with margin for a
+        # loaded machine (at 64 images it sometimes finished first).
+        num_images=128, sampler__height=128, sampler__width=128, sampler__steps=8,
     )
     report = run_job(spec, progress=False)
     denoise = [a for a in report["actors"] if a["stage"] == "denoise"]
