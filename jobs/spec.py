@@ -320,7 +320,7 @@ def _check_tiling_support(decoder: str) -> None:
 
     entry = None if decoder == MODEL_VAE else decoders.lookup(decoder)
     if entry is not None and not entry.supports_tiling:
-        tiling = ", ".join(n for n in decoders.available() if decoders.lookup(n).supports_tiling)
+        tiling = ", ".join(n for n in decoders.available() if n != MODEL_VAE and decoders.lookup(n).supports_tiling)
         raise ConfigError("decoder_tiling", "", detail=(
             f"decoder {decoder!r} cannot decode in tiles; set decoder_tiling: false or use one that can: "
             f"sdxl-vae (the model's VAE), {tiling}"))
