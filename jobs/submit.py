@@ -37,7 +37,10 @@ METADATA_JOB, METADATA_DATE = "latentmill_job", "latentmill_date"
 
 
 class ClusterError(LatentmillError):
-    """The cluster cannot be reached, or it refused or does not know what was asked."""
+    """The cluster cannot be reached, or it refused or does not know what was asked: a wrong
+    address, token or job id, so a usage error (exit 2), not a failed job."""
+
+    exit_code = 2
 
 
 def cluster_address(address: str | None) -> str:
