@@ -406,11 +406,18 @@ class VideoOutputConfig:
     save_latents: bool = False  # the clip's latents (F, C, h, w) as <key>.latent.npy
     mode: Literal["resume", "overwrite", "extend"] = "resume"
     storage: StorageConfig = field(default_factory=StorageConfig)
+    lease_ttl_s: float = 60.0  # as for image outputs (OutputConfig)
 
     def __post_init__(self):
         require(bool(self.url.strip()), "url", "an output URL or path", self.url)
         require(0 <= self.crf <= 51, "crf", "an integer from 0 to 51", self.crf)
-        require(self.samples_per_shard > 0, "samples_per_shard", "a positive integer", self.samples_per_shard)
+        require(
+            0 < self.samples_per_shard <= MAX_SAMPLES_PER_SHARD,
+            "samples_per_shard",
+            f"a positive integer up to {MAX_SAMPLES_PER_SHARD:,} (a write task holds its whole shard in memory)",
+            self.samples_per_shard,
+        )
+        require(self.lease_ttl_s >= 1 and math.isfinite(self.lease_ttl_s), "lease_ttl_s", "a number of seconds >= 1", self.lease_ttl_s)
 
 
 @dataclass(frozen=True)
