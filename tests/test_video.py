@@ -243,7 +243,8 @@ def tar_digests(spec) -> dict[str, str]:
 
 def test_driver_killed_mid_video_run_resumes_to_the_uninterrupted_output(ray_cluster, tmp_path):
     path = tmp_path / "video.yaml"
-    path.write_text(yaml.safe_dump(video_dict(tmp_path / "killed", **SLOW)))
+    # The killed driver's lease expires 4 s after its last renewal; the rerun waits for that.
+    path.write_text(yaml.safe_dump(video_dict(tmp_path / "killed", output__lease_ttl_s=4, **SLOW)))
     spec = parse_spec(path.read_text())
     driver = subprocess.Popen([sys.executable, "-m", "jobs.cli", "run", str(path), "--address", ray_cluster, "--quiet"],
                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -259,7 +260,7 @@ def test_driver_killed_mid_video_run_resumes_to_the_uninterrupted_output(ray_clu
     at_kill = tar_digests(spec)
     assert 1 <= len(at_kill) < 8, f"the kill must land mid-run, {len(at_kill)} of 8 shards were committed"
 
-    report = run_job(spec, progress=False)
+    report = run_job(spec, progress=False, wait=True)
     assert report["already_committed"] + report["generated"] == 16
     assert report["generated"] <= 16 - 2 * len(at_kill)
     result = verify_output(spec.output.url)
