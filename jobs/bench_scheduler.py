@@ -146,7 +146,7 @@ def warm_write_workers(profile: dict, workdir: str) -> None:
 
     remote = ray.remote(write_shard).options(num_cpus=WRITE_CPUS)
     shards = [synthetic_shard(i, profile["samples_per_shard"]) for i in range(2 * WRITE_SLOTS)]
-    ray.get([remote.remote(workdir, None, f"{i:05d}", samples, {}, [], False, batch)
+    ray.get([remote.remote(workdir, None, f"{i:05d}", samples, {}, [], None, (), batch)
              for i, (samples, batch) in enumerate(shards)])
 
 
