@@ -103,25 +103,28 @@ class Decoder(nn.Module):
             )
         return latents
 
-    def to_decoder_space(self, latents: torch.Tensor) -> torch.Tensor:
-        """Undo the pipeline's latent scaling exactly as diffusers' pipelines do before `vae.decode`."""
+    def _latent_stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Per-channel (mean, std) of models that normalise latents that way (SD3-style), else None."""
         cfg = self.model.config
         mean, std = getattr(cfg, "latents_mean", None), getattr(cfg, "latents_std", None)
-        if mean is not None and std is not None:
-            shape = (1, -1, 1, 1)
-            mean = torch.tensor(mean, device=latents.device, dtype=latents.dtype).view(shape)
-            std = torch.tensor(std, device=latents.device, dtype=latents.dtype).view(shape)
+        if mean is None or std is None:
+            return None
+        mean, std = (torch.tensor(v, device=like.device, dtype=like.dtype).view(1, -1, 1, 1) for v in (mean, std))
+        return mean, std
+
+    def to_decoder_space(self, latents: torch.Tensor) -> torch.Tensor:
+        """Undo the pipeline's latent scaling exactly as diffusers' pipelines do before `vae.decode`."""
+        cfg, stats = self.model.config, self._latent_stats(latents)
+        if stats is not None:
+            mean, std = stats
             return latents * std / cfg.scaling_factor + mean
         return latents / cfg.scaling_factor + (getattr(cfg, "shift_factor", None) or 0.0)
 
     def to_diffusion_space(self, z: torch.Tensor) -> torch.Tensor:
         """The inverse of `to_decoder_space`: what a VAE encoder gives -> latents as pipelines use them."""
-        cfg = self.model.config
-        mean, std = getattr(cfg, "latents_mean", None), getattr(cfg, "latents_std", None)
-        if mean is not None and std is not None:
-            shape = (1, -1, 1, 1)
-            mean = torch.tensor(mean, device=z.device, dtype=z.dtype).view(shape)
-            std = torch.tensor(std, device=z.device, dtype=z.dtype).view(shape)
+        cfg, stats = self.model.config, self._latent_stats(z)
+        if stats is not None:
+            mean, std = stats
             return (z - mean) * cfg.scaling_factor / std
         return (z - (getattr(cfg, "shift_factor", None) or 0.0)) * cfg.scaling_factor
 
