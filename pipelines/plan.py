@@ -39,11 +39,6 @@ class ShardPlan:
     name: str
     samples: tuple[Sample, ...]
 
-    def batches(self, batch_size: int) -> list[tuple[Sample, ...]]:
-        # Batches are cut within a shard, always the same way, so a regenerated shard is computed
-        # with the same batch composition as the first time.
-        return [self.samples[i : i + batch_size] for i in range(0, len(self.samples), batch_size)]
-
 
 class ShardedPlan:
     """What every plan shares: consecutive runs of `samples_per_shard` samples make a shard.
