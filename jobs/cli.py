@@ -230,6 +230,9 @@ def _verify(args) -> int:
                   f"{', '.join(result['rejected_keys'])}")
         if result["failed"]:
             print(f"  - failed samples (recorded, retry with --retry-failed): {', '.join(result['failed_keys'])}")
+        if result["unindexed_shards"]:
+            print(f"  - committed but not yet in index.json (an interrupted run): "
+                  f"{', '.join(result['unindexed_shards'])}")
         for problem in result["problems"]:
             print(f"  - {problem}")
         for hint in result["repair"]:

@@ -38,11 +38,13 @@ def verify_output(url: str, storage=None, full: bool = False, strict: bool = Fal
     indexed = {s["name"]: s for s in index["shards"]}
     for name in sorted(set(indexed) - set(markers)):
         problems.append(f"shard {name} is in index.json but has no commit marker")
-    for name in sorted(set(markers) - set(indexed)):
-        problems.append(f"shard {name} is committed but not in index.json (an interrupted run)")
-    for name in sorted(set(indexed) & set(markers)):
+    # The marker is the commit; index.json is a listing the driver rewrites after commits. A shard
+    # committed just before the driver died is whole but unlisted: checked like any other, and the
+    # output is incomplete (readers go by the index) until a rerun rewrites the index.
+    unindexed = sorted(set(markers) - set(indexed))
+    for name in sorted(markers):
         paths = layout.committed_paths(name, markers[name])
-        if indexed[name]["tar"] != f"shards/{paths['tar'].rsplit('/', 1)[-1]}":
+        if name in indexed and indexed[name]["tar"] != f"shards/{paths['tar'].rsplit('/', 1)[-1]}":
             problems.append(f"shard {name}: index.json names {indexed[name]['tar']}, its marker another tar")
         shard_keys, shard_failed, shard_rejected, shard_problems = _check_shard(layout, name, markers[name], full)
         keys.extend(shard_keys)
@@ -55,8 +57,8 @@ def verify_output(url: str, storage=None, full: bool = False, strict: bool = Fal
     missing = sorted(set(planned) - set(counts) - set(failed) - set(rejected))
     unplanned = sorted(set(counts) - set(planned))
     problems += [f"key {k} is not in the plan" for k in unplanned[:10]]
-    ok = not problems and not duplicates and not missing and not failed and not (strict and rejected)
-    hints = ([REPAIR_HINT] if problems or duplicates or missing else []) + ([FAILED_HINT] if failed else [])
+    ok = not (problems or unindexed or duplicates or missing or failed or (strict and rejected))
+    hints = ([REPAIR_HINT] if problems or unindexed or duplicates or missing else []) + ([FAILED_HINT] if failed else [])
     return {
         "url": url,
         "job": job.get("name"),
@@ -75,6 +77,7 @@ def verify_output(url: str, storage=None, full: bool = False, strict: bool = Fal
         "failed_keys": sorted(failed)[:20],
         "rejected_keys": sorted(rejected)[:20],
         "problems": problems,
+        "unindexed_shards": unindexed,
         "repair": hints,
         "ok": ok,
     }

@@ -4,6 +4,7 @@ destroy a shard, weights and devices in the job identity, Ctrl-C."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import signal
@@ -85,6 +86,26 @@ def test_usage_errors_exit_2(tmp_path):
     assert done.returncode == 2 and "not a latentmill output" in done.stderr and "Traceback" not in done.stderr
     done = subprocess.run(CLI + ["verify", str(tmp_path), "--check", "sometimes"], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 2 and "--check" in done.stderr
+
+
+def test_a_shard_committed_but_not_yet_indexed_is_checked_and_the_rerun_lists_it(finished, tmp_path):
+    # A driver that dies between a shard's marker and the index update leaves exactly this.
+    spec_path, _, out = finished
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    index = json.loads((copy / "index.json").read_text())
+    index["shards"] = [s for s in index["shards"] if s["name"] != "00002"]
+    (copy / "index.json").write_text(json.dumps(index))
+
+    result = verify_output(str(copy))
+    assert (result["ok"], result["unindexed_shards"], result["problems"]) == (False, ["00002"], [])
+    assert result["samples"] == 32  # its samples are counted: the shard is whole
+    done = subprocess.run(CLI + ["verify", str(copy)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "not yet in index.json (an interrupted run): 00002" in done.stdout
+
+    run_job(make_spec(copy, num_images=32), progress=False)  # nothing to generate; the index is rewritten
+    assert verify_output(str(copy))["ok"]
+    assert [s["name"] for s in OutputLayout(str(copy)).read_index()["shards"]] == ["00000", "00001", "00002", "00003"]
 
 
 # -- damage found and regenerated ----------------------------------------------------------------
