@@ -1,5 +1,7 @@
-"""Video quality of a light decoder against a reference decoder: per-frame PSNR/SSIM (and a pluggable
-perceptual metric such as LPIPS), temporal flicker, and a Fréchet distance between feature sets.
+"""Video quality of a light decoder against a reference decoder: per-frame PSNR/SSIM (those of
+`decoders.metrics`, scikit-image's definitions) and a pluggable perceptual metric such as LPIPS,
+temporal flicker, and a Fréchet distance between feature sets. `latentmill eval` on a video output
+runs these (jobs/eval_video.py).
 
     from decoders.video_metrics import compare_decoders, compare_videos, frechet_distance
     compare_decoders(latents, light, reference)           # decode both, then compare_videos
@@ -24,12 +26,8 @@ from typing import Callable, Mapping
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-# PSNR of identical frames is infinite; an MSE floor keeps results finite (and JSON-safe): 100 dB.
-MSE_FLOOR = 1e-10
-SSIM_WINDOW, SSIM_SIGMA = 11, 1.5
-SSIM_C1, SSIM_C2 = 0.01**2, 0.03**2  # for a data range of 1
+from decoders.metrics import as_uint8_levels, psnr, ssim
 
 PerFrameMetric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (N, 3, H, W) x2 -> (N,)
 FeatureNetwork = Callable[[torch.Tensor], np.ndarray | torch.Tensor]  # (B, F, 3, H, W) -> (B, D)
@@ -44,40 +42,6 @@ def _frames(video: torch.Tensor) -> torch.Tensor:
 def _check_pair(light: torch.Tensor, reference: torch.Tensor) -> None:
     if light.shape != reference.shape:
         raise ValueError(f"videos differ in shape: {tuple(light.shape)} vs {tuple(reference.shape)}")
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-frame PSNR in dB of frames (N, 3, H, W) in [0, 1]."""
-    mse = (a.float() - b.float()).pow(2).flatten(1).mean(1)
-    return 10 * torch.log10(1.0 / mse.clamp_min(MSE_FLOOR))
-
-
-def _gaussian_window(size: int, sigma: float) -> torch.Tensor:
-    x = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
-    g = torch.exp(-(x**2) / (2 * sigma**2))
-    return g / g.sum()
-
-
-def ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-frame SSIM (Wang et al. 2004: 11x11 Gaussian window, sigma 1.5, valid region, mean over
-    channels) of frames (N, 3, H, W) in [0, 1]. Frames smaller than the window use a smaller one."""
-    a, b = a.float(), b.float()
-    size = min(SSIM_WINDOW, a.shape[-1], a.shape[-2])
-    size -= 1 - size % 2  # odd
-    g = _gaussian_window(size, SSIM_SIGMA).to(a.device)
-    channels = a.shape[1]
-    kx = g.view(1, 1, 1, size).repeat(channels, 1, 1, 1)
-    ky = g.view(1, 1, size, 1).repeat(channels, 1, 1, 1)
-
-    def blur(x):  # separable Gaussian, per channel
-        return F.conv2d(F.conv2d(x, kx, groups=channels), ky, groups=channels)
-
-    mu_a, mu_b = blur(a), blur(b)
-    var_a = blur(a * a) - mu_a**2
-    var_b = blur(b * b) - mu_b**2
-    cov = blur(a * b) - mu_a * mu_b
-    s = ((2 * mu_a * mu_b + SSIM_C1) * (2 * cov + SSIM_C2)) / ((mu_a**2 + mu_b**2 + SSIM_C1) * (var_a + var_b + SSIM_C2))
-    return s.flatten(1).mean(1)
 
 
 def flicker(video: torch.Tensor) -> float:
@@ -141,12 +105,13 @@ def compare_videos(
     (e.g. {"fvd": I3D}); the Fréchet distance between the two sets of clip features (needs >= 2 clips).
     """
     _check_pair(light, reference)
-    a, b = _frames(light), _frames(reference)
+    # Compared at the 256 levels a stored clip's frames have, as images are (decoders.metrics.score).
+    a, b = as_uint8_levels(_frames(light)), as_uint8_levels(_frames(reference))
     result = {
         "clips": int(light.shape[0]),
         "frames_per_clip": int(light.shape[1]),
-        "psnr_db": float(psnr(a, b).mean()),
-        "ssim": float(ssim(a, b).mean()),
+        "psnr_db": float(psnr(b, a).mean()),  # +inf for identical clips, as for images
+        "ssim": float(ssim(b, a).mean()),
     }
     if light.shape[1] > 1:
         result["flicker_light"] = flicker(light)
@@ -154,7 +119,7 @@ def compare_videos(
         # > 0: the light decoder's frames jump more from one to the next than the reference's.
         result["flicker_excess"] = result["flicker_light"] - result["flicker_reference"]
     for name, metric in (perceptual or {}).items():
-        result[name] = float(torch.as_tensor(metric(a, b)).float().mean())
+        result[name] = float(torch.as_tensor(metric(a.float(), b.float())).float().mean())
     for name, network in (features or {}).items():
         result[name] = frechet_distance(network(light), network(reference))
     return result

@@ -23,9 +23,11 @@ import time
 import numpy as np
 import torch
 
+from jobs.eval_video import is_video_output
 from jobs.train_data import held_out_samples, scan
 from pipelines.config import StorageConfig
 from pipelines.errors import ConfigError
+from pipelines.sinks.layout import OutputLayout
 from pipelines.sinks.storage import open_output
 
 GRID_SAMPLES = 6
@@ -123,13 +125,12 @@ def render_markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def render_grid(images: torch.Tensor, outputs: dict[str, torch.Tensor], count: int = GRID_SAMPLES) -> bytes:
-    """Rows of samples; columns: original, then each decoder (reference first); names on top."""
+def render_grid(columns: list[tuple[str, torch.Tensor]], count: int = GRID_SAMPLES) -> bytes:
+    """Rows of samples; a column per (name, images (B, 3, H, W) in [0, 1]), names on top."""
     from PIL import Image, ImageDraw
 
-    columns = [("original", images), *outputs.items()]
-    n = min(count, len(images))
-    h, w = images.shape[-2:]
+    n = min(count, len(columns[0][1]))
+    h, w = columns[0][1].shape[-2:]
     cell_w = max(w, 96)
     label_h = 14
     grid = Image.new("RGB", (cell_w * len(columns), label_h + h * n), "white")
@@ -154,11 +155,9 @@ def _json_safe(value):
     return value
 
 
-def write_results(result: dict, images: torch.Tensor, out_url: str) -> None:
+def write_files(out_url: str, result: dict, markdown: str, grid: bytes) -> None:
     fs, root = open_output(out_url)
-    outputs = result.pop("_outputs")
-    files = {"eval.json": json.dumps(_json_safe(result), indent=2).encode(), "eval.md": render_markdown(result).encode(),
-             "grid.png": render_grid(images, outputs)}
+    files = {"eval.json": json.dumps(_json_safe(result), indent=2).encode(), "eval.md": markdown.encode(), "grid.png": grid}
     for name, data in files.items():
         with fs.open(posixpath.join(root, name), "wb") as f:
             f.write(data)
@@ -171,9 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.stages.decode import load_decoder
 
     parser = argparse.ArgumentParser(prog="latentmill eval", description=__doc__.splitlines()[0])
-    parser.add_argument("input", help="an encode output (latents + images)")
+    parser.add_argument("input", help="an encode output (latents + images), or a video output that kept its latents")
     parser.add_argument("--decoder", action="append", default=[], help="a decoder name or checkpoint (repeatable)")
-    parser.add_argument("--model", default="tiny", help="the model whose VAE is the reference decoder")
+    parser.add_argument("--model", help="the model whose VAE is the reference decoder (default: the input's)")
     parser.add_argument("--linear-fit", metavar="TRAIN_URL", help="also fit and evaluate the least-squares linear "
                         "decoder on this encode output")
     parser.add_argument("--held-out-fraction", type=float, help="evaluate only this held-out split (as in training); "
@@ -181,13 +180,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split-seed", type=int, default=0)
     parser.add_argument("--samples", type=int, default=256, help="at most this many samples")
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--chunk-frames", type=int, help="video: light decoders that decode in chunks take this "
+                        "many frames at a time (default: whole clips)")
+    parser.add_argument("--video-features", metavar="MODULE:CALLABLE", help="video: a feature network (clips -> "
+                        "features) for a Fréchet distance, e.g. your I3D for FVD")
     parser.add_argument("--out", required=True, help="where eval.json, eval.md and grid.png go (any fsspec URL)")
     args = parser.parse_args(argv)
     if not args.decoder and not args.linear_fit:
         raise ConfigError("--decoder", "", detail="give at least one --decoder (or --linear-fit)")
     torch.set_grad_enabled(False)
-    keys, latents, images = load_eval_set(args.input, args.held_out_fraction, args.split_seed, args.samples)
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    job = OutputLayout(args.input).read_job()
+    args.model = args.model or (job or {}).get("spec", {}).get("model", {}).get("reference") or "tiny"
+    if is_video_output(job):
+        from jobs import eval_video
+
+        return eval_video.run(args, device)
+    keys, latents, images = load_eval_set(args.input, args.held_out_fraction, args.split_seed, args.samples)
     reference = load_decoder(MODEL_VAE, args.model, device, "float32")
     reference.name = f"{args.model} VAE"
     chosen = []
@@ -208,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: {exc}")
         lpips = None
     result = evaluate(chosen, reference, keys, latents, images, lpips, args.batch_size)
-    write_results(result, images, args.out)
+    outputs = result.pop("_outputs")
+    write_files(args.out, result, render_markdown(result), render_grid([("original", images), *outputs.items()]))
     print(render_markdown(result))
     print(f"written: {args.out.rstrip('/')}/eval.json, eval.md, grid.png")
     return 0

@@ -38,12 +38,31 @@ ENCODE_BASE = {
         "write": {"num_cpus": 0.25, "concurrency": 2},
     },
 }
-# Slow enough that faults land mid-run (8 shards of 8 samples, about 1 s per shard here).
+# Image-to-video with the tiny SVD over 4 built-in conditioning images, 8 frames of 64x64.
+VIDEO_BASE = {
+    "name": "test-video",
+    "kind": "generate-video",
+    "model": {"family": "svd", "reference": "tiny"},
+    "input": {"builtin": 4},
+    "video": {"frames": 8, "fps": 6, "height": 64, "width": 64, "steps": 2},
+    "seed": 3,
+    "decoder": "svd-vae",
+    "output": {"url": "OUT", "samples_per_shard": 2},
+    "stages": {
+        "read": {"num_gpus": 0, "num_cpus": 0.25, "batch_size": 2},
+        "denoise": {"num_gpus": 0, "num_cpus": 0.75, "batch_size": 2},
+        "decode": {"num_gpus": 0, "num_cpus": 0.5, "batch_size": 1},
+        "write": {"num_cpus": 0.25, "concurrency": 2},
+    },
+}
+# Slow enough that faults land mid-run: 8 shards (about 1 s each here) of SLOW_SAMPLES[kind] samples.
 SLOW = {
     "generate": {"num_images": 64, "sampler__height": 128, "sampler__width": 128, "sampler__steps": 8},
     "encode": {"image__height": 128, "image__width": 128, "stages__read__batch_size": 2,
                "stages__encode__batch_size": 2},
+    "generate-video": {"input__builtin": 16},
 }
+SLOW_SAMPLES = {"generate": 64, "encode": 64, "generate-video": 16}
 
 
 def spec_dict(output_url: str, **changes) -> dict:
@@ -56,9 +75,11 @@ def encode_spec_dict(input_url, output_url, **changes) -> dict:
 
 
 def kind_spec_dict(kind: str, output_url, photos=None, slow: bool = False, **changes) -> dict:
-    """A spec of `kind` (generate, or encode over the folder `photos`), optionally slowed down."""
+    """A spec of `kind` (generate, encode over the folder `photos`, or generate-video), optionally slowed down."""
     changes = {**(SLOW[kind] if slow else {}), **changes}
-    return spec_dict(output_url, **changes) if kind == "generate" else encode_spec_dict(photos, output_url, **changes)
+    if kind == "encode":
+        return encode_spec_dict(photos, output_url, **changes)
+    return changed(VIDEO_BASE if kind == "generate-video" else BASE, output_url, **changes)
 
 
 def changed(base: dict, output_url, **changes) -> dict:

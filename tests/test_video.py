@@ -1,15 +1,14 @@
 """Video jobs (kind: generate-video) end to end on a real local Ray with the tiny SVD: mp4 shards
-opened with PyAV, chunked decoding, conditioning images from image sources, kills and bad input."""
+opened with PyAV, chunked decoding, conditioning images from image sources, eval and bad input.
+Driver and actor kills are the shared, kind-parametrised tests (test_resume_after_kill, test_storage)."""
 
 from __future__ import annotations
 
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import av
 import numpy as np
@@ -27,27 +26,10 @@ from pipelines.readers import webdataset
 from pipelines.sinks.layout import OutputLayout
 from pipelines.verify import verify_output
 from tests.conftest import REPO
-from tests.jobspecs import changed, spec_dict
-from tests.test_storage import markers, run_in_thread, wait_for_commit
+from tests.jobspecs import VIDEO_BASE, changed, spec_dict
 
 EXAMPLE = os.path.join(REPO, "jobs", "examples", "video-quickstart.yaml")
 SIZE, FRAMES = 64, 8
-
-VIDEO_BASE = {
-    "name": "test-video",
-    "kind": "generate-video",
-    "model": {"family": "svd", "reference": "tiny"},
-    "input": {"builtin": 4},
-    "video": {"frames": FRAMES, "fps": 6, "height": SIZE, "width": SIZE, "steps": 2},
-    "seed": 3,
-    "decoder": "svd-vae",
-    "output": {"url": "OUT", "samples_per_shard": 2},
-    "stages": {"read": {"num_gpus": 0, "num_cpus": 0.25, "batch_size": 2},
-               "denoise": {"num_gpus": 0, "num_cpus": 0.75, "batch_size": 2},
-               "decode": {"num_gpus": 0, "num_cpus": 0.5, "batch_size": 1},
-               "write": {"num_cpus": 0.25, "concurrency": 2}},
-}
-
 
 def video_dict(output_url, **changes) -> dict:
     return changed(VIDEO_BASE, output_url, **changes)
@@ -104,6 +86,45 @@ def test_video_quickstart_writes_clips_that_pyav_opens_as_the_manifest_says(ray_
     report = json.loads((out / "report.json").read_text())
     assert report["video"]["frames_per_clip"] == 8 and report["video"]["frames_per_s"] > 0
     assert "frames/s" in (out / "report.md").read_text()
+    # The example keeps no latents: there is nothing for `latentmill eval` to decode.
+    evaluation = cli("eval", str(out), "--decoder", "random:tae-temporal", "--out", str(tmp_path / "eval"))
+    assert evaluation.returncode == 2 and "output.save_latents: true" in evaluation.stderr, evaluation.stderr
+
+
+# -- latentmill eval on a video output ---------------------------------------------------------------
+
+def clip_colour_features(clips: torch.Tensor) -> np.ndarray:
+    """Stands in for an I3D network in the eval test: per clip, its mean colour per frame."""
+    return clips.mean(dim=(3, 4)).flatten(1).numpy()
+
+
+def test_eval_compares_video_decoders_per_frame_and_over_time(ray_cluster, tmp_path):
+    out = tmp_path / "clips"
+    run_job(parse(video_dict(out, output__save_latents=True)), progress=False)
+    done = cli("eval", str(out), "--decoder", "random:tae-temporal", "--chunk-frames", "3",
+               "--video-features", "tests.test_video:clip_colour_features", "--out", str(tmp_path / "eval"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert (result["kind"], result["clips"], result["frames_per_clip"]) == ("video", 4, FRAMES)
+    reference, light = result["rows"]
+    # The reference against itself: identical frames, no excess flicker, no feature distance.
+    assert (reference["psnr_db"], reference["ssim"], reference["flicker_excess"]) == ("inf", 1.0, 0.0)
+    assert reference["frechet[tests.test_video:clip_colour_features]"] == pytest.approx(0, abs=1e-9)
+    assert light["decoder"] == "random:tae-temporal" and light["chunk_frames"] == 3
+    assert 0 < light["psnr_db"] < 40 and light["ssim"] < 1 and light["flicker_light"] > 0
+    assert light["flicker_excess"] == pytest.approx(light["flicker_light"] - light["flicker_reference"])
+    assert light["frechet[tests.test_video:clip_colour_features]"] > 0
+    assert light["seconds_per_frame"] > 0 and light["parameters"] > 0
+    markdown = (tmp_path / "eval" / "eval.md").read_text()
+    assert "flicker_excess" in markdown and "random:tae-temporal" in markdown
+    assert "LPIPS: not computed" in markdown or "lpips" in light or "lpips_test_only" in light
+    assert Image.open(tmp_path / "eval" / "grid.png").size[0] >= 2 * SIZE
+
+    # An image decoder cannot decode clips; without a feature network the Fréchet column says why.
+    bad = cli("eval", str(out), "--decoder", "random:taesd", "--out", str(tmp_path / "bad"))
+    assert bad.returncode == 2 and "random:taesd decodes images; these clips need a video decoder" in bad.stderr, bad.stderr
+    plain = cli("eval", str(out), "--decoder", "random:tae-temporal", "--samples", "2", "--out", str(tmp_path / "e2"))
+    assert plain.returncode == 0 and "Fréchet distance: not computed: FVD needs" in plain.stdout, plain.stderr
 
 
 # -- chunked decoding ------------------------------------------------------------------------------
@@ -230,62 +251,3 @@ def test_a_bad_spec_exits_2_naming_the_field(tmp_path):
     run = cli("run", str(path), "--dry-run")
     assert run.returncode == 2 and "video.fps" in run.stderr and "Traceback" not in run.stderr
 
-
-# -- kills -----------------------------------------------------------------------------------------
-
-# 8 shards of 2 clips: slow enough (about 1 s per clip here) that kills land mid-run.
-SLOW = {"input": {"builtin": 16}}
-
-
-def tar_digests(spec) -> dict[str, str]:
-    return {name: m["tar_sha256"] for name, m in markers(spec).items()}
-
-
-def test_driver_killed_mid_video_run_resumes_to_the_uninterrupted_output(ray_cluster, tmp_path):
-    path = tmp_path / "video.yaml"
-    # The killed driver's lease expires 4 s after its last renewal; the rerun waits for that.
-    path.write_text(yaml.safe_dump(video_dict(tmp_path / "killed", output__lease_ttl_s=4, **SLOW)))
-    spec = parse_spec(path.read_text())
-    driver = subprocess.Popen([sys.executable, "-m", "jobs.cli", "run", str(path), "--address", ray_cluster, "--quiet"],
-                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 300
-    try:
-        while not (OutputLayout(spec.output.url).read_job() and markers(spec)):
-            assert driver.poll() is None, driver.stdout.read().decode()[-3000:]
-            assert time.monotonic() < deadline, "no shard committed in time"
-            time.sleep(0.05)
-    finally:
-        driver.send_signal(signal.SIGKILL)
-        driver.wait()
-    at_kill = tar_digests(spec)
-    assert 1 <= len(at_kill) < 8, f"the kill must land mid-run, {len(at_kill)} of 8 shards were committed"
-
-    report = run_job(spec, progress=False, wait=True)
-    assert report["already_committed"] + report["generated"] == 16
-    assert report["generated"] <= 16 - 2 * len(at_kill)
-    result = verify_output(spec.output.url)
-    assert result["ok"] and (result["unique_keys"], result["duplicates"], result["missing"]) == (16, 0, 0), result
-
-    reference = parse(video_dict(tmp_path / "uninterrupted", **SLOW))
-    run_job(reference, progress=False)
-    # Same seeds, same batches, one x264 thread: every shard is byte-identical, mp4s included.
-    assert tar_digests(spec) == tar_digests(reference)
-
-
-def test_killed_video_actors_are_restarted_and_nothing_is_lost(ray_cluster, tmp_path):
-    import psutil
-
-    spec = parse(video_dict(tmp_path / "out", **SLOW))
-    thread, outcome = run_in_thread(spec)
-    wait_for_commit(spec, thread, timeout=300)
-    actors = [p for p in psutil.Process().children(recursive=True) if "StageActor" in " ".join(p.cmdline())]
-    assert len(actors) >= 3  # read, denoise and decode
-    at_kill = len(markers(spec))
-    for process in actors:
-        process.send_signal(signal.SIGKILL)
-    assert at_kill < 8, "the kill must land mid-run"
-    thread.join(timeout=600)
-    assert "error" not in outcome, outcome.get("error")
-    assert outcome["report"]["generated"] == 16
-    result = verify_output(spec.output.url)
-    assert result["ok"] and (result["unique_keys"], result["duplicates"], result["missing"]) == (16, 0, 0), result
