@@ -8,6 +8,7 @@ Per decoder: PSNR, SSIM and LPIPS against the original images and against the re
 parameters and FLOPs at the evaluated size. Writes eval.json, eval.md and grid.png (original,
 reference, each decoder, side by side) to --out. Every image is compared after uint8 rounding, as
 stored in a dataset. Without LPIPS weights the LPIPS columns say so instead of holding numbers.
+A video output (kind generate-video, with its latents kept) is evaluated by jobs/eval_video.py.
 """
 
 from __future__ import annotations

@@ -14,9 +14,9 @@ import signal
 import sys
 import threading
 import uuid
-from collections import deque
 from typing import Callable
 
+import numpy as np
 import ray
 
 from pipelines.accounting import RunAccounting
@@ -25,10 +25,11 @@ from pipelines.autoscale import rebalancer_for
 from pipelines.errors import Interrupted
 from pipelines.pipeline import Pipeline
 from pipelines.plan import shard_name
-from pipelines.scheduler import ShardScheduler, ShardWork
+from pipelines.scheduler import ShardQueue, ShardScheduler, ShardWork
 from pipelines.sinks.integrity import damaged_shards
 from pipelines.sinks.layout import OutputLayout
 from pipelines.sinks.lease import OutputLease, describe_holder
+from pipelines.sinks.shard_index import ShardIndex
 from pipelines.sinks.webdataset_writer import write_shard
 from pipelines.tracking import run_listeners
 
@@ -73,14 +74,18 @@ def _run_under_lease(pipeline, layout, lease, connect, start_timeout_s, progress
     debris = layout.remove_debris(markers)
     if debris:
         notes.append(f"removed {len(debris)} files of interrupted shard writes or replaced repairs")
-    layout.write_index(markers)
+    index = ShardIndex.from_markers(plan.num_shards, markers)
+    index.write(layout)
 
     todo, to_generate = _shards_to_do(plan, markers, retry_failed)
+    # From here on the driver keeps only the index (bytes per shard) and the markers of shards it repairs.
+    repair_bases = {shard_name(i): markers[shard_name(i)] for i in todo.repairs}
+    del markers
     changed = bool(todo or debris or lease.taken_over or len(notes) > 1)
     accounting = RunAccounting(
         run_id=lease.run_id,
         planned=len(plan),
-        already_committed=sum(m["samples"] for m in markers.values()),
+        already_committed=index.committed_samples,
         to_generate=to_generate,
         job=pipeline.name,
         prices=vars(pipeline.cost) if pipeline.cost is not None else None,
@@ -107,20 +112,21 @@ def _run_under_lease(pipeline, layout, lease, connect, start_timeout_s, progress
             layout.check_devices({pool.name: sorted({i["device"] for i in pool.actor_infos()}) for pool in pools})
 
             def on_commit(name: str, marker: dict) -> None:
-                markers[name] = marker
-                layout.write_index(markers)
+                index.add(name, marker)
+                index.write_if_due(layout)
 
             scheduler = ShardScheduler(
-                plan, pools, RayRuntime(shard_writer(pipeline, markers)), accounting,
+                plan, pools, RayRuntime(shard_writer(pipeline, repair_bases)), accounting,
                 batch_size=pipeline.stages[0].resources.batch_size, max_retries=pipeline.max_retries,
                 write_concurrency=pipeline.write.concurrency, write_cpus=pipeline.write.num_cpus,
-                committed=len(markers), on_commit=on_commit, rebalancer=rebalancer,
+                committed=index.committed, on_commit=on_commit, rebalancer=rebalancer,
             )
             interrupts.scheduler = scheduler
             lease.on_lost = scheduler.stop
             scheduler.run(todo)
             interrupts.scheduler = None
             lease.check()
+            index.write(layout)
     except KeyboardInterrupt:
         interrupts.count += 1
     except BaseException as exc:
@@ -137,27 +143,20 @@ def _run_under_lease(pipeline, layout, lease, connect, start_timeout_s, progress
     return accounting.finish(infos)
 
 
-def _shards_to_do(plan, markers: dict, retry_failed: bool) -> tuple[deque, int]:
-    """(index, keys to regenerate or None for all) per shard to do, and the samples to generate.
+def _shards_to_do(plan, markers: dict, retry_failed: bool) -> tuple[ShardQueue, int]:
+    """The shards to do (with the keys to regenerate, for repairs), and the samples to generate.
     Work items are built when a shard is activated, so the driver's memory does not grow with the plan."""
-    todo: deque[tuple[int, frozenset | None]] = deque()
-    to_generate = 0
-    for index in range(plan.num_shards):
-        marker = markers.get(shard_name(index))
-        if marker is None:
-            todo.append((index, None))
-            to_generate += plan.shard_size(index)
-        elif retry_failed and marker.get("failed"):
-            todo.append((index, frozenset(marker["failed_keys"])))
-            to_generate += marker["failed"]
-    return todo, to_generate
+    fresh = np.fromiter((i for i in range(plan.num_shards) if shard_name(i) not in markers), dtype=np.int64)
+    repairs = {int(name): frozenset(m["failed_keys"]) for name, m in markers.items() if retry_failed and m.get("failed")}
+    to_generate = sum(plan.shard_size(int(i)) for i in fresh) + sum(len(keys) for keys in repairs.values())
+    return ShardQueue(fresh, repairs), to_generate
 
 
 def _interrupted(pipeline: Pipeline, layout: OutputLayout, accounting: RunAccounting, infos: list) -> dict:
     """Ctrl-C: the shards committed (in-flight writes drained or abandoned as debris) go to the index."""
     markers = layout.committed_markers()
     layout.remove_debris(markers)
-    layout.write_index(markers)
+    ShardIndex.from_markers(pipeline.plan.num_shards, markers).write(layout)
     accounting.status = "interrupted"
     accounting.finish(infos)
     samples = sum(m["samples"] for m in markers.values())
@@ -208,9 +207,9 @@ def make_pools(pipeline: Pipeline, rebalancer=None) -> list[StagePool]:
     return pools
 
 
-def shard_writer(pipeline: Pipeline, markers: dict):
+def shard_writer(pipeline: Pipeline, repair_bases: dict):
     """ShardWork -> ref of its commit marker, from one Ray write task per shard. A repair starts
-    from the shard's committed marker (`markers`) and writes the next revision."""
+    from the shard's committed marker (`repair_bases`) and writes the next revision."""
     # Storage outages are retried inside the task (output.storage.timeout_s); Ray retries a write
     # whose worker died.
     remote = ray.remote(write_shard).options(num_cpus=pipeline.write.num_cpus, max_retries=3)
@@ -219,7 +218,7 @@ def shard_writer(pipeline: Pipeline, markers: dict):
     def write(work: ShardWork):
         return remote.remote(
             output.url, output.storage, work.shard.name, [s.as_dict() for s in work.shard.samples],
-            pipeline.sample_metadata, work.failed, markers[work.shard.name] if work.repair else None,
+            pipeline.sample_metadata, work.failed, repair_bases[work.shard.name] if work.repair else None,
             pipeline.faults, *work.outputs,
         )
 

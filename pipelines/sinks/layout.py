@@ -4,6 +4,7 @@
       latentmill.json          job identity (what decides the samples), planned counts, spec
       plan.parquet             every planned sample: key, prompt, seed, shard
       index.json               committed shards; loaders read this instead of listing a bucket
+                               (rewritten on a timer during a run: pipelines/sinks/shard_index.py)
       shards/NNNNN.tar         webdataset shard (NNNNN.rK.tar after its K-th repair)
       shards/NNNNN.parquet     its manifest, one row per sample (failed samples included)
       shards/NNNNN.done.json   commit marker, written last: a shard exists only once this does,
@@ -230,25 +231,6 @@ class OutputLayout:
         for filename in removed:
             self.retrying(f"removing {filename}", lambda filename=filename: self.fs.rm(self.path(SHARD_DIR, filename)))
         return removed
-
-    def write_index(self, markers: dict[str, dict]) -> None:
-        shards = [
-            {
-                "name": name,
-                "tar": f"{SHARD_DIR}/{committed_files(name, m)['tar']}",
-                "manifest": f"{SHARD_DIR}/{committed_files(name, m)['manifest']}",
-                "samples": m["samples"],
-                "failed": m.get("failed", 0),
-            }
-            for name, m in sorted(markers.items())
-        ]
-        index = {
-            "format_version": FORMAT_VERSION,
-            "shards": shards,
-            "samples": sum(s["samples"] for s in shards),
-            "failed": sum(s["failed"] for s in shards),
-        }
-        self.retrying("writing index.json", lambda: write_json(self.fs, self.path(INDEX_FILE), index))
 
     def read_index(self) -> dict:
         path = self.path(INDEX_FILE)
