@@ -126,9 +126,9 @@ def spill(out: str) -> dict:
 
     # A zero-copy view of an object pins it in shared memory (it can be neither spilled nor
     # evicted while the view lives): the job gets what is left, a few MB.
-    ballast = ray.get(ray.put(np.ones(72 * MB, dtype=np.uint8)))
-    # 1024x1024 with latents saved: a decoded batch of 2 is ~6 MB, a shard's two batches do not fit.
-    spec = _spec(out, num_images=8, sampler__height=1024, sampler__width=1024, output__samples_per_shard=4,
+    ballast = ray.get(ray.put(np.ones(77 * MB, dtype=np.uint8)))
+    # 768x768 with latents saved: a decoded batch of 2 is ~3.5 MB; two do not fit beside the ballast.
+    spec = _spec(out, num_images=8, sampler__height=768, sampler__width=768, output__samples_per_shard=4,
                  output__save_latents=True, stages__denoise={"num_gpus": 0, "num_cpus": 1, "batch_size": 2},
                  stages__decode={"num_gpus": 0, "num_cpus": 0.5, "batch_size": 2})
     report = run_job(spec, progress=False, start_timeout_s=120)
