@@ -71,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="also fail (exit 1) when inputs were rejected as unreadable (encode jobs)")
     verify.add_argument("--check", choices=CHECKS, default="size",
                         help="full: also compare every tar's and manifest's sha256 with its commit marker")
+    verify.add_argument("--quality", action="store_true",
+                        help="also fail (exit 1) when a shard's quality monitor figures are below the spec's "
+                             "min_psnr/min_ssim; a job without quality_monitor is a usage error (exit 2)")
     _add_storage_arguments(verify)
 
     report = commands.add_parser("report", help="print the throughput report of a finished or running job")
@@ -213,9 +216,13 @@ def _run(args) -> int:
 
 
 def _verify(args) -> int:
-    from pipelines.verify import verify_output
+    from pipelines.verify import verify_output, verify_quality
 
+    quality = verify_quality(args.output, _storage(args)) if args.quality else None
     result = verify_output(args.output, _storage(args), full=args.check == "full", strict=args.strict)
+    ok = result["ok"] and (quality is None or quality["ok"])
+    if quality is not None:
+        result = {**result, "quality": quality}
     if args.json:
         print(json.dumps(result, sort_keys=True))
     else:
@@ -237,7 +244,23 @@ def _verify(args) -> int:
             print(f"  - {problem}")
         for hint in result["repair"]:
             print(f"repair: {hint}")
-    return 0 if result["ok"] else 1
+        if quality is not None:
+            _print_quality(quality)
+    return 0 if ok else 1
+
+
+def _print_quality(q: dict) -> None:
+    thresholds = ", ".join(f"{name} {q[name]:g}" for name in ("min_psnr", "min_ssim") if q[name] is not None)
+    print(f"quality {'OK' if q['ok'] else 'FAILED'}: {q['decoder']} vs {q['reference']} on {q['monitored']} monitored "
+          f"samples: mean PSNR {_figure(q['psnr'], 2)} dB, SSIM {_figure(q['ssim'], 4)}; "
+          + (f"thresholds {thresholds}" if thresholds else "no thresholds in the spec (nothing can be flagged)"))
+    for flag in q["flagged"]:
+        print(f"  - shard {flag['shard']}: {flag['why']}")
+
+
+def _figure(value, digits: int) -> str:
+    """A mean from pipelines/quality.py: a float, None (nothing monitored) or "inf" (identical images)."""
+    return value if isinstance(value, str) else "-" if value is None else f"{value:.{digits}f}"
 
 
 def _report(args) -> int:

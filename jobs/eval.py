@@ -29,7 +29,7 @@ from jobs.train_data import held_out_samples, scan
 from pipelines.config import StorageConfig
 from pipelines.errors import ConfigError
 from pipelines.sinks.layout import OutputLayout
-from pipelines.sinks.storage import open_output
+from pipelines.sinks.storage import json_safe, open_output
 
 GRID_SAMPLES = 6
 
@@ -146,19 +146,9 @@ def render_grid(columns: list[tuple[str, torch.Tensor]], count: int = GRID_SAMPL
     return buffer.getvalue()
 
 
-def _json_safe(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return "inf" if value > 0 else ("-inf" if value < 0 else "nan")
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def write_files(out_url: str, result: dict, markdown: str, grid: bytes) -> None:
     fs, root = open_output(out_url)
-    files = {"eval.json": json.dumps(_json_safe(result), indent=2).encode(), "eval.md": markdown.encode(), "grid.png": grid}
+    files = {"eval.json": json.dumps(json_safe(result), indent=2).encode(), "eval.md": markdown.encode(), "grid.png": grid}
     for name, data in files.items():
         with fs.open(posixpath.join(root, name), "wb") as f:
             f.write(data)

@@ -50,7 +50,7 @@ def render(spec_path: str, image: str, schedule: str | None = None, overrides: l
     files["spec.yaml"] = yaml.safe_dump(data, sort_keys=False)
     slug = re.sub(r"[^a-z0-9]+", "-", spec.name.lower()).strip("-")[:40] or "job"
     config_name = f"latentmill-{slug}-spec"
-    cluster_spec = cluster_spec_for(spec.stages, image, config_name)
+    cluster_spec = cluster_spec_for(spec, image, config_name)
     job_spec = {
         "entrypoint": f"latentmill run {SPEC_DIR}/spec.yaml",
         "shutdownAfterJobFinishes": True,
@@ -60,7 +60,7 @@ def render(spec_path: str, image: str, schedule: str | None = None, overrides: l
     }
     manifests = {
         "configmap.yaml": {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": config_name}, "data": files},
-        "raycluster.yaml": _ray("RayCluster", CLUSTER_NAME, cluster_spec_for(spec.stages, image, None)),
+        "raycluster.yaml": _ray("RayCluster", CLUSTER_NAME, cluster_spec_for(spec, image, None)),
         "rayjob.yaml": _ray("RayJob", f"latentmill-{slug}", job_spec),
     }
     if schedule is not None:
@@ -106,10 +106,13 @@ def render_command(args) -> int:
     return 0
 
 
-def cluster_spec_for(stages, image: str, spec_configmap: str | None) -> dict:
+def cluster_spec_for(spec, image: str, spec_configmap: str | None) -> dict:
     """Head (no work scheduled on it), a GPU group for GPU stages, a CPU group for writes."""
-    gpu_stages = [s for s in (stages.denoise, stages.decode) if s.gpus_per_actor(True) > 0]
-    cpu_stages = [s for s in (stages.denoise, stages.decode) if s.gpus_per_actor(True) == 0]
+    stages = spec.stages
+    # The quality monitor's actors run only when the spec has one.
+    work = [stages.denoise, stages.decode] + ([stages.monitor] if spec.quality_monitor is not None else [])
+    gpu_stages = [s for s in work if s.gpus_per_actor(True) > 0]
+    cpu_stages = [s for s in work if s.gpus_per_actor(True) == 0]
     groups = []
     if gpu_stages:
         gpus = max(1, math.ceil(max(s.gpus_per_actor(True) for s in gpu_stages)))

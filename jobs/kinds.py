@@ -55,7 +55,17 @@ def decode_kwargs(spec) -> dict:
         "decoder": spec.decoder, "model_reference": spec.model.reference, "image_format": spec.output.image_format,
         "quality": spec.output.quality, "save_latents": spec.output.save_latents, "dtype": spec.model.dtype,
         "tiling": spec.decoder_tiling, "batch_size": spec.stages.decode.batch_size,
+        "monitor_fraction": spec.quality_monitor.fraction if spec.quality_monitor else None,
     }
+
+
+def monitor_stages(spec) -> list[StageDef]:
+    """The quality monitor after decode, when the spec has one (pipelines/stages/quality.py)."""
+    if spec.quality_monitor is None:
+        return []
+    kwargs = {"model_reference": spec.model.reference, "dtype": spec.model.dtype, "tiling": spec.decoder_tiling,
+              "batch_size": spec.stages.monitor.batch_size}
+    return [StageDef("monitor", "pipelines.stages.quality:QualityMonitor", kwargs, spec.stages.monitor)]
 
 
 def generate_pipeline(spec, plan, faults: tuple[Fault, ...] = ()) -> Pipeline:
@@ -63,6 +73,7 @@ def generate_pipeline(spec, plan, faults: tuple[Fault, ...] = ()) -> Pipeline:
     stages = [
         StageDef("denoise", "pipelines.stages.denoise:Denoise", {"model": spec.model, "sampler": spec.sampler}, spec.stages.denoise),
         StageDef("decode", "pipelines.stages.decode:Decode", decode, spec.stages.decode),
+        *monitor_stages(spec),
     ]
     s = spec.sampler
     metadata = {"job": spec.name, "model": spec.model.reference, "decoder": spec.decoder, "scheduler": s.scheduler,
@@ -100,6 +111,7 @@ def redecode_pipeline(spec, plan, faults: tuple[Fault, ...] = ()) -> Pipeline:
     stages = [
         StageDef("read", "pipelines.stages.read:ReadLatents", {"storage": spec.input.storage}, spec.stages.read),
         StageDef("decode", "pipelines.stages.decode:Decode", decode, spec.stages.decode),
+        *monitor_stages(spec),
     ]
     metadata = {"job": spec.name, "decoder": spec.decoder, "input": spec.input.url}
     return _base(spec, plan, stages, faults, metadata)

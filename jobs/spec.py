@@ -33,6 +33,7 @@ from pipelines.config import (
     NotifyConfig,
     OutputConfig,
     PromptsConfig,
+    QualityMonitorConfig,
     RedecodeStages,
     SamplerConfig,
     StagesConfig,
@@ -65,6 +66,8 @@ class JobSpec:
     # Decode in overlapping tiles (true, or a tile size in pixels) for sizes beyond memory; for
     # decoders that support it (sdxl-vae, taesd, tae-192).
     decoder_tiling: Union[bool, int] = False
+    # Off by default: PSNR/SSIM of the decoder against the model's VAE on a fraction of the samples.
+    quality_monitor: QualityMonitorConfig | None = None
     stages: StagesConfig = field(default_factory=StagesConfig)
     # Prices per GPU-hour and CPU-hour for the report's cost figures; none given: no cost shown.
     cost: CostConfig | None = None
@@ -81,6 +84,7 @@ class JobSpec:
         if self.num_images is not None or self.prompts.inline is not None:  # else known once the prompt file is read
             check_seeds(self.seed, self.num_images or len(self.prompts.inline) * self.prompts.images_per_prompt)
         _check_tiling(self.decoder_tiling)
+        _check_monitor(self)
 
     def to_dict(self) -> dict[str, Any]:
         """The spec as saved with the output, parseable again: output.url as written ({date}
@@ -105,7 +109,23 @@ class JobSpec:
             "decoder": self.decoder,
             "decoder_tiling": self.decoder_tiling,
             "output": _output_identity(self),
+            **_monitor_identity(self),
         }
+
+
+def _monitor_identity(spec) -> dict:
+    """The monitor's settings, when on: its fraction writes fields, its thresholds decide flags. Absent
+    when off, so outputs made before the monitor existed resume as before."""
+    if spec.quality_monitor is None:
+        return {}
+    return {"quality_monitor": dataclasses.asdict(spec.quality_monitor)}
+
+
+def _check_monitor(spec) -> None:
+    if spec.quality_monitor is not None and spec.decoder == MODEL_VAE:
+        raise ConfigError("quality_monitor", "", detail=(
+            f"the monitor compares the decoder with the reference, {MODEL_VAE}, which is this job's decoder: "
+            "nothing to compare; remove quality_monitor or choose a lighter decoder"))
 
 
 def _output_identity(spec) -> dict:
@@ -163,19 +183,22 @@ class RedecodeSpec:
     model: ModelConfig = field(default_factory=ModelConfig)
     decoder: str = "sdxl-vae"
     decoder_tiling: Union[bool, int] = False
+    quality_monitor: QualityMonitorConfig | None = None
     stages: RedecodeStages = field(default_factory=RedecodeStages)
     cost: CostConfig | None = None
 
     def __post_init__(self):
         require(bool(self.name.strip()), "name", "a non-empty name", self.name)
         _check_tiling(self.decoder_tiling)
+        _check_monitor(self)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def identity(self) -> dict[str, Any]:
         return {"kind": self.kind, "model": dataclasses.asdict(self.model), "decoder": self.decoder,
-                "decoder_tiling": self.decoder_tiling, "input": self.input.url, "output": _output_identity(self)}
+                "decoder_tiling": self.decoder_tiling, "input": self.input.url, "output": _output_identity(self),
+                **_monitor_identity(self)}
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ taken, which makes the stream after a resume exactly the stream an uninterrupted
 
 from __future__ import annotations
 
-import hashlib
 import io
 import math
 import random
@@ -23,6 +22,7 @@ import torch
 from PIL import Image
 
 from pipelines.errors import ConfigError
+from pipelines.plan import key_fraction
 from pipelines.sinks.layout import OutputLayout
 from pipelines.sinks.storage import storage_options
 
@@ -43,8 +43,7 @@ def shards_from(items: list[dict]) -> list[Shard]:
 
 
 def is_held_out(key: str, fraction: float, seed: int) -> bool:
-    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+    return key_fraction(key, seed) < fraction
 
 
 def scan(urls: list[str], storage, fraction: float, seed: int) -> list[Shard]:

@@ -31,7 +31,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-STAGE_ORDER = ("read", "encode", "denoise", "decode", "write")  # the stage names of every job kind, in chain order
+STAGE_ORDER = ("read", "encode", "denoise", "decode", "monitor", "write")  # the stage names of every job kind, in chain order
 # Latency histograms: log-spaced buckets 5% wide from 1 ms, so runs merge into job totals.
 _BUCKET_BASE, _BUCKET_RATIO = 1e-3, 1.05
 TIMELINE_POINTS = 600  # at most this many timeline points per run (older ones are thinned)

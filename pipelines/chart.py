@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import io
 
-COLOURS = {"encode": "tab:purple", "denoise": "tab:blue", "decode": "tab:orange", "write": "tab:green"}
+COLOURS = {"encode": "tab:purple", "denoise": "tab:blue", "decode": "tab:orange", "monitor": "tab:red",
+           "write": "tab:green"}
 
 
 def stage_series(timeline: list[dict], offset: float = 0.0) -> dict[str, dict[str, list]]:

@@ -222,12 +222,37 @@ class WriteResources:
 
 
 @dataclass(frozen=True)
+class QualityMonitorConfig:
+    """Decode a fraction of the samples with the reference decoder (the model's own VAE) too, and
+    record PSNR/SSIM of the job's decoder against it (pipelines/stages/quality.py)."""
+
+    # Share of the samples monitored, picked by a hash of their key (the same ones on every run).
+    fraction: float = 0.25
+    # A shard whose monitored samples average below either is flagged (report, `verify --quality`).
+    min_psnr: float | None = None  # dB
+    min_ssim: float | None = None
+
+    def __post_init__(self):
+        require(0 < self.fraction <= 1, "fraction", "a number in (0, 1]", self.fraction)
+        if self.min_psnr is not None:
+            require_finite(self.min_psnr, "min_psnr", "a PSNR in dB >= 0, or null")
+        if self.min_ssim is not None:
+            require(0 <= self.min_ssim <= 1, "min_ssim", "an SSIM from 0 to 1, or null", self.min_ssim)
+
+
+def _monitor_resources() -> StageResources:
+    # Runs only when the spec has a quality_monitor section; decodes only the monitored samples.
+    return StageResources(num_cpus=0.25, batch_size=4)
+
+
+@dataclass(frozen=True)
 class StagesConfig:
     # Defaults fit a 2-CPU machine with no GPU: 1 + 0.5 + 0.25 CPUs leave room for Ray itself.
     denoise: StageResources = field(default_factory=lambda: StageResources(num_cpus=1.0, batch_size=4))
     # The decode stage decodes each denoise batch in chunks of its own batch_size (bounding decode
     # memory), so its batch_size is at most the denoise batch_size.
     decode: StageResources = field(default_factory=lambda: StageResources(num_cpus=0.5, batch_size=4))
+    monitor: StageResources = field(default_factory=_monitor_resources)
     write: WriteResources = field(default_factory=WriteResources)
     # A failing sample is retried this many times, then recorded as failed.
     max_retries: int = 2
@@ -298,6 +323,7 @@ class EncodeStages:
 class RedecodeStages:
     read: StageResources = field(default_factory=lambda: StageResources(num_gpus=0, num_cpus=0.25, batch_size=8))
     decode: StageResources = field(default_factory=lambda: StageResources(num_cpus=1.0, batch_size=8))
+    monitor: StageResources = field(default_factory=_monitor_resources)
     write: WriteResources = field(default_factory=WriteResources)
     max_retries: int = 2
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from pipelines.errors import ConfigError
 
-STAGES = ("read", "encode", "denoise", "decode", "write")  # every stage of every job kind
+STAGES = ("read", "encode", "denoise", "decode", "monitor", "write")  # every stage of every job kind
 KINDS = ("raise", "nan", "stall")
 STALL_S = 60.0
 

@@ -8,6 +8,7 @@ calls are cheap no-ops on Ray's side.
 
 from __future__ import annotations
 
+import sys
 import time
 
 STAGE_TAGS = ("job", "stage")
@@ -39,14 +40,26 @@ def make_metrics(factory=None) -> dict:
         "committed": counter("latentmill_samples_committed", "samples committed to storage", tag_keys=JOB_TAGS),
         "images_per_s": gauge("latentmill_images_per_second", "committed samples per second so far", tag_keys=JOB_TAGS),
         "eta": gauge("latentmill_eta_seconds", "estimated seconds left", tag_keys=JOB_TAGS),
+        # Set at the end of a run of a job with a quality monitor (pipelines/quality.py), over its committed shards.
+        "quality_flagged": gauge("latentmill_quality_flagged_shards", "shards below the quality monitor's thresholds",
+                                 tag_keys=JOB_TAGS),
+        "quality_psnr": gauge("latentmill_quality_psnr_db", "mean PSNR of the decoder vs the reference, monitored samples",
+                              tag_keys=JOB_TAGS),
+        "quality_ssim": gauge("latentmill_quality_ssim", "mean SSIM of the decoder vs the reference, monitored samples",
+                              tag_keys=JOB_TAGS),
     }
 
 
 class RayMetrics:
-    """A RunAccounting listener that pushes deltas to Ray's metrics at most every `every_s`."""
+    """A RunAccounting listener that pushes deltas to Ray's metrics at most every `every_s`.
 
-    def __init__(self, job: str, every_s: float = 1.0, factory=None):
+    `quality` (optional): returns the job's quality monitor summary (pipelines/quality.py) or None;
+    called once at the end of the run, since it reads every committed manifest.
+    """
+
+    def __init__(self, job: str, every_s: float = 1.0, factory=None, quality=None):
         self.job = job
+        self.quality = quality
         self.every_s = every_s
         self._last = float("-inf")
         self._sent: dict[tuple, float] = {}
@@ -64,6 +77,20 @@ class RayMetrics:
     def finish(self, acc, report: dict) -> None:
         if self.metrics is not None:
             self.push(acc)
+            if self.quality is not None:
+                try:
+                    self.push_quality(self.quality())
+                except Exception as exc:  # storage down at the end of a failing run: the run's own error matters
+                    print(f"warning: quality metrics not exported: {type(exc).__name__}: {exc}", file=sys.stderr)
+
+    def push_quality(self, summary: dict | None) -> None:
+        if summary is None:
+            return
+        tags = {"job": self.job}
+        self.metrics["quality_flagged"].set(len(summary["flagged"]), tags=tags)
+        for name in ("psnr", "ssim"):
+            if isinstance(summary[name], float):  # None: nothing monitored yet; "inf": no finite value to export
+                self.metrics[f"quality_{name}"].set(summary[name], tags=tags)
 
     def _inc(self, metric: str, key: tuple, total: float, tags: dict) -> None:
         """Counters get what was added since the last push."""

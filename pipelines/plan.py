@@ -124,6 +124,13 @@ def sample_key(index: int) -> str:
     return f"{index:0{KEY_DIGITS}d}"
 
 
+def key_fraction(key: str, salt: object) -> float:
+    """A number in [0, 1) fixed by the key (and `salt`): picks a stable share of the samples, the
+    same on every run (`key_fraction(key, salt) < fraction`)."""
+    digest = hashlib.sha256(f"{salt}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
 def shard_name(index: int) -> str:
     return f"{index:0{SHARD_DIGITS}d}"
 

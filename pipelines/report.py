@@ -16,6 +16,7 @@ import time
 
 from pipelines.accounting import STAGE_ORDER, percentiles_from_histogram
 from pipelines.errors import OutputConflict, OutputError
+from pipelines.quality import monitor_cost, quality_summary
 from pipelines.sinks.layout import OutputLayout
 from pipelines.sinks.storage import read_json, write_atomic
 
@@ -72,6 +73,9 @@ def build_job_report(layout: OutputLayout, now: float | None = None) -> dict:
     planned = record.get("planned", 0)
     running = [run for run in runs if run["status"] == "running"]
     complete = len(index.get("shards", [])) == record.get("shards", -1)
+    quality = quality_summary(layout, record, index)
+    if quality is not None:
+        quality["cost"] = monitor_cost(stages)
     return {
         "job": record.get("name"),
         "output": layout.url,
@@ -94,6 +98,7 @@ def build_job_report(layout: OutputLayout, now: float | None = None) -> dict:
         },
         "video": _video_throughput(record, generated, wall),
         "stages": stages,
+        "quality": quality,
         "runs": [_run_row(run) for run in runs],
         "generated_at": round(now, 3),
     }
@@ -223,6 +228,8 @@ def bottleneck(stages: dict) -> dict | None:
 def _num(value, digits: int = 2, unit: str = "") -> str:
     if value is None:
         return "-"
+    if isinstance(value, str):  # "inf": a PSNR of identical images (pipelines/quality.py)
+        return value
     if isinstance(value, int):
         return f"{value:,}{unit}"
     return f"{value:,.{digits}f}{unit}"
@@ -276,6 +283,7 @@ def render_markdown(report: dict, chart: bool = True) -> str:
             f"{_num(s['waiting_for_input_s'], 1)} | {_num(s['input_backlog_s'], 1)} | {_num(s['backpressured_s'], 1)} | "
             f"{act['min']}-{act['max']} ({_num(act['mean'])}) | {_num(s['gpu_s_per_item'], 4)} | {_num(s['cpu_s_per_item'], 4)} |"
         )
+    lines += _quality_lines(report.get("quality"))
     lines += [
         "",
         "## Runs",
@@ -303,6 +311,39 @@ def render_markdown(report: dict, chart: bool = True) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+QUALITY_TABLE_ROWS = 50  # more shards: the flagged ones are named, the rest are in report.json
+
+
+def _quality_lines(q: dict | None) -> list[str]:
+    if q is None:
+        return []
+    thresholds = ", ".join(f"{name} {q[name]:g}" for name in ("min_psnr", "min_ssim") if q[name] is not None)
+    cost = q.get("cost")
+    lines = [
+        "",
+        "## Quality monitor",
+        "",
+        f"Decoder `{q['decoder']}` against the reference `{q['reference']}` on {q['monitored']:,} monitored samples "
+        f"(fraction {q['fraction']:g}): mean PSNR {_num(q['psnr'])} dB, SSIM {_num(q['ssim'], 4)}. "
+        + (f"Thresholds: {thresholds}." if thresholds else "No thresholds set: nothing is flagged."),
+        "",
+        (f"**Flagged shards ({len(q['flagged'])}):** " + "; ".join(f"{f['shard']} ({f['why']})" for f in q["flagged"])
+         if q["flagged"] else "No shard is below the thresholds."),
+    ]
+    if cost:
+        gpu = (f", {_num(cost['gpu_s'], 1)} GPU-s ({_pct(cost['share_of_gpu_s'])} of the job's GPU-seconds)"
+               if cost["share_of_gpu_s"] is not None else "")
+        lines += ["", f"Monitor cost: {_num(cost['busy_s'], 1)} busy s ({_pct(cost['share_of_busy'])} of all stages' "
+                      f"busy time){gpu}."]
+    shards = list(q["shards"].items())
+    lines += ["", "| shard | monitored | mean PSNR dB | mean SSIM | flagged |", "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {name} | {s['monitored']} | {_num(s['psnr'])} | {_num(s['ssim'], 4)} | {'yes' if s['below'] else ''} |"
+              for name, s in shards[:QUALITY_TABLE_ROWS]]
+    if len(shards) > QUALITY_TABLE_ROWS:
+        lines.append(f"\n{len(shards) - QUALITY_TABLE_ROWS:,} more shards in report.json.")
+    return lines
 
 
 def write_job_report(layout: OutputLayout) -> dict:

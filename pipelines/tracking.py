@@ -11,14 +11,21 @@ import time
 
 from pipelines.metrics import RayMetrics
 from pipelines.progress import LiveProgress
+from pipelines.quality import quality_summary
 from pipelines.report import write_job_report
 
 
 def run_listeners(layout, job_name: str, progress: bool) -> list:
-    listeners = [RunReportWriter(layout), RayMetrics(job_name)]
+    listeners = [RunReportWriter(layout), RayMetrics(job_name, quality=lambda: _quality(layout))]
     if progress:
         listeners.append(LiveProgress(job_name))
     return listeners
+
+
+def _quality(layout) -> dict | None:
+    """The quality monitor's summary for the metrics export; a job without a monitor reads no manifest."""
+    record = layout.read_job()
+    return quality_summary(layout, record) if record else None
 
 
 class RunReportWriter:

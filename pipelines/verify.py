@@ -11,7 +11,8 @@ import io
 import tarfile
 from collections import Counter
 
-from pipelines.errors import OutputConflict
+from pipelines.errors import ConfigError, OutputConflict
+from pipelines.quality import quality_summary
 from pipelines.sinks.layout import OutputLayout
 from pipelines.sinks.video import check_clips
 from pipelines.tables import table_from_bytes
@@ -117,3 +118,20 @@ def _check_shard(layout: OutputLayout, name: str, marker: dict, full: bool) -> t
             f"files hold {len(tar_keys)} and {len(failed_keys)}"
         )
     return tar_keys, failed_keys, rejected_keys, problems
+
+
+def verify_quality(url: str, storage=None) -> dict:
+    """What `latentmill verify --quality` adds: the quality monitor's summary (pipelines/quality.py)
+    with `ok` false when a shard is below the spec's thresholds. A job without a monitor has nothing
+    to check: a usage error (exit 2), not a pass."""
+    layout = OutputLayout(url, storage)
+    job = layout.read_job()
+    if job is None:
+        raise OutputConflict(f"{url} is not a latentmill output (no latentmill.json)")
+    summary = quality_summary(layout, job)
+    if summary is None:
+        raise ConfigError("", "", detail=(
+            f"--quality: the job at {url} ran without a quality monitor, so there are no quality figures to check; "
+            "add quality_monitor: {fraction: 0.25, min_psnr: ..., min_ssim: ...} to its spec (generate or redecode, "
+            "with a decoder other than sdxl-vae)"))
+    return {**summary, "ok": not summary["flagged"]}

@@ -51,12 +51,12 @@ def test_psnr_and_ssim_match_scikit_image(index):
 
 
 def test_identical_images_give_infinite_psnr_ssim_one_and_json_safe_output():
-    from jobs.eval import _json_safe
+    from pipelines.sinks.storage import json_safe
 
     x = torch.rand(2, 3, 16, 16)
     scores = metrics.score(x, x.clone())
     assert scores["psnr"] == [math.inf, math.inf] and scores["ssim"] == pytest.approx([1.0, 1.0])
-    assert _json_safe({"psnr": scores["psnr"]}) == {"psnr": ["inf", "inf"]}
+    assert json_safe({"psnr": scores["psnr"]}) == {"psnr": ["inf", "inf"]}
 
 
 def test_scores_compare_after_uint8_rounding():

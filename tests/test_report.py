@@ -158,3 +158,14 @@ def test_metric_names_and_tags_are_accepted_by_ray(ray_cluster):
     metrics["eta"].set(10.0, tags={"job": "j"})
     with pytest.raises(ValueError):
         metrics["items"].inc(1, tags={"job": "j"})  # a stage metric without its stage tag is refused
+
+
+def test_metrics_export_gives_the_quality_monitor_flags_at_the_end_of_a_run():
+    _Recorder.calls = []
+    factory = {"Counter": _Recorder, "Gauge": _Recorder, "Histogram": _Recorder}
+    summary = {"flagged": [{"shard": "00001", "why": "mean PSNR 5.7 dB < min_psnr 40"}], "psnr": 5.7, "ssim": "inf"}
+    metrics = RayMetrics("j", every_s=0, factory=factory, quality=lambda: summary)
+    metrics.finish(_accounting(), {})
+    quality = {c[0]: c[2] for c in _Recorder.calls if c[0].startswith("latentmill_quality")}
+    # "inf" (identical images) is no finite figure to export; the others are.
+    assert quality == {"latentmill_quality_flagged_shards": 1, "latentmill_quality_psnr_db": 5.7}

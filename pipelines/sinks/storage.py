@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import time
 import uuid
@@ -220,6 +221,18 @@ def create_exclusive(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> b
     # writers through; the later one wins the content and the earlier one sees it is not its own.
     time.sleep(0.2)
     return fs.cat_file(path) == data
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with non-finite floats as the strings "inf", "-inf", "nan": valid JSON (json.dumps
+    would write Infinity and NaN, which strict parsers refuse). PSNR of identical images is inf."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "inf" if value > 0 else ("-inf" if value < 0 else "nan")
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def write_json(fs, path: str, obj: Any) -> None:

@@ -25,7 +25,7 @@ import pyarrow as pa
 from pipelines import faults as fault_injection
 from pipelines.config import StorageConfig
 from pipelines.sinks.layout import OutputLayout, shard_files
-from pipelines.sinks.storage import read_table, streaming_writer, write_atomic, write_json
+from pipelines.sinks.storage import json_safe, read_table, streaming_writer, write_atomic, write_json
 from pipelines.tables import table_to_bytes
 
 
@@ -58,7 +58,7 @@ def sample_members(sample: dict, files: dict[str, bytes], fields: dict, sample_m
     if text:
         members.append((f"{key}.txt", text.encode("utf-8")))
     meta = {**sample_metadata, **sample, **fields}
-    members.append((f"{key}.json", json.dumps(meta, sort_keys=True).encode()))
+    members.append((f"{key}.json", json.dumps(json_safe(meta), sort_keys=True).encode()))
     members += [(f"{key}.{ext}", data) for ext, data in rest]
     return members
 

@@ -51,8 +51,10 @@ class Decode:
         tiling: bool | int = False,
         batch_size: int | None = None,
         device: str | None = None,
+        monitor_fraction: float | None = None,
     ):
         self.batch_size = batch_size
+        self.monitor_fraction = monitor_fraction
         self.image_format = image_format
         self.quality = quality
         self.save_latents = save_latents
@@ -77,4 +79,15 @@ class Decode:
             for item, latent in zip(files, denoised["latents"]):
                 item["latent.npy"] = npy_bytes(latent)
         fields = {"height": int(pixels.shape[1]), "width": int(pixels.shape[2])}
-        return {"keys": denoised["keys"], "files": files, "fields": [fields] * len(files)}
+        out = {"keys": denoised["keys"], "files": files, "fields": [fields] * len(files)}
+        if self.monitor_fraction:
+            out["monitor"] = self.for_monitor(denoised, pixels)
+        return out
+
+    def for_monitor(self, denoised: dict, pixels: np.ndarray) -> dict:
+        """The latents and pixels of the samples the quality monitor (the next stage) checks."""
+        from pipelines.stages.quality import is_monitored
+
+        picked = [i for i, key in enumerate(denoised["keys"]) if is_monitored(key, self.monitor_fraction)]
+        return {"keys": [denoised["keys"][i] for i in picked], "latents": np.asarray(denoised["latents"])[picked],
+                "pixels": pixels[picked]}
