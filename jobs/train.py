@@ -55,7 +55,20 @@ def decoder_identity(spec: TrainDecoderSpec) -> dict:
                               f"but architecture {spec.architecture!r} is a {_architecture_class(spec)}")
     else:
         config = dict(decoders.build(spec.architecture, tiny=spec.tiny, device="meta").model.config)
-    return {"class": _architecture_class(spec), "config": json.loads(json.dumps(config, default=list))}
+    return {"class": _architecture_class(spec), "config": public_config(config)}
+
+
+def public_config(config: dict) -> dict:
+    """A decoder config without diffusers' bookkeeping (`_use_default_values`, `_class_name`, ...):
+    `_use_default_values` is a set, listed in another order by every process (hash randomisation),
+    so a rerun's driver would find its own checkpoints "of another decoder"."""
+    return {k: v for k, v in json.loads(json.dumps(config, default=sorted)).items() if not k.startswith("_")}
+
+
+def same_decoder(saved: dict, identity: dict) -> bool:
+    """Whether a checkpoint's decoder identity is `identity` (checkpoints written before the
+    bookkeeping was left out still hold it)."""
+    return saved["class"] == identity["class"] and public_config(saved["config"]) == public_config(identity["config"])
 
 
 def _architecture_class(spec) -> str:

@@ -10,7 +10,7 @@ import time
 import torch
 
 from jobs.schema import build as build_spec
-from jobs.train import DECODER_DIR, STATE_JSON, STATE_TENSORS, temporary_dir, write_tree
+from jobs.train import DECODER_DIR, STATE_JSON, STATE_TENSORS, same_decoder, temporary_dir, write_tree
 from jobs.train_data import batches, held_out_samples, shards_from, units, worker_stream
 from jobs.train_report import write_report
 from jobs.train_spec import TrainDecoderSpec
@@ -123,8 +123,8 @@ def _restore(trainer, history: list, identity: dict) -> int | None:
     with checkpoint.as_directory() as directory:
         with open(os.path.join(directory, STATE_JSON)) as f:
             meta = json.load(f)
-        if meta["decoder"] != identity:
-            raise ValueError(f"checkpoint {checkpoint.path} is of {meta['decoder']['class']}, not {identity['class']}")
+        if not same_decoder(meta["decoder"], identity):
+            raise ValueError(f"checkpoint {checkpoint.path} is of {meta['decoder']}, not {identity}")
         trainer.load_state(load_file(os.path.join(directory, STATE_TENSORS), device=str(trainer.device)), meta)
     history.extend(meta["history"])
     return trainer.step_count

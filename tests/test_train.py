@@ -1,11 +1,16 @@
 """kind: train-decoder on a real local Ray (Ray Train, 2 gloo workers) over a real encode output of
-scikit-image's photographs; bad inputs refused before training starts."""
+scikit-image's photographs; bad inputs refused before training starts; a killed worker and a killed
+driver both resume from the last checkpoint."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 import torch
@@ -15,7 +20,7 @@ import decoders
 from jobs.local import run_job
 from jobs.sample_photos import write_crops
 from jobs.spec import parse_spec
-from jobs.train import check_before_training
+from jobs.train import check_before_training, decoder_identity, same_decoder
 from pipelines.errors import ConfigError
 from tests.conftest import REPO
 from tests.jobspecs import spec_dict
@@ -95,3 +100,112 @@ def test_a_checkpoint_of_another_architecture_is_refused_with_exit_code_2(encode
                           text=True)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "init_weights" in done.stderr and "AutoencoderTiny" in done.stderr and "LeanDecoder" in done.stderr
+
+
+def test_a_checkpoints_decoder_identity_ignores_the_order_diffusers_lists_its_defaults_in():
+    # diffusers keeps `_use_default_values` as a set: another driver process lists it in another
+    # order, which made a rerun refuse its own checkpoints ("of LeanDecoder, not LeanDecoder").
+    identity = decoder_identity(parse(train_dict("unused", "unused")))
+    assert not any(key.startswith("_") for key in identity["config"])
+    saved = {**identity, "config": {**identity["config"], "_use_default_values": ["shift_factor", "latent_channels"]}}
+    assert same_decoder(saved, identity)
+    assert not same_decoder({**saved, "config": {**saved["config"], "latent_channels": 8}}, identity)
+    assert not same_decoder({**saved, "class": "AutoencoderTiny"}, identity)
+
+
+# Ray Train V2 writes this file beside a run's checkpoints each time it registers one: a checkpoint
+# listed there is the one a restarted worker group or a rerun driver gets from get_checkpoint().
+SNAPSHOT = "checkpoint_manager_snapshot.json"
+
+
+def registered_steps(checkpoints) -> list[int]:
+    """The steps of the checkpoints Ray Train has registered under `checkpoints` (OUTPUT/checkpoints)."""
+    steps = []
+    for snapshot in checkpoints.glob(f"*/{SNAPSHOT}"):
+        try:
+            names = [r["checkpoint_dir_name"] for r in json.loads(snapshot.read_text())["checkpoint_results"]]
+            steps += [json.loads((snapshot.parent / name / "state.json").read_text())["step"] for name in names]
+        except (OSError, ValueError, KeyError):
+            pass  # being rewritten, or the checkpoint deleted after the listing (keep: 2)
+    return sorted(steps)
+
+
+def wait_for_checkpoint(out, running, deadline_s=240.0) -> list[int]:
+    deadline = time.monotonic() + deadline_s
+    while not (steps := registered_steps(out / "checkpoints")):
+        assert running(), "training ended before its first checkpoint"
+        assert time.monotonic() < deadline, "no checkpoint in time"
+        time.sleep(0.05)
+    return steps
+
+
+def assert_resumed_and_finished(report, out, at_kill: list[int], steps: int) -> None:
+    assert report["steps"] == steps and [h["step"] for h in report["history"]] == list(range(1, steps + 1))
+    # Restarted from a checkpoint, not from 0: the latest one registered at the kill or a later one.
+    assert max(at_kill) <= report["resumed_from_step"] < steps
+    assert f"resumed from step {report['resumed_from_step']}" in (out / "report.md").read_text()
+    assert json.loads((out / "report.json").read_text())["resumed_from_step"] == report["resumed_from_step"]
+    dec = decoders.load(str(out / "decoder"))
+    assert type(dec.model).__name__ == "LeanDecoder" and dec.decode(torch.randn(1, 4, 8, 8)).shape == (1, 3, 64, 64)
+
+
+# Ray Train V2 hands a worker's report to its controller when the controller polls (every
+# RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, 2 s by default), and a worker's next report waits for that:
+# each checkpoint costs up to one interval. At 0.5 s, 20 steps checkpointed every 2 leave some 4 s
+# between the first registered checkpoint and the end for the kill to land in (steps take 0.03 s).
+POLL_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
+STEPS = 20
+RESUME_STEPS = {"optim": {"steps": STEPS, "batch_size": 2, "warmup_steps": 1},
+                "checkpoints": {"every_steps": 2, "max_failures": 1}}
+
+
+def test_a_killed_train_worker_restarts_from_the_last_checkpoint_and_finishes(encoded, tmp_path, monkeypatch):
+    import psutil
+
+    for name, value in POLL_ENV.items():
+        monkeypatch.setenv(name, value)  # Ray Train passes it from the driver to its controller
+
+    out = tmp_path / "trained"
+    spec = parse(train_dict(encoded, out, **RESUME_STEPS))
+    started = time.time()
+    outcome: dict = {}
+
+    def train():
+        try:
+            outcome["report"] = run_job(spec, progress=False)
+        except Exception as exc:  # handed to the test, which asserts on it
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=train, daemon=True)
+    thread.start()
+    at_kill = wait_for_checkpoint(out, thread.is_alive)
+    # This test process started the Ray cluster: the run's Ray Train workers are its descendants.
+    workers = [p for p in psutil.Process().children(recursive=True)
+               if p.create_time() >= started - 1 and "RayTrainWorker" in " ".join(p.cmdline())]
+    assert len(workers) == 2, [" ".join(p.cmdline()) for p in workers]
+    workers[0].send_signal(signal.SIGKILL)
+    assert max(at_kill) < STEPS and not (out / "report.json").exists(), "the kill must land mid-training"
+    thread.join(timeout=600)
+    assert "error" not in outcome, outcome.get("error")
+    assert_resumed_and_finished(outcome["report"], out, at_kill, STEPS)
+
+
+def test_a_killed_training_driver_rerun_resumes_from_the_last_checkpoint(encoded, ray_cluster, tmp_path):
+    out = tmp_path / "trained"
+    spec_path = tmp_path / "train.yaml"
+    spec_path.write_text(yaml.safe_dump(train_dict(encoded, out, **RESUME_STEPS)))
+    command = [sys.executable, "-m", "jobs.cli", "run", str(spec_path), "--address", ray_cluster, "--quiet"]
+    env = {**os.environ, **POLL_ENV}
+    driver = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        at_kill = wait_for_checkpoint(out, lambda: driver.poll() is None)
+    finally:
+        driver.send_signal(signal.SIGKILL)
+        output = driver.communicate()[0].decode()
+    assert max(at_kill) < STEPS and not (out / "report.json").exists(), "the kill must land mid-training"
+    assert not (out / "decoder").exists(), output[-3000:]
+    # The same command again: Ray Train finds the run by its name and storage and resumes.
+    rerun = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    assert f"trained lean for {STEPS} steps" in rerun.stdout
+    assert_resumed_and_finished(json.loads((out / "report.json").read_text()), out, at_kill, STEPS)
