@@ -16,6 +16,21 @@ if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 
+# `make test` runs the files on two pytest-xdist workers, a file at a time each, handed out in
+# collection order: the longest files go first so that neither worker is left alone with one at
+# the end (the longest-processing-time-first rule). Measured file times, longest first.
+LONGEST_FILES = (
+    "test_storage.py", "test_resume_after_kill.py", "test_integrity.py", "test_train.py", "test_pipeline.py",
+    "test_video.py", "test_lease.py", "test_submit.py", "test_multinode.py", "test_pipeline_decoders.py",
+    "test_kinds.py", "test_quality_monitor.py", "test_nightly.py", "test_bench_scheduler.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order within a file kept
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("latentmill-cache")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -13,7 +12,6 @@ import uuid
 import pytest
 import yaml
 
-from jobs.local import run_job
 from jobs.spec import parse_spec
 from pipelines.sinks.layout import OutputLayout
 from pipelines.sinks.lease import LeaseHeld, OutputLease
@@ -86,26 +84,8 @@ def test_second_drivers_refuse_or_wait_while_the_first_runs(ray_cluster, s3_serv
     assert [p.rsplit("/", 1)[-1] for p in layout.fs.ls(layout.path("runs"), detail=False)] == [f"{holder['run_id']}.json"]
 
 
-@pytest.mark.parametrize("target", ["local", "s3"])
-def test_killed_holder_is_taken_over_after_its_lease_expires(ray_cluster, s3_server, tmp_path, target):
-    spec_path, spec = write_job(tmp_path, target, s3_server)
-    first = start_driver(spec_path, ray_cluster)
-    layout = wait_for_first_commit(spec, first)
-    first.send_signal(signal.SIGKILL)
-    first.wait()
-    killed = OutputLease(layout, "probe", 4).current()[1]
-    assert not killed["released"]
-
-    with pytest.raises(LeaseHeld, match=killed["run_id"]):  # not before its lease expires
-        run_job(spec, progress=False)
-    report = run_job(spec, progress=False, wait=True)
-    assert report["already_committed"] + report["generated"] == 64
-    assert any(n.startswith("took over the expired lease of run " + killed["run_id"]) for n in report["notes"])
-    assert time.time() >= killed["expires_unix"]  # not before its lease expired
-    result = verify_output(spec.output.url, spec.output.storage)
-    assert result["ok"], result["problems"]
-    generation, record = OutputLease(layout, "probe", 4).current()
-    assert record["released"] and record["run_id"] == report["run_id"] and generation == killed["generation"] + 1
+# A killed holder's lease is taken over once it expires: the driver-kill tests of every kind
+# (tests/test_resume_after_kill.py) check it on local disk and S3.
 
 
 @pytest.mark.parametrize("target", ["local", "s3"])

@@ -1,4 +1,5 @@
-"""Kill the driver with SIGKILL mid-run, rerun, and get exactly what an uninterrupted run writes.
+"""Kill the driver with SIGKILL mid-run, rerun, and get exactly what an uninterrupted run writes:
+the rerun refuses while the killed driver's output lease lives, then takes it over.
 
 Parametrised by job kind: the engine's resume is the same for every kind."""
 
@@ -16,6 +17,7 @@ import yaml
 from jobs.local import run_job
 from jobs.spec import parse_spec
 from pipelines.sinks.layout import OutputLayout
+from pipelines.sinks.lease import LeaseHeld, OutputLease
 from pipelines.verify import verify_output
 from tests.conftest import s3_storage
 from tests.jobspecs import SLOW_SAMPLES, kind_spec_dict
@@ -64,12 +66,21 @@ def test_driver_killed_mid_run_resumes_to_the_uninterrupted_output(
     finally:
         driver.send_signal(signal.SIGKILL)
         driver.wait()
+    # The killed driver still holds the output: a rerun refuses until its lease expires, then takes it over.
+    killed = OutputLease(layout, "probe", 4).current()[1]
+    assert not killed["released"]
+    with pytest.raises(LeaseHeld, match=killed["run_id"]):
+        run_job(spec, progress=False)
     at_kill = committed(spec)
     assert 1 <= len(at_kill) < 8, f"the kill must land mid-run, {len(at_kill)} of 8 shards were committed"
     assert not verify_output(spec.output.url, spec.output.storage)["ok"]
 
     total = SLOW_SAMPLES[kind]
-    report = run_job(spec, progress=False, wait=True)  # the killed driver's lease expires first
+    report = run_job(spec, progress=False, wait=True)  # waits for the killed driver's lease to expire
+    assert any(n.startswith("took over the expired lease of run " + killed["run_id"]) for n in report["notes"])
+    assert time.time() >= killed["expires_unix"]
+    generation, record = OutputLease(layout, "probe", 4).current()
+    assert record["released"] and record["run_id"] == report["run_id"] and generation == killed["generation"] + 1
     assert report["already_committed"] + report["generated"] == total
     assert report["generated"] <= total - total // 8 * len(at_kill)
     result = verify_output(spec.output.url, spec.output.storage)
