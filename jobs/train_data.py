@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 import fsspec
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
@@ -25,6 +24,7 @@ from pipelines.errors import ConfigError
 from pipelines.plan import key_fraction
 from pipelines.sinks.layout import OutputLayout
 from pipelines.sinks.storage import storage_options
+from pipelines.tables import table_from_bytes
 
 IMAGE_SUFFIXES = ("png", "jpg", "jpeg", "webp")
 LATENT_SUFFIX = "latent.npy"
@@ -56,8 +56,7 @@ def scan(urls: list[str], storage, fraction: float, seed: int) -> list[Shard]:
             raise ConfigError("data.urls", "", detail=f"{url}: no committed shards (is it a latentmill output? "
                               "index.json lists none)")
         for entry in index["shards"]:
-            with layout.fs.open(layout.path(entry["manifest"]), "rb") as f:
-                rows = pq.read_table(f, columns=["key", "status"]).to_pylist()
+            rows = table_from_bytes(layout.fs.cat_file(layout.path(entry["manifest"])), ["key", "status"]).to_pylist()
             keys = [r["key"] for r in rows if r["status"] == "ok"]
             held = tuple(k for k in keys if is_held_out(k, fraction, seed))
             train = tuple(k for k in keys if not is_held_out(k, fraction, seed))

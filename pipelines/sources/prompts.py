@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 
 import fsspec
@@ -57,10 +56,10 @@ def _jsonl_prompt(line: str, number: int, url: str) -> str:
 
 
 def _parquet_prompts(raw: bytes, url: str) -> list[str]:
-    import pyarrow.parquet as pq
+    from pipelines.tables import table_from_bytes
 
     try:
-        table = pq.read_table(io.BytesIO(raw), columns=["prompt"])
+        table = table_from_bytes(raw, ["prompt"])
     except Exception as exc:  # pyarrow raises several types for missing columns and bad files
         raise ConfigError(FIELD, "", detail=f"{url}: expected a Parquet file with a 'prompt' column ({exc})") from None
     prompts = table.column("prompt").to_pylist()

@@ -119,10 +119,9 @@ def _committed(url: str, fs, root: str) -> list[dict]:
 
 
 def _latentmill_shard(url: str, fs, root: str, shard: dict) -> pa.Table:
-    import pyarrow.parquet as pq
+    from pipelines.tables import table_from_bytes
 
-    with fs.open(posixpath.join(root, shard["manifest"]), "rb") as f:
-        manifest = pq.read_table(f)
+    manifest = table_from_bytes(fs.cat_file(posixpath.join(root, shard["manifest"])))
     if "status" in manifest.column_names:  # failed samples have no data in the tar
         manifest = manifest.filter(pc.equal(manifest.column("status"), "ok"))
     tar_path = posixpath.join(root, shard["tar"])
