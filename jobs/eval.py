@@ -103,10 +103,11 @@ def evaluate(decoders_: list, reference, keys, latents, images, lpips, batch: in
             "lpips": lpips_status(lpips), "keys": keys, "_outputs": outputs}
 
 
-def _fmt(value, digits=2) -> str:
+def format_cell(value, digits=2) -> str:
+    """A table cell: floats to `digits`, infinite PSNR as inf, a missing value (None) as -."""
     if isinstance(value, float) and math.isinf(value):
         return "inf"
-    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+    return "-" if value is None else (f"{value:.{digits}f}" if isinstance(value, float) else str(value))
 
 
 def render_markdown(result: dict) -> str:
@@ -119,8 +120,8 @@ def render_markdown(result: dict) -> str:
              "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for row in result["rows"]:
         name = row["decoder"] + (" (reference)" if row["is_reference"] else "")
-        cells = [name, *[_fmt(row.get(c), 4 if "ssim" in c or "lpips" in c else 2) for c in columns],
-                 _fmt(row["seconds_per_image"] * 1000), _fmt(row["parameters"] / 1e6, 3), _fmt(row["flops_per_image"] / 1e9, 3)]
+        cells = [name, *[format_cell(row.get(c), 4 if "ssim" in c or "lpips" in c else 2) for c in columns],
+                 format_cell(row["seconds_per_image"] * 1000), format_cell(row["parameters"] / 1e6, 3), format_cell(row["flops_per_image"] / 1e9, 3)]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "![side by side](grid.png)", ""]
     return "\n".join(lines)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import importlib
 import io
-import math
 import statistics
 import time
 
@@ -102,13 +101,9 @@ def evaluate_video(decoders_: list, reference, keys, latents, lpips, features, f
             "keys": keys, "_first_frames": firsts}
 
 
-def _fmt(value, digits=2) -> str:
-    if isinstance(value, float) and math.isinf(value):
-        return "inf"
-    return "-" if value is None else (f"{value:.{digits}f}" if isinstance(value, float) else str(value))
-
-
 def render_markdown(result: dict) -> str:
+    from jobs.eval import format_cell
+
     metrics = [c for c in result["rows"][0] if c == "ssim" or c.startswith(("psnr", "lpips", "flicker_excess", "frechet"))]
     head = ["decoder", *metrics, "ms / frame", "params (M)", "chunk"]
     h, w = result["frame_size"]
@@ -118,8 +113,8 @@ def render_markdown(result: dict) -> str:
              "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for row in result["rows"]:
         name = row["decoder"] + (" (reference)" if row["is_reference"] else "")
-        cells = [name, *[_fmt(row.get(c), 2 if c.startswith(("psnr", "frechet")) else 4) for c in metrics],
-                 _fmt(row["seconds_per_frame"] * 1000), _fmt(row["parameters"] / 1e6, 3), _fmt(row["chunk_frames"])]
+        cells = [name, *[format_cell(row.get(c), 2 if c.startswith(("psnr", "frechet")) else 4) for c in metrics],
+                 format_cell(row["seconds_per_frame"] * 1000), format_cell(row["parameters"] / 1e6, 3), format_cell(row["chunk_frames"])]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "flicker_excess: mean absolute change between consecutive frames, this decoder's minus the "
               "reference's (> 0: it flickers more).", "", "![first frames](grid.png)", ""]

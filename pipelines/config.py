@@ -134,6 +134,19 @@ class NotifyConfig:
         require(0 < self.timeout_s <= 120, "timeout_s", "seconds, more than 0 and at most 120", self.timeout_s)
 
 
+def check_output_fields(output) -> None:
+    """The fields every output section has (image and video): url, samples_per_shard, lease_ttl_s."""
+    require(bool(output.url.strip()), "url", "an output URL or path", output.url)
+    require(
+        0 < output.samples_per_shard <= MAX_SAMPLES_PER_SHARD,
+        "samples_per_shard",
+        f"a positive integer up to {MAX_SAMPLES_PER_SHARD:,} (a write task holds its whole shard in memory)",
+        output.samples_per_shard,
+    )
+    require(output.lease_ttl_s >= 1 and math.isfinite(output.lease_ttl_s), "lease_ttl_s", "a number of seconds >= 1",
+            output.lease_ttl_s)
+
+
 @dataclass(frozen=True)
 class OutputConfig:
     url: str
@@ -152,15 +165,8 @@ class OutputConfig:
     retention: RetentionConfig | None = None
 
     def __post_init__(self):
-        require(bool(self.url.strip()), "url", "an output URL or path", self.url)
+        check_output_fields(self)
         require(1 <= self.quality <= 100, "quality", "an integer from 1 to 100", self.quality)
-        require(
-            0 < self.samples_per_shard <= MAX_SAMPLES_PER_SHARD,
-            "samples_per_shard",
-            f"a positive integer up to {MAX_SAMPLES_PER_SHARD:,} (a write task holds its whole shard in memory)",
-            self.samples_per_shard,
-        )
-        require(self.lease_ttl_s >= 1 and math.isfinite(self.lease_ttl_s), "lease_ttl_s", "a number of seconds >= 1", self.lease_ttl_s)
 
 
 @dataclass(frozen=True)
@@ -435,15 +441,8 @@ class VideoOutputConfig:
     lease_ttl_s: float = 60.0  # as for image outputs (OutputConfig)
 
     def __post_init__(self):
-        require(bool(self.url.strip()), "url", "an output URL or path", self.url)
+        check_output_fields(self)
         require(0 <= self.crf <= 51, "crf", "an integer from 0 to 51", self.crf)
-        require(
-            0 < self.samples_per_shard <= MAX_SAMPLES_PER_SHARD,
-            "samples_per_shard",
-            f"a positive integer up to {MAX_SAMPLES_PER_SHARD:,} (a write task holds its whole shard in memory)",
-            self.samples_per_shard,
-        )
-        require(self.lease_ttl_s >= 1 and math.isfinite(self.lease_ttl_s), "lease_ttl_s", "a number of seconds >= 1", self.lease_ttl_s)
 
 
 @dataclass(frozen=True)
