@@ -37,6 +37,7 @@ import sys
 import tempfile
 import time
 
+import numpy as np
 import yaml
 
 from jobs.sampling import PeriodicSampler
@@ -64,12 +65,25 @@ def ideal_of(split: dict[str, int], times: dict[str, float], write_cpu_s_per_ite
     return {"items_per_s": limits[set_by], "set_by": set_by, "limits": limits}
 
 
-def steady_window(events: list[tuple[float, int]], low: float = 0.1, high: float = 0.9,
+# Without knowing a run's shards in flight: from 10% to 80% of the commits (the Ray Data peer).
+STEADY_LOW, STEADY_HIGH = 0.1, 0.8
+
+
+def steady_fractions(in_flight: int, shards: int) -> tuple[float, float]:
+    """The steady state of a run that keeps `in_flight` shards active: after the first `in_flight`
+    commits (by then every active shard was activated after the fill began, so the work done ahead
+    of the commits has reached its level) and before the last `in_flight` (the drain: the to-do
+    is empty, actors of the first stage go idle, and shards already far along commit faster than
+    the bottleneck's pace). Runs are sized to hold at least 4x their shards in flight."""
+    low, high = in_flight / shards, 1 - in_flight / shards
+    return (low, high) if low < high else (STEADY_LOW, STEADY_HIGH)
+
+
+def steady_window(events: list[tuple[float, int]], low: float = STEADY_LOW, high: float = STEADY_HIGH,
                   after: float = 0.0) -> tuple[float, float, int] | None:
     """(start, end, items) of the steady state: from the commit at which `low` of the items were
     done (and not before time `after`) to the one at which `high` were; items committed after the
-    start, up to and including the end. Output comes in bursts (shards finishing together), so the
-    window must hold many commits: the error is at most one burst."""
+    start, up to and including the end."""
     events = sorted(events)
     total = sum(n for _, n in events)
     done, start, counted = 0, None, 0
@@ -85,10 +99,24 @@ def steady_window(events: list[tuple[float, int]], low: float = 0.1, high: float
     return None
 
 
-def steady_rate(events: list[tuple[float, int]], low: float = 0.1, high: float = 0.9, after: float = 0.0) -> float | None:
-    """Items/s in the steady state (see steady_window)."""
+def steady_rate(events: list[tuple[float, int]], low: float = STEADY_LOW, high: float = STEADY_HIGH,
+                after: float = 0.0) -> float | None:
+    """Items/s in the steady state: the least-squares slope of items committed against time over
+    the commits of the steady window. Shards finish in bursts; the ratio of the window's end points
+    moves by up to one burst with where the ends fall in theirs, the slope through every commit
+    hardly at all."""
     window = steady_window(events, low, high, after)
-    return window[2] / (window[1] - window[0]) if window else None
+    if window is None:
+        return None
+    start, end, _ = window
+    times, done, total = [], [], 0
+    for t, n in sorted(events):
+        total += n
+        if start <= t <= end:
+            times.append(t)
+            done.append(total)
+    t = np.asarray(times) - times[0]
+    return float(np.polyfit(t, np.asarray(done, dtype=float), 1)[0])
 
 
 class CpuClock(PeriodicSampler):
@@ -203,7 +231,8 @@ def run_latentmill(profile: dict, split, url: str, images: int, args, gpus: int 
     with CpuClock() as clock:
         report = run_pipeline(pipeline, progress=False, start_timeout_s=600)
     events = commit_events(url)
-    start, end, items = steady_window(events)
+    low, high = steady_fractions(in_flight(profile, split, gpus), pipeline.plan.num_shards)
+    start, end, items = steady_window(events, low, high)
     stages = report["stages"]
     # Driver CPU in the steady window, per item and per batch event (each stage's batches, the writes).
     driver_cpu = clock.cpu_between(start, end)
@@ -214,7 +243,8 @@ def run_latentmill(profile: dict, split, url: str, images: int, args, gpus: int 
         "wall_s": time.perf_counter() - began,  # actor start-up and the output's setup included
         "planned_shards": pipeline.plan.num_shards,
         "committed_shards": len(events),
-        "steady_items_per_s": steady_rate(events),
+        "steady_items_per_s": steady_rate(events, low, high),
+        "steady_commits": [round(low * len(events)), round(high * len(events))],
         "run_items_per_s": report["generated"] / report["stream_s"] if report["stream_s"] else None,
         "stream_s": report["stream_s"],
         "startup_s": report["startup_s"],
@@ -253,7 +283,11 @@ def run_child(job: dict) -> dict:
              logging_level="ERROR")
     times = scaled_times(profile, args.time_scale)
     best = best_split(times, gpus)
-    images = sized_run(split_throughput(best, times), profile["samples_per_shard"], args.seconds)
+    shard = profile["samples_per_shard"]
+    # A steady state needs several times the shards in flight (steady_fractions); Ray Data, ten times
+    # slower here, runs `seconds` worth of items only.
+    images = sized_run(split_throughput(best, times), shard, args.seconds, 4 * in_flight(profile, best, gpus))
+    peer_images = sized_run(split_throughput(best, times), shard, args.seconds)
     workdir = tempfile.mkdtemp(prefix="latentmill-bench-scheduler-", dir=args.workdir)
     write_cpu = write_cpu_per_item(profile, os.path.join(workdir, "write-alone"))
     warm_write_workers(profile, os.path.join(workdir, "write-warm"))
@@ -267,13 +301,17 @@ def run_child(job: dict) -> dict:
             if args.peer:
                 from jobs.bench_raydata import run_ray_data
 
-                result["runs"]["ray_data"] = run_ray_data(profile, best, os.path.join(workdir, "ray-data"), images, args)
+                result["runs"]["ray_data"] = run_ray_data(profile, best, os.path.join(workdir, "ray-data"), peer_images,
+                                                          args)
         else:  # auto: every static split, then concurrency auto from a bad split
             names = list(times)
             for first in range(1, gpus):
                 split = {names[0]: first, names[1]: gpus - first}
-                # Each split sized by its own ideal (a bad split would take minutes at the best one's size).
-                size = sized_run(split_throughput(split, times), profile["samples_per_shard"], args.seconds, 8)
+                # Each split sized by its own ideal (a bad split would take minutes at the best one's size),
+                # and splits near the best long enough for a steady state.
+                near_best = split_throughput(split, times) >= 0.5 * split_throughput(best, times)
+                size = sized_run(split_throughput(split, times), shard, args.seconds,
+                                 4 * in_flight(profile, split, gpus) if near_best else 8)
                 run = run_latentmill(profile, split, os.path.join(workdir, f"static-{first}"), size, args)
                 run["ideal"] = ideal_of(split, times, write_cpu, args.cpus)
                 run["split"] = split
@@ -284,6 +322,15 @@ def run_child(job: dict) -> dict:
         ray.shutdown()
         subprocess.run(["rm", "-rf", workdir], check=False)
     return result
+
+
+def in_flight(profile: dict, split, gpus: int | None) -> int:
+    """The shards the engine keeps active for this split (pipelines/scheduler.py)."""
+    from pipelines.scheduler import shards_in_flight
+
+    actors = gpus if split == "auto" else sum(split.values())
+    first = next(iter(profile["stages"].values()))
+    return shards_in_flight(actors, first["batch_size"], profile["samples_per_shard"], WRITE_SLOTS)
 
 
 def sized_run(ideal_items_per_s: float, shard: int, seconds: float, min_shards: int = 24) -> int:
@@ -324,7 +371,7 @@ def scale_table(results: list[dict]) -> str:
         if rd:
             peer = _f(rd["steady_items_per_s"], 1)
             ratio = _f(lm["steady_items_per_s"] / rd["steady_items_per_s"]) if rd["steady_items_per_s"] else "-"
-            files = f"{rd['files']} ({rd['rows_per_file']['min']}-{rd['rows_per_file']['max']})"
+            files = f"{rd['files']} ({rd['rows_per_file']['min']}-{rd['rows_per_file']['max']}) of {rd['images']} items"
         lines.append(
             f"| {r['profile']} | {r['gpus']} | {split} | {lm['images']} | {ideal:.1f} ({lm['ideal']['set_by']}) "
             f"| {_f(lm['steady_items_per_s'], 1)} | {_f(ratio_of(lm['steady_items_per_s'], ideal), 3)} "

@@ -60,7 +60,7 @@ def run_job(
     if spec.kind == "train-decoder":  # Ray Train, not a shard-writing pipeline
         from jobs.train import train_decoder
 
-        return train_decoder(spec, progress=progress, connect=lambda: connect_ray(address))
+        return train_decoder(spec, progress=progress, connect=lambda: connect_ray(address), wait=wait)
     from pipelines.runner import run_pipeline  # Ray: not needed to plan or for --dry-run
 
     pipeline = pipeline_for(spec, faults=faults)

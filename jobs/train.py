@@ -4,7 +4,8 @@ Driver: check everything that can be checked before a worker starts (data has la
 decoder's channel count, both splits non-empty, LPIPS weights present, an existing checkpoint is of
 this architecture), then run a TorchTrainer whose checkpoints go to `checkpoints.url` (any fsspec
 URL). Ray Train restarts a failed worker group from the latest checkpoint (`checkpoints.max_failures`);
-a rerun of the same spec after the driver died finds the same run by name and storage and resumes.
+a rerun of the same spec after the driver died (once its output lease expires) finds the same run by
+name and storage and resumes.
 The run name carries a digest of the spec's identity (architecture included), so a changed spec
 never resumes another's checkpoints; a checkpoint of another architecture can only come in as
 `init_weights`, which is checked here.
@@ -25,11 +26,14 @@ import os
 import posixpath
 import tempfile
 import time
+import uuid
 
-from jobs.train_data import first_sample, scan
+from jobs.train_data import first_sample, latent_statistics, scan
 from jobs.train_spec import TrainDecoderSpec
 from pipelines.errors import ConfigError
-from pipelines.sinks.storage import open_output
+from pipelines.sinks.layout import OutputLayout
+from pipelines.sinks.lease import OutputLease, describe_holder
+from pipelines.sinks.storage import open_output, write_json
 
 STATE_TENSORS = "state.safetensors"
 STATE_JSON = "state.json"
@@ -98,6 +102,8 @@ def check_before_training(spec: TrainDecoderSpec) -> dict:
                           f"{spec.architecture} decodes {channels}-channel latents (C, h, w); these latents come "
                           f"from another VAE")
     factor = image.shape[0] // latents.shape[1]
+    latent_scaling = _latent_scaling(spec, shards) if spec.normalize_latents and not spec.init_weights else {}
+    identity["config"].update(latent_scaling)
     if spec.data.crop is not None and spec.data.crop > min(latents.shape[1:]):
         raise ConfigError("data.crop", "", detail=f"a crop of {spec.data.crop} latent cells is larger than the "
                           f"latents ({latents.shape[1]}x{latents.shape[2]})")
@@ -107,7 +113,17 @@ def check_before_training(spec: TrainDecoderSpec) -> dict:
         except LPIPSWeightsMissing as exc:
             raise ConfigError("loss.lpips_weight", "", detail=f"> 0 needs LPIPS: {exc}") from None
     return {"shards": [dataclasses.asdict(s) for s in shards], "decoder": identity, "train_samples": train,
-            "held_out_samples": held, "image_factor": factor}
+            "held_out_samples": held, "image_factor": factor, "latent_scaling": latent_scaling}
+
+
+def _latent_scaling(spec: TrainDecoderSpec, shards) -> dict:
+    """scaling_factor and shift_factor that bring the training latents to mean 0, std 1 in the
+    decoder (Decoder.to_decoder_space divides by the one and adds the other)."""
+    mean, std = latent_statistics(shards, spec.data.storage)
+    if not std > 0:
+        raise ConfigError("data.urls", "", detail=f"the training latents are constant ({mean}): nothing to learn from; "
+                          "set normalize_latents: false to train on them anyway")
+    return {"scaling_factor": float(f"{std:.6g}"), "shift_factor": float(f"{-mean / std:.6g}")}
 
 
 def _storage(spec: TrainDecoderSpec):
@@ -121,15 +137,31 @@ def _storage(spec: TrainDecoderSpec):
     return root, PyFileSystem(FSSpecHandler(fs))
 
 
-def train_decoder(spec: TrainDecoderSpec, *, progress: bool = True, connect=None) -> dict:
-    """Check the spec and data, then (`connect`: join a Ray cluster) train; returns the final report."""
+def train_decoder(spec: TrainDecoderSpec, *, progress: bool = True, connect=None, wait: bool = False) -> dict:
+    """Check the spec and data, then (`connect`: join a Ray cluster) train; returns the final report.
+
+    Like a generation job, training holds its output's lease while it runs (`wait`: wait for a
+    driver that holds it instead of refusing), so two drivers never write the same checkpoints.
+    """
+    prepared = check_before_training(spec)
+    layout = OutputLayout(spec.output.url, spec.output.storage)
+    run_id = f"{run_name(spec)}-{uuid.uuid4().hex[:6]}"
+    with OutputLease(layout, run_id, spec.output.lease_ttl_s).acquire(wait=wait) as lease:
+        report = _train(spec, prepared, progress, connect)
+        lease.check()  # a driver that lost its lease mid-run says so instead of claiming the result
+        if lease.taken_over:
+            report["notes"] = [f"took over the expired lease of {describe_holder(lease.taken_over)}"]
+            write_json(layout.fs, layout.path("report.json"), {k: v for k, v in report.items() if k != "driver_wall_s"})
+    return report
+
+
+def _train(spec: TrainDecoderSpec, prepared: dict, progress: bool, connect) -> dict:
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from jobs.train_worker import train_loop
 
-    prepared = check_before_training(spec)
     if connect is not None:
         connect()
     use_gpu = spec.scaling.use_gpu

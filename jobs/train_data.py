@@ -2,9 +2,10 @@
 
 The driver scans only manifests (keys and status per shard), never the tars: `scan` gives per shard
 its tar URL and its training and held-out keys. Each worker then streams its own shards, one tar at
-a time, so nothing holds a full copy. An epoch shuffles the shards (from the spec's seed) and deals
-them out by rank, so workers read disjoint parts; a worker's position is the number of samples it has
-taken, which makes the stream after a resume exactly the stream an uninterrupted run reads.
+a time, through a shuffle buffer of encoded samples, so nothing holds a full copy. An epoch shuffles
+the shards (from the spec's seed) and deals them out by rank, so workers read disjoint parts; a
+worker's position is the number of samples it has taken, which makes the stream after a resume
+exactly the stream an uninterrupted run reads.
 """
 
 from __future__ import annotations
@@ -64,15 +65,10 @@ def scan(urls: list[str], storage, fraction: float, seed: int) -> list[Shard]:
     return shards
 
 
-def read_samples(tar_url: str, keys, options: dict):
-    """(key, latents float32 (C, h, w), image uint8 (H, W, 3)) for the wanted keys, streaming the tar."""
+def read_raw(tar_url: str, keys, options: dict):
+    """(key, {suffix: bytes}) of the wanted keys in tar order, streaming the tar; nothing decoded."""
     wanted = set(keys)
     current, parts = None, {}
-
-    def finish():
-        if current in wanted:
-            yield (current, *decode_sample(tar_url, current, parts))
-
     with fsspec.open(tar_url, "rb", **options) as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
         for member in tar:
             if not member.isfile():
@@ -80,22 +76,48 @@ def read_samples(tar_url: str, keys, options: dict):
             name = member.name.rsplit("/", 1)[-1]
             key, _, suffix = name.partition(".")
             if key != current:
-                yield from finish()
+                if current in wanted:
+                    yield current, parts
                 current, parts = key, {}
             if key in wanted and (suffix == LATENT_SUFFIX or suffix in IMAGE_SUFFIXES or suffix == "json"):
                 parts[suffix] = tar.extractfile(member).read()
-        yield from finish()
+        if current in wanted:
+            yield current, parts
 
 
-def decode_sample(tar_url: str, key: str, parts: dict) -> tuple[np.ndarray, np.ndarray]:
+def read_samples(tar_url: str, keys, options: dict, images: bool = True):
+    """(key, latents float32 (C, h, w), image uint8 (H, W, 3)) for the wanted keys, streaming the tar
+    (images=False: image None, not decoded)."""
+    for key, parts in read_raw(tar_url, keys, options):
+        yield (key, *decode_sample(tar_url, key, parts, images))
+
+
+def decode_sample(tar_url: str, key: str, parts: dict, images: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
     if LATENT_SUFFIX not in parts:
         raise ConfigError("data.urls", "", detail=f"{tar_url}: sample {key} has no {key}.{LATENT_SUFFIX}; training "
                           "needs latents (kind: encode, or generate with output.save_latents: true)")
+    latents = np.load(io.BytesIO(parts[LATENT_SUFFIX]), allow_pickle=False).astype(np.float32)
+    if not images:
+        return latents, None
     image = next((parts[s] for s in IMAGE_SUFFIXES if s in parts), None)
     if image is None:
         raise ConfigError("data.urls", "", detail=f"{tar_url}: sample {key} has no image ({', '.join(IMAGE_SUFFIXES)})")
-    latents = np.load(io.BytesIO(parts[LATENT_SUFFIX]), allow_pickle=False).astype(np.float32)
     return latents, np.asarray(Image.open(io.BytesIO(image)).convert("RGB"))
+
+
+def latent_statistics(shards: list[Shard], storage, limit: int = 256) -> tuple[float, float]:
+    """Mean and standard deviation of the latents of up to `limit` training samples (latents only:
+    no image is decoded)."""
+    values, taken = [], 0
+    for shard in shards:
+        keys = shard.train_keys[:limit - taken]
+        if keys:
+            values += [z for _, z, _ in read_samples(shard.tar_url, keys, storage_options(shard.tar_url, storage), images=False)]
+            taken += len(keys)
+        if taken >= limit:
+            break
+    stacked = np.stack(values).astype(np.float64)
+    return float(stacked.mean()), float(stacked.std())
 
 
 def first_sample(shards: list[Shard], storage) -> tuple[str, np.ndarray, np.ndarray]:
@@ -114,14 +136,18 @@ def units(shards: list[Shard], world: int) -> list[tuple[str, tuple[str, ...]]]:
     return [(s.tar_url, s.train_keys[p::parts]) for s in shards for p in range(parts) if s.train_keys[p::parts]]
 
 
-def worker_stream(work, rank: int, world: int, seed: int, start: int, storage, crop: int | None):
-    """Endless (latents, image) tensors of this rank, skipping the first `start` samples it took."""
+def worker_stream(work, rank: int, world: int, seed: int, start: int, storage, crop: int | None,
+                  shuffle_buffer: int = 1):
+    """Endless (latents, image) tensors of this rank, skipping the first `start` samples it took.
+
+    Each epoch deals the shuffled work out by rank; samples pass through a shuffle buffer seeded by
+    (seed, epoch, rank). The stream is a pure function of those, so a resumed worker that skips
+    `start` samples (read, not decoded) continues exactly where the uninterrupted one was.
+    """
     options = storage_options(work[0][0], storage) if work else {}
     epoch = 0
     while True:
-        order = list(range(len(work)))
-        random.Random(seed * 100003 + epoch).shuffle(order)
-        mine = [work[i] for i in order[rank::world]]
+        mine = epoch_share(work, rank, world, seed, epoch)
         count = sum(len(keys) for _, keys in mine)
         if count == 0:
             raise RuntimeError(f"worker {rank} has no training samples")
@@ -129,16 +155,32 @@ def worker_stream(work, rank: int, world: int, seed: int, start: int, storage, c
             start -= count
             epoch += 1
             continue
-        for tar_url, keys in mine:
-            if start >= len(keys):
-                start -= len(keys)
-                continue
-            for i, (key, latents, image) in enumerate(read_samples(tar_url, keys, options)):
-                if i < start:
-                    continue
-                yield random_crop(latents, image, crop, f"{seed}:{epoch}:{key}")
-            start = 0
+        raw = ((tar_url, key, parts) for tar_url, keys in mine for key, parts in read_raw(tar_url, keys, options))
+        for i, (tar_url, key, parts) in enumerate(shuffled(raw, shuffle_buffer, random.Random(f"{seed}:{epoch}:{rank}"))):
+            if i >= start:
+                yield random_crop(*decode_sample(tar_url, key, parts), crop, f"{seed}:{epoch}:{key}")
+        start = 0
         epoch += 1
+
+
+def epoch_share(work, rank: int, world: int, seed: int, epoch: int) -> list[tuple[str, tuple[str, ...]]]:
+    """The units of work `rank` reads in `epoch`: all units shuffled by (seed, epoch), dealt by rank."""
+    order = list(range(len(work)))
+    random.Random(seed * 100003 + epoch).shuffle(order)
+    return [work[i] for i in order[rank::world]]
+
+
+def shuffled(items, size: int, rng: random.Random):
+    """Items in random order, holding at most `size` at a time (webdataset's shuffle buffer)."""
+    buffer = []
+    for item in items:
+        buffer.append(item)
+        if len(buffer) >= size:
+            i = rng.randrange(len(buffer))
+            buffer[i], buffer[-1] = buffer[-1], buffer[i]
+            yield buffer.pop()
+    rng.shuffle(buffer)
+    yield from buffer
 
 
 def random_crop(latents: np.ndarray, image: np.ndarray, crop: int | None, salt: str):

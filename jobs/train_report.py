@@ -31,6 +31,7 @@ def summarize(spec, config: dict, history: list[dict], metrics: dict, resumed_fr
         "images_per_s": images / seconds if seconds else None,
         "train_samples": config["prepared"]["train_samples"],
         "held_out_samples": config["prepared"]["held_out_samples"],
+        "latent_scaling": config["prepared"]["latent_scaling"] or None,
         "resumed_from_step": resumed_from,
         "final_loss": {k: sum(h[k] for h in last) / len(last) for k in LOSS_TERMS if k in last[-1]},
         "held_out": metrics,
@@ -48,6 +49,9 @@ def render_markdown(report: dict) -> str:
         f"- images seen: {r['images_seen']} at {r['images_per_s']:.1f} images/s; "
         f"{r['resource']}-seconds (allocated): {r[r['resource'].lower() + '_seconds']:.0f}",
         f"- data: {r['train_samples']} training samples, {r['held_out_samples']} held out",
+        "- latents normalised in the decoder: " + (
+            "scaling_factor {scaling_factor:.6g}, shift_factor {shift_factor:.6g}".format(**r["latent_scaling"])
+            if r.get("latent_scaling") else "no (the architecture's or init_weights' own scaling)"),
         "",
         "| loss term | mean of the last 10 steps |",
         "| --- | --- |",

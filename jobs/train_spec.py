@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
@@ -20,9 +21,15 @@ class TrainData:
     split_seed: int = 0
     # Random crops of this many latent cells (x8 pixels) per side; null: whole samples.
     crop: int | None = None
+    # Samples each worker keeps (as their encoded bytes) to draw batches from at random: shards are
+    # written in key order, and keys often group alike images (a folder sorted by name), so
+    # batches read straight off the shards would each see one kind of image.
+    shuffle_buffer: int = 1024
 
     def __post_init__(self):
         require(len(self.urls) > 0, "urls", "a non-empty list of encode output URLs", self.urls)
+        require(self.shuffle_buffer >= 1, "shuffle_buffer", "a number of samples >= 1 (1: no shuffling)",
+                self.shuffle_buffer)
         require(0 < self.held_out_fraction < 1, "held_out_fraction", "a fraction between 0 and 1 (exclusive)",
                 self.held_out_fraction)
         if self.crop is not None:
@@ -104,9 +111,12 @@ class TrainCheckpoints:
 class TrainOutput:
     url: str
     storage: StorageConfig = field(default_factory=StorageConfig)
+    lease_ttl_s: float = 60.0  # one driver per output, as for generation outputs (OutputConfig)
 
     def __post_init__(self):
         require(bool(self.url.strip()), "url", "an output URL or path", self.url)
+        require(self.lease_ttl_s >= 1 and math.isfinite(self.lease_ttl_s), "lease_ttl_s", "a number of seconds >= 1",
+                self.lease_ttl_s)
 
 
 @dataclass(frozen=True)
@@ -120,6 +130,11 @@ class TrainDecoderSpec:
     architecture: str = "taesd"
     tiny: bool = False  # the architecture a few channels wide (tests)
     init_weights: str | None = None
+    # From scratch: set the decoder's scaling_factor and shift_factor so the training latents reach
+    # its first layer with mean 0 and std 1 (how SD chose its VAE's scaling factor). Latents of an
+    # untrained VAE can be far from that (the tiny model's: std 0.02). With init_weights the
+    # weights keep their own.
+    normalize_latents: bool = True
     # image: reconstruct the encoded image; reference: distil the model's own VAE decoder.
     target: Literal["image", "reference"] = "image"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -150,5 +165,5 @@ class TrainDecoderSpec:
     def identity(self) -> dict[str, Any]:
         """What decides the trained weights (resources and progress settings left out)."""
         spec = self.to_dict()
-        return {k: spec[k] for k in ("data", "architecture", "tiny", "init_weights", "target", "model", "loss",
-                                     "optim", "seed")}
+        return {k: spec[k] for k in ("data", "architecture", "tiny", "init_weights", "normalize_latents", "target",
+                                     "model", "loss", "optim", "seed")}

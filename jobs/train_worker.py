@@ -32,12 +32,14 @@ def _precision(spec: TrainDecoderSpec, device: torch.device) -> str:
     return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
 
 
-def _decoder(spec: TrainDecoderSpec):
+def _decoder(spec: TrainDecoderSpec, latent_scaling: dict):
     import decoders
 
     if spec.init_weights:
         return decoders.load(spec.init_weights, device="cpu")
-    return decoders.build(spec.architecture, tiny=spec.tiny, seed=spec.seed, device="cpu")
+    decoder = decoders.build(spec.architecture, tiny=spec.tiny, seed=spec.seed, device="cpu")
+    decoder.model.register_to_config(**latent_scaling)  # saved with it: config.json holds the scaling
+    return decoder
 
 
 def _reference_decoder(spec: TrainDecoderSpec, device):
@@ -59,7 +61,7 @@ def train_loop(config: dict) -> None:
     torch.set_num_threads(max(1, int(spec.scaling.cpus_per_worker)))
     device = _device(config["use_gpu"])
     torch.manual_seed(spec.seed)  # DDP broadcasts rank 0's weights; the discriminator starts alike too
-    decoder = _decoder(spec)
+    decoder = _decoder(spec, config["prepared"]["latent_scaling"])
     decoder.model.requires_grad_(False)
     for module in decoder.decode_modules():
         module.requires_grad_(True)
@@ -86,7 +88,7 @@ def train_loop(config: dict) -> None:
 
     shards = shards_from(config["prepared"]["shards"])
     stream = worker_stream(units(shards, world), rank, world, spec.seed, trainer.step_count * o.batch_size,
-                           spec.data.storage, spec.data.crop)
+                           spec.data.storage, spec.data.crop, spec.data.shuffle_buffer)
     data = batches(stream, o.batch_size)
     reference = _reference_decoder(spec, device) if spec.target == "reference" else None
     resource_per_worker = 1.0 if config["use_gpu"] else spec.scaling.cpus_per_worker

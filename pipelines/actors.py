@@ -18,10 +18,9 @@ from pipelines import faults as fault_injection
 from pipelines.accounting import StageLoad
 from pipelines.errors import SchedulingError
 from pipelines.pipeline import stage_class
-from pipelines.scheduler import error_cause
+from pipelines.scheduler import CALLS_PER_ACTOR, error_cause
 
 # Work queued per actor: one running and one waiting, so an actor never idles between calls.
-CALLS_PER_ACTOR = 2
 RESOURCE_CHECK_S = 0.2
 
 

@@ -11,8 +11,7 @@ from __future__ import annotations
 import time
 
 from pipelines.accounting import task_load
-
-CALLS_PER_ACTOR = 2  # as pipelines/actors.py: one call running and one waiting per actor
+from pipelines.scheduler import CALLS_PER_ACTOR
 
 
 class Done:

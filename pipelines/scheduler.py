@@ -80,6 +80,19 @@ class Batch:
         return {"keys": [s.key for s in self.samples], "samples": [s.as_dict() for s in self.samples]}
 
 
+# Calls an actor holds at once (pipelines/actors.py): one running, one waiting.
+CALLS_PER_ACTOR = 2
+
+
+def shards_in_flight(actors: int, batch_size: int, samples_per_shard: int, write_concurrency: int) -> int:
+    """Shards active at once: batches enough to fill every actor's call slots twice over, in whole
+    shards, plus the shards being written. Counted in batches, not shards: a shard of 1,000 samples
+    in batches of 8 fills 125 slots alone, and two shards per actor would hold 2 x actors x 1,000
+    images in flight."""
+    batches_per_shard = -(-samples_per_shard // batch_size)
+    return -(-2 * CALLS_PER_ACTOR * actors // batches_per_shard) + write_concurrency
+
+
 class ShardScheduler:
     """The driver loop: keeps every pool fed from bounded queues and commits shards as they finish.
 
@@ -97,8 +110,8 @@ class ShardScheduler:
         self.batch_size, self.max_retries = batch_size, max_retries
         self.write_concurrency, self.write_cpus = write_concurrency, write_cpus
         self.committed, self.on_commit = committed, on_commit
-        # Shards in flight: enough to keep every actor busy, few enough to bound memory.
-        self.max_active = 2 * sum(p.max_actors for p in pools) + write_concurrency
+        self.max_active = shards_in_flight(sum(p.max_actors for p in pools), batch_size, plan.samples_per_shard,
+                                           write_concurrency)
         self.active: dict[str, ShardWork] = {}
         # queues[i]: batches waiting for stage i, with the previous stage's output ref (None for
         # the first stage, which gets the samples themselves).

@@ -5,6 +5,7 @@ the session Ray when the decode stage slows down mid-run."""
 from __future__ import annotations
 
 import json
+import random
 import re
 import subprocess
 import sys
@@ -26,6 +27,15 @@ def test_steady_rate_of_bursty_commits():
     # Bursts of 3 commits of 10 items every second: 30 items/s whatever the window's ends.
     events = [(t + 0.001 * k, 10) for t in range(20) for k in range(3)]
     assert abs(steady_rate(events) - 30) < 1.5
+
+
+def test_steady_rate_follows_the_bottleneck_not_the_bursts_or_the_drain():
+    # 64 GPUs' worth: a wave of 15 shards of 32 items committed over 0.2 s every 1.2 s (400 items/s),
+    # then the drain: the last 15% of the items committed three times as fast.
+    rng = random.Random(0)
+    events = [(1.2 * wave + 0.2 * rng.random(), 32) for wave in range(7) for _ in range(15)]
+    events += [(8.4 + k * 32 / 1200, 32) for k in range(18)]
+    assert abs(steady_rate(events) / 400 - 1) < 0.03
 
 
 def test_bench_scheduler_command_prints_the_table(tmp_path):

@@ -169,7 +169,8 @@ def test_shards_in_flight_stay_bounded_and_a_write_error_names_the_shard():
                                write_cpus=0.25, committed=0, on_commit=lambda n, m: peak.append(len(scheduler.active)))
     scheduler.run(deque((i, None) for i in range(plan.num_shards)))
     assert len(runtime.written) == 100
-    assert max(peak) <= scheduler.max_active == 2 * (1 + 1) + 1
+    # One batch a shard, two actors of two call slots each, filled twice over, plus one writing.
+    assert max(peak) <= scheduler.max_active == 2 * 2 * (1 + 1) + 1
 
     def broken_write(work):
         return Ref(error=OSError("disk full"))

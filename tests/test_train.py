@@ -21,7 +21,11 @@ from jobs.local import run_job
 from jobs.sample_photos import write_crops
 from jobs.spec import parse_spec
 from jobs.train import check_before_training, decoder_identity, same_decoder
+from jobs.train_data import epoch_share, scan, units, worker_stream
+from pipelines.config import StorageConfig
 from pipelines.errors import ConfigError
+from pipelines.sinks.layout import OutputLayout
+from pipelines.sinks.lease import LeaseHeld, OutputLease
 from tests.conftest import REPO
 from tests.jobspecs import spec_dict
 from tests.test_kinds import encode_spec_dict
@@ -61,11 +65,32 @@ def test_train_decoder_writes_a_loadable_decoder_with_spec_metrics_report_and_ch
     assert all({"pixel", "total", "images_per_s", "resource_s"} <= set(h) for h in report["history"])
     dec = decoders.load(str(out / "decoder"))
     assert type(dec.model).__name__ == "LeanDecoder" and dec.decode(torch.randn(1, 4, 8, 8)).shape == (1, 3, 64, 64)
+    # Trained from scratch: the decoder's config carries the scaling that normalised its training latents.
+    scaling = report["latent_scaling"]
+    assert (dec.config.scaling_factor, dec.config.shift_factor) == (scaling["scaling_factor"], scaling["shift_factor"])
+    assert scaling["scaling_factor"] != 1.0 and "latents normalised in the decoder: scaling_factor" in (out / "report.md").read_text()
     metrics = json.loads((out / "decoder" / "metrics.json").read_text())
     assert metrics["held_out_samples"] > 0 and metrics["psnr"] > 0 and "lpips" not in metrics
     assert yaml.safe_load((out / "decoder" / "training_spec.yaml").read_text())["architecture"] == "lean"
     assert (out / "loss.png").stat().st_size > 0 and "Held-out metrics" in (out / "report.md").read_text()
     assert list((out / "checkpoints").glob("*/checkpoint_*/state.safetensors"))
+
+
+def test_each_worker_streams_its_own_shuffled_part_and_a_resume_continues_it_exactly(encoded):
+    shards = scan([str(encoded)], StorageConfig(), 0.25, 0)
+    work, train = units(shards, 2), sum(len(s.train_keys) for s in shards)
+
+    def latents(rank, start, count, buffer=8):
+        stream = worker_stream(work, rank, 2, 0, start, StorageConfig(), None, buffer)
+        return [next(stream)[0].numpy().tobytes() for _ in range(count)]
+
+    epoch = [z for rank in (0, 1) for z in latents(rank, 0, sum(len(k) for _, k in epoch_share(work, rank, 2, 0, 0)))]
+    # One epoch of both workers: every training sample once, and not in the order of the shards.
+    assert len(epoch) == len(set(epoch)) == train
+    assert latents(0, 0, 12) != latents(0, 0, 12, buffer=1)
+    # A worker resumed at position 5 (or in a later epoch) reads what the uninterrupted one read there.
+    whole = latents(0, 0, 40)
+    assert latents(0, 5, 35) == whole[5:] and latents(0, 30, 10) == whole[30:]
 
 
 def test_encode_output_without_latents_is_refused_before_training(ray_cluster, tmp_path):
@@ -100,6 +125,15 @@ def test_a_checkpoint_of_another_architecture_is_refused_with_exit_code_2(encode
                           text=True)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "init_weights" in done.stderr and "AutoencoderTiny" in done.stderr and "LeanDecoder" in done.stderr
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"data": {"urls": ["x"], "shuffle_buffer": 0}}, "data.shuffle_buffer: expected a number of samples >= 1"),
+    ({"output": {"url": "x", "lease_ttl_s": 0.5}}, "output.lease_ttl_s: expected a number of seconds >= 1"),
+])
+def test_bad_training_fields_are_named(tmp_path, changes, message):
+    with pytest.raises(ConfigError, match=message):
+        parse(train_dict(tmp_path, tmp_path / "out", **changes))
 
 
 def test_a_checkpoints_decoder_identity_ignores_the_order_diffusers_lists_its_defaults_in():
@@ -193,7 +227,8 @@ def test_a_killed_train_worker_restarts_from_the_last_checkpoint_and_finishes(en
 def test_a_killed_training_driver_rerun_resumes_from_the_last_checkpoint(encoded, ray_cluster, tmp_path):
     out = tmp_path / "trained"
     spec_path = tmp_path / "train.yaml"
-    spec_path.write_text(yaml.safe_dump(train_dict(encoded, out, **RESUME_STEPS)))
+    spec_path.write_text(yaml.safe_dump(train_dict(encoded, out, **RESUME_STEPS,
+                                                   output={"url": str(out), "lease_ttl_s": 2})))
     command = [sys.executable, "-m", "jobs.cli", "run", str(spec_path), "--address", ray_cluster, "--quiet"]
     env = {**os.environ, **POLL_ENV}
     driver = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -204,8 +239,17 @@ def test_a_killed_training_driver_rerun_resumes_from_the_last_checkpoint(encoded
         output = driver.communicate()[0].decode()
     assert max(at_kill) < STEPS and not (out / "report.json").exists(), "the kill must land mid-training"
     assert not (out / "decoder").exists(), output[-3000:]
-    # The same command again: Ray Train finds the run by its name and storage and resumes.
-    rerun = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    # The killed driver's lease outlives it by up to its TTL: a second driver refuses meanwhile.
+    killed = OutputLease(OutputLayout(str(out)), "probe", 2).current()[1]
+    assert not killed["released"]
+    with pytest.raises(LeaseHeld, match=killed["run_id"]):
+        run_job(parse(train_dict(encoded, out, **RESUME_STEPS, output={"url": str(out), "lease_ttl_s": 2})))
+    # The same command again: it waits for the lease to expire, then Ray Train finds the run by
+    # its name and storage and resumes.
+    rerun = subprocess.run(command + ["--wait"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     assert f"trained lean for {STEPS} steps" in rerun.stdout
-    assert_resumed_and_finished(json.loads((out / "report.json").read_text()), out, at_kill, STEPS)
+    report = json.loads((out / "report.json").read_text())
+    assert any(n.startswith("took over the expired lease of run " + killed["run_id"]) for n in report.get("notes", []))
+    assert OutputLease(OutputLayout(str(out)), "probe", 2).current()[1]["released"]
+    assert_resumed_and_finished(report, out, at_kill, STEPS)
