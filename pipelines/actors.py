@@ -36,6 +36,7 @@ class StageActor:
         started = time.perf_counter()
         self.stage = stage_class(stage_cls)(**stage_kwargs)
         self.load_seconds = time.perf_counter() - started
+        self.batches_run = 0
 
     def info(self) -> dict:
         context = ray.get_runtime_context()
@@ -63,7 +64,9 @@ class StageActor:
         rejected = {**batch.get("rejected", {}), **result.get("rejected", {})}
         if rejected:
             result["rejected"] = rejected
-        return result, {"items": len(result["keys"]), "busy_s": busy, "started_at": started_at}
+        self.batches_run += 1
+        return result, {"items": len(result["keys"]), "busy_s": busy, "started_at": started_at,
+                        "warm": self.batches_run > 1}
 
 
 _RemoteStageActor = ray.remote(StageActor)

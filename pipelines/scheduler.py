@@ -186,9 +186,10 @@ class ShardScheduler:
             self._on_failure(batch, pool.name, exc)
             return
         pool.release(member)
+        warm = stats.pop("warm", True)
         self.accounting.record(pool.name, **stats, ref=ref)
         if self.rebalancer is not None:
-            self.rebalancer.record(pool.name, stats["items"], stats["busy_s"])
+            self.rebalancer.record(pool.name, stats["items"], stats["busy_s"], warm)
         if stage + 1 < len(self.pools):
             self.queues[stage + 1].append((batch, result_ref))
             return

@@ -55,6 +55,16 @@ def feed(rebalancer, stage, per_item_s, batches, items=4):
         rebalancer.record(stage, items, per_item_s * items)
 
 
+def test_an_actors_first_batch_is_its_cold_start_and_does_not_decide_the_split():
+    r = GpuRebalancer(("denoise", "decode"), slots=16, warmup_batches=3, window=8, min_gain=0.05, cooldown_s=10)
+    feed(r, "denoise", 3.0, 3)
+    for _ in range(8):  # every decode actor's first batch, twice its pace
+        r.record("decode", 4, 0.6 * 4, warm=False)
+    assert r.decide(0.0, {"denoise": 8, "decode": 8}) is None  # decode has no warm batch yet
+    feed(r, "decode", 0.3, 3)
+    assert r.decide(1.0, {"denoise": 8, "decode": 8}).split == {"denoise": 14, "decode": 2}
+
+
 def test_rebalancer_waits_for_warm_up_then_fixes_a_bad_split_and_follows_drift():
     r = GpuRebalancer(("denoise", "decode"), slots=16, warmup_batches=3, window=8, min_gain=0.05, cooldown_s=10)
     bad = {"denoise": 1, "decode": 15}
