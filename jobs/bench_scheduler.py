@@ -11,16 +11,18 @@ Reported per profile and GPU count:
   split       GPUs per stage (the best static split for the profile's times, pipelines/autoscale.py)
   ideal       min over stages of actors_i / t_i, and the write stage's CPU bound
               (min(write slots, cores) / measured write seconds per item)
-  throughput  committed items/s in the steady state (commits between 10% and 90% of the items; a
-              real job of 100K+ items is almost all steady state), and over the whole run (from the
-              first batch submitted to the end: fill and drain included)
+  throughput  committed items/s in the steady state (the slope through the commits after the first
+              F and before the last F, F the shards the engine keeps in flight; a real job of 100K+
+              items is almost all steady state), and over the whole run (from the first batch
+              submitted to the end: fill and drain included)
   efficiency  throughput / ideal; each stage's utilisation; the driver's CPU seconds per batch and
               per item (process CPU time of the driver over the run, Ray's threads in it included)
   Ray Data    the same stages as `map_batches` actor pools on the same GPUs, then
               `write_webdataset`: its steady throughput, the ratio latentmill / Ray Data, and the
               files it leaves (count, rows per file) next to latentmill's planned shards.
 `--auto`: for each profile at each GPU count, every static split, then `concurrency: auto` from a
-deliberately bad split (one GPU to denoise); auto / best static. `--memory`: the driver's peak RSS
+deliberately bad split (the even one, which auto starts from before it has measured anything);
+auto / best static. `--memory`: the driver's peak RSS
 for a dry run of the scheduler's bookkeeping (instant in-process stages, no Ray) at 100,000 and
 10,000,000 samples.
 """

@@ -18,13 +18,11 @@ import io
 import json
 import math
 import posixpath
-import statistics
-import time
 
 import numpy as np
 import torch
 
-from jobs.eval_video import is_video_output
+from jobs.eval_video import is_video_output, timed_decode
 from jobs.train_data import held_out_samples, scan
 from pipelines.config import StorageConfig
 from pipelines.errors import ConfigError
@@ -61,18 +59,9 @@ def fit_linear(train_url: str, latent_channels: int, limit: int):
 
 
 def decode_timed(decoder, latents: torch.Tensor, batch: int) -> tuple[torch.Tensor, float]:
-    """Decoded images and the median seconds per image over batches, after one warm-up batch."""
-    sync = torch.cuda.synchronize if decoder.device.type == "cuda" else (lambda: None)
-    decoder.decode(latents[:batch])
-    sync()
-    outputs, per_image = [], []
-    for part in latents.split(batch):
-        start = time.perf_counter()
-        out = decoder.decode(part)
-        sync()
-        per_image.append((time.perf_counter() - start) / len(part))
-        outputs.append(out.cpu())
-    return torch.cat(outputs).double(), statistics.median(per_image)
+    """Decoded images and the median seconds per image over batches."""
+    images, seconds = timed_decode(decoder.decode, latents.split(batch), decoder.device)
+    return images.double(), seconds
 
 
 def count_flops_per_image(decoder, latents: torch.Tensor) -> int:
@@ -155,6 +144,7 @@ def write_files(out_url: str, result: dict, markdown: str, grid: bytes) -> None:
             f.write(data)
 
 
+@torch.no_grad()  # not torch.set_grad_enabled(False): a caller in the same process (tests) trains after
 def main(argv: list[str] | None = None) -> int:
     import decoders
     from decoders.metrics import LPIPS, LPIPSWeightsMissing
@@ -180,7 +170,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.decoder and not args.linear_fit:
         raise ConfigError("--decoder", "", detail="give at least one --decoder (or --linear-fit)")
-    torch.set_grad_enabled(False)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     job = OutputLayout(args.input).read_job()
     args.model = args.model or (job or {}).get("spec", {}).get("model", {}).get("reference") or "tiny"

@@ -60,20 +60,26 @@ def load_feature_network(path: str | None):
         raise ConfigError("--video-features", "MODULE:CALLABLE", path, detail=f"cannot import it: {exc}") from None
 
 
-def decode_timed(decoder, latents: torch.Tensor, chunk_frames: int | None) -> tuple[torch.Tensor, float]:
-    """Decoded clips and the median seconds per frame over clips, after one warm-up clip."""
-    sync = torch.cuda.synchronize if decoder.device.type == "cuda" else (lambda: None)
-    latents = latents.to(decoder.device)
-    decoder.decode(latents[:1], chunk_frames=chunk_frames)
+def timed_decode(decode, parts, device: torch.device, units=len) -> tuple[torch.Tensor, float]:
+    """`decode` applied to each part, concatenated, and the median seconds per unit (`units(part)`:
+    images, or frames of a clip) over the parts, after one warm-up part; synchronised on a GPU."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    decode(parts[0])
     sync()
-    clips, per_frame = [], []
-    for clip in latents.split(1):
+    outputs, per_unit = [], []
+    for part in parts:
         start = time.perf_counter()
-        out = decoder.decode(clip, chunk_frames=chunk_frames)
+        out = decode(part)
         sync()
-        per_frame.append((time.perf_counter() - start) / clip.shape[1])
-        clips.append(out.cpu())
-    return torch.cat(clips), statistics.median(per_frame)
+        per_unit.append((time.perf_counter() - start) / units(part))
+        outputs.append(out.cpu())
+    return torch.cat(outputs), statistics.median(per_unit)
+
+
+def decode_timed(decoder, latents: torch.Tensor, chunk_frames: int | None) -> tuple[torch.Tensor, float]:
+    """Decoded clips and the median seconds per frame, one clip at a time."""
+    return timed_decode(lambda clip: decoder.decode(clip, chunk_frames=chunk_frames),
+                        latents.to(decoder.device).split(1), decoder.device, units=lambda clip: clip.shape[1])
 
 
 def evaluate_video(decoders_: list, reference, keys, latents, lpips, features, features_name,
