@@ -57,6 +57,9 @@ def run_job(
     check_full: bool = False,
     wait: bool = False,
 ) -> dict:
+    from jobs.spec import with_absolute_paths
+
+    spec = with_absolute_paths(spec)
     if spec.kind == "train-decoder":  # Ray Train, not a shard-writing pipeline
         from jobs.train import train_decoder
 

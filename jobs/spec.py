@@ -8,6 +8,7 @@ error names the file, the line where it has one, the field, and what was expecte
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
@@ -284,6 +285,35 @@ def parse_spec(text: str, source: str = "<spec>", overrides: list[str] = (), dat
         where = f"{source}:{line}" if line else source
         raise ConfigError("", "", detail=f"{where}: {exc}") from None
     return spec
+
+
+# Fields that may name a local file or folder. A relative one means "from where latentmill runs",
+# but only the driver runs there: Ray Train workers run in a directory of their own, and actors of
+# a cluster started elsewhere in theirs. So the driver makes them absolute before the job starts.
+PATH_FIELDS = ("url", "urls", "file", "reference", "decoder", "init_weights")
+NAMED_FIELDS = ("reference", "decoder")  # also take built-in names and Hugging Face ids
+
+
+def with_absolute_paths(spec):
+    """`spec` (or a section of it) with every local relative path absolute, from the current directory."""
+    changes = {}
+    for f in dataclasses.fields(spec):
+        value = getattr(spec, f.name)
+        if dataclasses.is_dataclass(value):
+            section = with_absolute_paths(value)
+            if section is not value:
+                changes[f.name] = section
+        elif f.name in PATH_FIELDS and value is not None:
+            absolute = [_absolute(v, f.name) for v in value] if isinstance(value, list) else _absolute(value, f.name)
+            if absolute != value:
+                changes[f.name] = absolute
+    return dataclasses.replace(spec, **changes) if changes else spec
+
+
+def _absolute(value: str, name: str) -> str:
+    if references.is_url(value) or (name in NAMED_FIELDS and not references.is_path(value)):
+        return value  # a URL, a built-in name or a Hugging Face id
+    return os.path.abspath(references.local_path(value))
 
 
 def apply_override(data: dict, item: str) -> None:

@@ -262,3 +262,21 @@ def test_tiling_a_decoder_that_cannot_tile_is_a_spec_error(tmp_path):
     # The model's own VAE and TAESD-class decoders tile.
     for decoder in ("sdxl-vae", "random:taesd-tiny"):
         assert parse_spec(yaml.safe_dump(spec_dict(tmp_path / "o", decoder=decoder, decoder_tiling=True))).decoder_tiling
+
+
+def test_the_driver_makes_local_relative_paths_absolute_and_leaves_names_and_urls(tmp_path, monkeypatch):
+    from jobs.spec import with_absolute_paths
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "prompts.txt").write_text("a red fox\n")
+    (tmp_path / "dec").mkdir()
+    spec = with_absolute_paths(parse({**spec_dict("out"), "prompts": {"file": "prompts.txt"}, "decoder": "./dec"}))
+    assert (spec.output.url, spec.prompts.file, spec.decoder) == (
+        str(tmp_path / "out"), str(tmp_path / "prompts.txt"), str(tmp_path / "dec"))
+    assert spec.model.reference == "tiny"
+    named = with_absolute_paths(parse({**spec_dict("s3://bucket/out"), "decoder": "random:taesd"}))
+    assert (named.output.url, named.decoder) == ("s3://bucket/out", "random:taesd")
+    train = with_absolute_paths(load_spec(os.path.join(REPO, "jobs/examples/train-decoder.yaml"),
+                                          ["data.urls=[enc, s3://bucket/enc]", "init_weights=~/w.safetensors"]))
+    assert train.data.urls == [str(tmp_path / "enc"), "s3://bucket/enc"]
+    assert train.init_weights == os.path.expanduser("~/w.safetensors")

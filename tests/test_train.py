@@ -58,9 +58,14 @@ def parse(data: dict):
     return parse_spec(yaml.safe_dump(data), source="train.yaml")
 
 
-def test_train_decoder_writes_a_loadable_decoder_with_spec_metrics_report_and_checkpoints(encoded, tmp_path):
+def test_train_decoder_writes_a_loadable_decoder_with_spec_metrics_report_and_checkpoints(encoded, tmp_path,
+                                                                                          monkeypatch):
+    # Relative paths, as in the README's commands: they mean the driver's directory to the workers too
+    # (Ray Train runs its workers in a directory of their own).
+    monkeypatch.chdir(tmp_path)
     out = tmp_path / "trained"
-    report = run_job(parse(train_dict(encoded, out)), progress=False)
+    spec = train_dict(os.path.relpath(encoded), "trained")
+    report = run_job(parse(spec), progress=False)
     assert report["steps"] == 4 and report["workers"] == 2 and len(report["history"]) == 4
     assert all({"pixel", "total", "images_per_s", "resource_s"} <= set(h) for h in report["history"])
     dec = decoders.load(str(out / "decoder"))
