@@ -34,7 +34,8 @@ class Encode:
         pixels = batch["pixels"]
         if not len(pixels):
             return {"keys": [], "files": [], "fields": []}
-        x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).float() / 255.0
+        # Pixels from the object store are read-only; torch.tensor copies (from_numpy would warn).
+        x = torch.tensor(pixels).permute(0, 3, 1, 2).float() / 255.0
         chunk = self.batch_size or len(x)
         latents = torch.cat([self.vae.encode(part) for part in x.split(chunk)]).cpu().numpy()
         files = [

@@ -51,7 +51,7 @@ class QualityMonitor:
         latents = torch.tensor(monitor["latents"], device=self.device)
         chunk = self.batch_size or len(latents)
         reference = torch.cat([self.reference.decode(part) for part in latents.split(chunk)])
-        light = torch.from_numpy(monitor["pixels"]).to(reference.device).permute(0, 3, 1, 2) / 255
+        light = torch.tensor(monitor["pixels"]).to(reference.device).permute(0, 3, 1, 2) / 255
         metrics = score(reference, light)  # both rounded to uint8 levels, as the dataset's images are
         return {key: {"monitor_psnr": psnr, "monitor_ssim": ssim}
                 for key, psnr, ssim in zip(monitor["keys"], metrics["psnr"], metrics["ssim"])}
