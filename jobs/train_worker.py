@@ -182,8 +182,8 @@ def _held_out_metrics(spec, config, decoder, lpips) -> dict:
     scores: dict[str, list] = {}
     count = 0
     for _, latents, image in held_out_samples(shards, spec.data.storage, spec.eval_samples):
-        z = torch.from_numpy(latents)[None]
-        x = torch.from_numpy(image).permute(2, 0, 1)[None].double() / 255.0
+        z = torch.tensor(latents)[None]  # copies: decoded images are read-only arrays
+        x = torch.tensor(image).permute(2, 0, 1)[None].double() / 255.0
         for name, values in score(x, decoder.decode(z).cpu().double(), lpips).items():
             scores.setdefault(name, []).extend(values)
         count += 1
