@@ -97,7 +97,9 @@ def test_stop_then_resubmit_resumes_from_committed_shards(cluster, tmp_path, cap
     prompts.write_text("a cat on a mat\na dog in fog\n")
     args = ["submit", QUICKSTART, "--address", cluster.address, "--set", f"output.url={out}", "--set", "name=long-job",
             "--set", "prompts.inline=null", "--set", f"prompts.file={prompts}", "--set", "num_images=48", *SMALL,
-            "--date", DATE]
+            # Slower batches (~0.5 s each) so that the stop lands mid-run: at 2 steps, with 10 of the
+            # 12 shards in flight at once, all of them committed within 0.2 s of the first.
+            "--set", "sampler.steps=100", "--date", DATE]
     code, stdout, err = cli(capsys, *args)
     assert code == 0, err
     first = stdout.strip()
