@@ -26,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--dry-run", action="store_true", help="print the resolved plan and run nothing")
     run.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else start a local cluster)")
     run.add_argument("--quiet", action="store_true", help="no progress lines")
-    run.add_argument("--start-timeout", type=float, default=900.0, help="seconds to wait for stage actors to start")
+    run.add_argument("--start-timeout", type=float, default=900.0,
+                     help="seconds to wait for stage actors to start, and for a stage that lost every actor to get one back")
     run.add_argument("--retry-failed", action="store_true", help="also regenerate samples recorded as failed")
     run.add_argument("--wait", action="store_true",
                      help="if another driver is writing the output, wait for it to finish instead of refusing")

@@ -223,6 +223,12 @@ class StagePool:
             gpus_per_actor=float(self.num_gpus),
         )
 
+    def live_actors(self) -> int:
+        """Started actors on a live node. An actor whose node was lost still counts as started here
+        (Ray restarts it elsewhere when it can), so its node is what tells."""
+        alive = {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
+        return sum(1 for m in self.members if m.info is not None and m.info["node_id"] in alive)
+
     def actor_infos(self) -> list[dict]:
         return [m.info for m in self.members if m.info is not None]
 

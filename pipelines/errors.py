@@ -41,6 +41,11 @@ class SchedulingError(LatentmillError):
     exit_code = 2
 
 
+class StageStalled(LatentmillError):
+    """A stage has work but has had no live actor for too long: its node was lost and the cluster
+    has no room to start it again. Unlike SchedulingError, the spec may be fine: exit 1."""
+
+
 class OutputError(LatentmillError):
     """The output failed or cannot be used now (unreachable, damaged, written by another driver)."""
 

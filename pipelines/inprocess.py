@@ -47,5 +47,8 @@ class InProcessPool:
     def release(self, member, dead: bool = False) -> None:
         self.in_flight -= 1
 
+    def live_actors(self) -> int:
+        return self.max_actors
+
     def load(self, queued: int):
         return task_load(self.max_actors, self.in_flight, queued, 0.0)

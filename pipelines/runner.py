@@ -39,12 +39,16 @@ def run_pipeline(
     *,
     connect: Callable[[], None] = lambda: None,
     start_timeout_s: float = 900.0,
+    stall_timeout_s: float | None = None,
     progress: bool = True,
     retry_failed: bool = False,
     check_full: bool = False,
     wait: bool = False,
 ) -> dict:
     """Run every planned sample not yet committed under pipeline.output.url. Returns the run report.
+
+    `start_timeout_s`: how long stage actors may take to start. `stall_timeout_s` (default: the
+    same): how long a stage with work may have no live actor (its node lost) before the run fails.
 
     Everything that changes the output happens under its lease (one driver per output; `wait`:
     wait for a driver that holds it instead of refusing). Ray is connected to (`connect`) only when
@@ -55,10 +59,12 @@ def run_pipeline(
     layout.refuse_foreign_data()
     run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
     with OutputLease(layout, run_id, pipeline.output.lease_ttl_s).acquire(wait=wait) as lease:
-        return _run_under_lease(pipeline, layout, lease, connect, start_timeout_s, progress, retry_failed, check_full)
+        timeouts = (start_timeout_s, stall_timeout_s or start_timeout_s)
+        return _run_under_lease(pipeline, layout, lease, connect, timeouts, progress, retry_failed, check_full)
 
 
-def _run_under_lease(pipeline, layout, lease, connect, start_timeout_s, progress, retry_failed, check_full) -> dict:
+def _run_under_lease(pipeline, layout, lease, connect, timeouts, progress, retry_failed, check_full) -> dict:
+    start_timeout_s, stall_timeout_s = timeouts
     plan = pipeline.plan
     outcome = layout.claim(_job_record(pipeline), plan, pipeline.output.mode)
     markers = layout.committed_markers()
@@ -120,6 +126,7 @@ def _run_under_lease(pipeline, layout, lease, connect, start_timeout_s, progress
                 batch_size=pipeline.stages[0].resources.batch_size, max_retries=pipeline.max_retries,
                 write_concurrency=pipeline.write.concurrency, write_cpus=pipeline.write.num_cpus,
                 committed=index.committed, on_commit=on_commit, rebalancer=rebalancer,
+                stall_timeout_s=stall_timeout_s,
             )
             interrupts.scheduler = scheduler
             lease.on_lost = scheduler.stop

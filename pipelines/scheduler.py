@@ -25,9 +25,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pipelines.accounting import task_load
-from pipelines.errors import OutputError
+from pipelines.errors import OutputError, StageStalled
 
 IDLE_WAIT_S = 0.05
+STALL_CHECK_S = 5.0  # how often stages without progress are looked at (a look may ask Ray for its nodes)
 
 
 class ShardQueue:
@@ -100,13 +101,18 @@ class ShardScheduler:
     is_actor_death(exc), discard(ref), write(work) -> ref, total_cpus. `on_commit(name, marker)`
     is called after each commit (the runner updates index.json there). `rebalancer`
     (pipelines/autoscale.py, optional) moves GPUs between pools as measured rates ask: pools then
-    also need `target` and `resize(actors)`.
+    also need `target` and `resize(actors)`. `stall_timeout_s`: a stage with work and no finished
+    batch for that long fails the run if none of its actors is alive (`pool.live_actors()`).
     """
 
     def __init__(self, plan, pools: list, runtime, accounting, *, batch_size: int, max_retries: int,
-                 write_concurrency: int, write_cpus: float, committed: int, on_commit, rebalancer=None):
+                 write_concurrency: int, write_cpus: float, committed: int, on_commit, rebalancer=None,
+                 stall_timeout_s: float | None = None):
         self.plan, self.pools, self.runtime, self.accounting = plan, pools, runtime, accounting
         self.rebalancer = rebalancer
+        self.stall_timeout_s = stall_timeout_s
+        self._progress_at = [time.monotonic()] * len(pools)  # per stage: last finished batch, or idle
+        self._next_stall_check = 0.0
         self.batch_size, self.max_retries = batch_size, max_retries
         self.write_concurrency, self.write_cpus = write_concurrency, write_cpus
         self.committed, self.on_commit = committed, on_commit
@@ -133,6 +139,7 @@ class ShardScheduler:
             if not self.stop_requested:
                 self._submit()
             self.accounting.observe(self.loads())  # also drives progress, metrics, report flushes
+            self._check_stalls()
             if not self.waiting:
                 # Nothing in flight (actors still starting, or only writes to queue): don't spin.
                 time.sleep(IDLE_WAIT_S)
@@ -178,6 +185,7 @@ class ShardScheduler:
             return
         batch, result_ref, member = rest
         pool = self.pools[stage]
+        self._progress_at[stage] = time.monotonic()
         try:
             stats = self.runtime.get(ref)
         except Exception as exc:
@@ -207,6 +215,27 @@ class ShardScheduler:
         for name in sorted(decision.split, key=lambda n: decision.split[n] - pools[n].target):
             pools[name].resize(decision.split[name])
         self.accounting.note(decision.describe())
+
+    def _check_stalls(self) -> None:
+        """Ray restarts an actor whose node was lost on another node, and its calls wait until it
+        can: forever, when the cluster has no room for it. A stage with work, no finished batch for
+        `stall_timeout_s` and no live actor fails the run instead, saying what it waits for."""
+        now = time.monotonic()
+        if self.stall_timeout_s is None or now < self._next_stall_check:
+            return
+        self._next_stall_check = now + min(STALL_CHECK_S, self.stall_timeout_s / 2)
+        busy = {entry[0] for entry in self.waiting.values()}
+        for stage, (pool, queue) in enumerate(zip(self.pools, self.queues)):
+            if not queue and stage not in busy:
+                self._progress_at[stage] = now  # nothing to do is not a stall
+            elif now - self._progress_at[stage] > self.stall_timeout_s and pool.live_actors() == 0:
+                load = pool.load(len(queue))
+                raise StageStalled(
+                    f"stage {pool.name!r} has had work and no live actor for {self.stall_timeout_s:g} s: its "
+                    f"actors' node was lost and the cluster has no room to start them again (each asks for "
+                    f"num_cpus={load.cpus_per_actor:g}, num_gpus={load.gpus_per_actor:g}). The {self.committed} "
+                    "shards committed are intact; rerun the same command to resume once the cluster has room."
+                )
 
     def _on_failure(self, batch: Batch, stage: str, exc: Exception) -> None:
         """Split a failed batch into single samples; a sample out of retries is recorded as failed."""

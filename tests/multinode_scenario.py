@@ -1,6 +1,7 @@
 """Run a latentmill job on a multi-node Ray cluster on this machine, in its own process.
 
     python tests/multinode_scenario.py remove-node OUT_DIR
+    python tests/multinode_scenario.py lose-node OUT_DIR
     python tests/multinode_scenario.py spill OUT_DIR
 
 A pytest process already holds the session's Ray, so each scenario runs here, in a process the
@@ -11,6 +12,9 @@ each ask for a GPU, so their actors must sit on different workers and never on t
 the first shard is committed, the worker running the decode actor is removed (its processes and
 its object store are gone) and a fresh worker joins, as a Kubernetes operator or the autoscaler
 would bring one; the job must still finish with every planned sample exactly once.
+
+lose-node: the same, but no worker joins: the decode actor can never start again, and the job must
+fail once the start timeout has passed (not wait forever), keeping what it committed.
 
 spill: one node whose object store is mostly taken by a pinned object, so the job's latents and
 images must be spilled to disk and restored; none may be lost.
@@ -40,6 +44,7 @@ from pipelines.verify import verify_output  # noqa: E402
 from tests.jobspecs import spec_dict  # noqa: E402
 
 MB = 1024 * 1024
+STALL_TIMEOUT_S = 20  # lose-node: how long a stage may have no live actor
 
 
 def _spec(out: str, **changes):
@@ -52,7 +57,7 @@ def _node_args(**extra) -> dict:
     return {"include_dashboard": False, "object_store_memory": 100 * MB, **extra}
 
 
-def remove_node(out: str) -> dict:
+def remove_node(out: str, replace: bool = True) -> dict:
     temp_dir = tempfile.mkdtemp(prefix="lm-mn-", dir="/tmp")
     cluster = Cluster(initialize_head=True, head_node_args=_node_args(
         num_cpus=2, num_gpus=0, gcs_server_port=free_port(), dashboard_agent_listen_port=free_port(), temp_dir=temp_dir,
@@ -62,7 +67,8 @@ def remove_node(out: str) -> dict:
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, log_to_driver=False)
     spec = _spec(
-        out, num_images=32, output__samples_per_shard=4,
+        # lose-node: more shards than are in flight, so decode work is left when its node goes.
+        out, num_images=32 if replace else 64, output__samples_per_shard=4,
         stages__denoise={"num_gpus": 1, "num_cpus": 0.5, "batch_size": 2},
         stages__decode={"num_gpus": 1, "num_cpus": 0.25, "batch_size": 2},
         stages__write={"num_cpus": 0.25, "concurrency": 2},
@@ -71,9 +77,11 @@ def remove_node(out: str) -> dict:
 
     def run():  # in a thread: Ray's node handling must stay in the main thread (signal handlers)
         try:
-            outcome["report"] = run_job(spec, progress=False, start_timeout_s=120)
+            outcome["report"] = run_job(spec, progress=False, start_timeout_s=120,
+                                        stall_timeout_s=None if replace else STALL_TIMEOUT_S)
         except BaseException as exc:
             outcome["error"] = f"{type(exc).__name__}: {exc}"
+            outcome["failed_at"] = time.monotonic()
 
     job = threading.Thread(target=run, daemon=True)
     job.start()
@@ -85,9 +93,10 @@ def remove_node(out: str) -> dict:
         placement = _placement(cluster.address)
         if len(placement) == 2 and markers:
             victim = next(w for w in workers if w.node_id == placement["decode"])
-            removed.update(node_id=victim.node_id, committed_before=len(markers))
+            removed.update(node_id=victim.node_id, committed_before=len(markers), at=time.monotonic())
             cluster.remove_node(victim, allow_graceful=False)
-            cluster.add_node(**_node_args(num_cpus=1, num_gpus=1))
+            if replace:
+                cluster.add_node(**_node_args(num_cpus=1, num_gpus=1))
         time.sleep(0.2)
     job.join(timeout=300)
     report = outcome.get("report", {})
@@ -99,6 +108,7 @@ def remove_node(out: str) -> dict:
         "error": outcome.get("error") or ("still running after 300 s" if job.is_alive() else None),
         "generated": report.get("generated"),
         "failures": len(report.get("failures", [])),
+        "failed_after_removal_s": outcome["failed_at"] - removed["at"] if "failed_at" in outcome and removed else None,
         "verify": verify_output(out),
     }
     ray.shutdown()
@@ -144,5 +154,6 @@ def spill(out: str) -> dict:
 
 if __name__ == "__main__":
     scenario, out = sys.argv[1], sys.argv[2]
-    result = {"remove-node": remove_node, "spill": spill}[scenario](out)
+    scenarios = {"remove-node": remove_node, "lose-node": lambda path: remove_node(path, replace=False), "spill": spill}
+    result = scenarios[scenario](out)
     print(json.dumps(result, default=str))

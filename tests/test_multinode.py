@@ -56,6 +56,21 @@ def test_stages_spread_over_nodes_and_a_lost_node_loses_no_sample(tmp_path):
     assert keys == [f"{i:09d}" for i in range(32)]
 
 
+def test_a_lost_node_that_never_comes_back_fails_the_job_after_the_timeout_and_keeps_its_shards(tmp_path):
+    result = run_scenario("lose-node", tmp_path / "out")
+    assert result["removed"]["node_id"] == result["placement"]["decode"]
+    error = result["error"]
+    assert error.startswith("StageStalled: stage 'decode' has had work and no live actor for 20 s"), error
+    assert "num_gpus=1" in error and "rerun the same command to resume" in error
+    # Not before the timeout, and not long after it: the clock starts at the stage's last finished
+    # batch (its calls fail once Ray gives the lost actor up), and stages are looked at every 5 s.
+    assert 20 <= result["failed_after_removal_s"] < 20 + 30
+    # What was committed before the loss is intact: verify finds no damage, only missing shards.
+    verify = result["verify"]
+    assert not verify["ok"] and not verify["problems"], verify
+    assert verify["samples"] >= 4 * result["removed"]["committed_before"] and verify["missing"] > 0
+
+
 def test_spilled_latents_and_images_are_not_lost(tmp_path):
     result = run_scenario("spill", tmp_path / "out")
     summary = result["memory_summary"]

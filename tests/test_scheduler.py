@@ -7,12 +7,14 @@ repairs run only the listed keys, and the number of shards in flight stays bound
 
 from __future__ import annotations
 
+import threading
+import time
 from collections import deque
 
 import pytest
 
 from pipelines.accounting import RunAccounting
-from pipelines.errors import OutputError
+from pipelines.errors import OutputError, StageStalled
 from pipelines.inprocess import Done as Ref
 from pipelines.inprocess import InProcessPool
 from pipelines.plan import build_plan
@@ -55,7 +57,10 @@ class FakeRuntime:
         self.active_peak = 0
 
     def wait(self, refs, timeout):
-        return refs[:1]
+        ready = [r for r in refs if not getattr(r, "hung", False)]
+        if not ready:
+            time.sleep(0.01)
+        return ready[:1]
 
     def get(self, ref):
         if ref.error is not None:
@@ -180,3 +185,44 @@ def test_shards_in_flight_stay_bounded_and_a_write_error_names_the_shard():
                                write_cpus=0.25, committed=7, on_commit=lambda n, m: None)
     with pytest.raises(OutputError, match=r"writing shard 00000 failed: OSError: disk full\. The 7 shards"):
         scheduler.run(deque([(0, None)]))
+
+
+class HungPool(FakePool):
+    """Accepts calls that never finish, like an actor whose node was lost; `alive`: whether Ray
+    still reports the actor's node alive (a slow actor) or not (a lost one)."""
+
+    def __init__(self, name, alive):
+        super().__init__(name, add(name))
+        self.alive = alive
+
+    def submit(self, payload, attempt=0):
+        self.in_flight += 1
+        hung = Ref()
+        hung.hung = True
+        return hung, hung, object()
+
+    def live_actors(self):
+        return 1 if self.alive else 0
+
+
+@pytest.mark.parametrize("alive", [False, True])
+def test_a_stage_that_lost_every_actor_fails_the_run_after_the_timeout_but_a_slow_one_does_not(alive):
+    plan = plan_of()
+    pools = [FakePool("denoise", first), HungPool("decode", alive)]
+    accounting = RunAccounting(run_id="t", planned=len(plan), already_committed=0, to_generate=len(plan))
+    scheduler = ShardScheduler(
+        plan, pools, FakeRuntime(), accounting, batch_size=3, max_retries=2, write_concurrency=2, write_cpus=0.25,
+        committed=0, on_commit=lambda name, marker: None, stall_timeout_s=0.3,
+    )
+    stopper = threading.Timer(1.5, scheduler.stop)  # the slow stage's run ends only when stopped
+    stopper.start()
+    try:
+        if alive:
+            scheduler.run(deque((i, None) for i in range(plan.num_shards)))
+        else:
+            with pytest.raises(StageStalled, match=r"stage 'decode' has had work and no live actor for 0.3 s.*"
+                                                   r"num_cpus=0, num_gpus=0.*0 shards committed are intact"):
+                scheduler.run(deque((i, None) for i in range(plan.num_shards)))
+    finally:
+        stopper.cancel()
+    assert pools[0].calls  # the first stage ran: the chain was stuck at its second
