@@ -59,6 +59,7 @@ def test_stages_spread_over_nodes_and_a_lost_node_loses_no_sample(tmp_path):
 def test_a_lost_node_that_never_comes_back_fails_the_job_after_the_timeout_and_keeps_its_shards(tmp_path):
     result = run_scenario("lose-node", tmp_path / "out")
     assert result["removed"]["node_id"] == result["placement"]["decode"]
+    assert 1 <= result["removed"]["committed_before"] < 8
     error = result["error"]
     assert error.startswith("StageStalled: stage 'decode' has had work and no live actor for 20 s"), error
     assert "num_gpus=1" in error and "rerun the same command to resume" in error
