@@ -158,7 +158,9 @@ def submit(spec_path: str, *, address: str | None, overrides: list[str] = (), da
             client.submit_job(
                 entrypoint=f"latentmill run {SPEC_FILE} --date {date}",
                 submission_id=submission_id,
-                runtime_env={"working_dir": workdir},
+                # `stop` sends SIGTERM; the driver then lets shard writes finish and releases its
+                # output lease. Ray's default 3 s before SIGKILL is too short for that.
+                runtime_env={"working_dir": workdir, "env_vars": {"RAY_JOB_STOP_WAIT_TIME_S": "60"}},
                 metadata={METADATA_JOB: spec.name, METADATA_DATE: date},
             )
         except Exception as exc:  # the SDK raises RuntimeError with the server's answer

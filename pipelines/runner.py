@@ -174,8 +174,8 @@ def _interrupted(pipeline: Pipeline, layout: OutputLayout, accounting: RunAccoun
 
 
 class _Interrupts:
-    """While active: the first Ctrl-C asks the scheduler to stop (in-flight writes finish), a second
-    one, or one before the scheduler runs, abandons the run at once. Main thread only."""
+    """While active: the first Ctrl-C (or SIGTERM) asks the scheduler to stop (in-flight writes
+    finish), a second one, or one before the scheduler runs, abandons the run at once. Main thread only."""
 
     def __init__(self):
         self.count = 0
@@ -190,13 +190,15 @@ class _Interrupts:
             raise KeyboardInterrupt
 
     def __enter__(self) -> "_Interrupts":
+        # SIGTERM too: `latentmill stop` (Ray's Jobs API) and Kubernetes stop a driver with it, and a
+        # driver killed by Python's default would leave its output lease to expire.
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for sig, handler in (self._previous or {}).items():
+            signal.signal(sig, handler)
 
 
 def make_pools(pipeline: Pipeline, rebalancer=None) -> list[StagePool]:

@@ -112,6 +112,10 @@ def test_stop_then_resubmit_resumes_from_committed_shards(cluster, tmp_path, cap
     time.sleep(2)
     before = {p.name: p.read_bytes() for p in shards.glob("*.done.json")}
     assert 1 <= len(before) < 12, "the job was stopped mid-run"
+    # The stopped driver (SIGTERM from Ray's Jobs API) let go of its output lease, so the new attempt
+    # need not wait for it to expire.
+    leases = sorted((out / "_lease").glob("*.json"))
+    assert json.loads(leases[-1].read_text())["released"]
 
     code, stdout, err = cli(capsys, *args)
     assert code == 0, err
