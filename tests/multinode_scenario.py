@@ -44,7 +44,7 @@ from pipelines.verify import verify_output  # noqa: E402
 from tests.jobspecs import spec_dict  # noqa: E402
 
 MB = 1024 * 1024
-STALL_TIMEOUT_S = 20  # lose-node: how long a stage may have no live actor
+STALL_TIMEOUT_S = 10  # lose-node: how long a stage may have no live actor
 
 
 def _spec(out: str, **changes):

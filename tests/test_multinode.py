@@ -61,11 +61,11 @@ def test_a_lost_node_that_never_comes_back_fails_the_job_after_the_timeout_and_k
     assert result["removed"]["node_id"] == result["placement"]["decode"]
     assert 1 <= result["removed"]["committed_before"] < 8
     error = result["error"]
-    assert error.startswith("StageStalled: stage 'decode' has had work and no live actor for 20 s"), error
+    assert error.startswith("StageStalled: stage 'decode' has had work and no live actor for 10 s"), error
     assert "num_gpus=1" in error and "rerun the same command to resume" in error
     # Not before the timeout, and not long after it: the clock starts at the stage's last finished
     # batch (its calls fail once Ray gives the lost actor up), and stages are looked at every 5 s.
-    assert 20 <= result["failed_after_removal_s"] < 20 + 30
+    assert 10 <= result["failed_after_removal_s"] < 10 + 30
     # What was committed before the loss is intact: verify finds no damage, only missing shards.
     verify = result["verify"]
     assert not verify["ok"] and not verify["problems"], verify
