@@ -229,11 +229,17 @@ def test_a_killed_train_worker_restarts_from_the_last_checkpoint_and_finishes(en
     assert_resumed_and_finished(outcome["report"], out, at_kill, STEPS)
 
 
+# Short, so the rerun soon takes the killed driver's lease over; long enough for the second driver's
+# checks before it looks at the lease (about 5 s when its imports are cold), and for a renewal to be
+# late on a loaded machine (at 2 s, with 3 test workers on 2 cores, the rerun lost its own lease).
+LEASE_TTL_S = 10
+
+
 def test_a_killed_training_driver_rerun_resumes_from_the_last_checkpoint(encoded, ray_cluster, tmp_path):
     out = tmp_path / "trained"
     spec_path = tmp_path / "train.yaml"
     spec_path.write_text(yaml.safe_dump(train_dict(encoded, out, **RESUME_STEPS,
-                                                   output={"url": str(out), "lease_ttl_s": 2})))
+                                                   output={"url": str(out), "lease_ttl_s": LEASE_TTL_S})))
     command = [sys.executable, "-m", "jobs.cli", "run", str(spec_path), "--address", ray_cluster, "--quiet"]
     env = {**os.environ, **POLL_ENV}
     driver = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -245,10 +251,10 @@ def test_a_killed_training_driver_rerun_resumes_from_the_last_checkpoint(encoded
     assert max(at_kill) < STEPS and not (out / "report.json").exists(), "the kill must land mid-training"
     assert not (out / "decoder").exists(), output[-3000:]
     # The killed driver's lease outlives it by up to its TTL: a second driver refuses meanwhile.
-    killed = OutputLease(OutputLayout(str(out)), "probe", 2).current()[1]
+    killed = OutputLease(OutputLayout(str(out)), "probe", LEASE_TTL_S).current()[1]
     assert not killed["released"]
     with pytest.raises(LeaseHeld, match=killed["run_id"]):
-        run_job(parse(train_dict(encoded, out, **RESUME_STEPS, output={"url": str(out), "lease_ttl_s": 2})))
+        run_job(parse(train_dict(encoded, out, **RESUME_STEPS, output={"url": str(out), "lease_ttl_s": LEASE_TTL_S})))
     # The same command again: it waits for the lease to expire, then Ray Train finds the run by
     # its name and storage and resumes.
     rerun = subprocess.run(command + ["--wait"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
@@ -256,5 +262,5 @@ def test_a_killed_training_driver_rerun_resumes_from_the_last_checkpoint(encoded
     assert f"trained lean for {STEPS} steps" in rerun.stdout
     report = json.loads((out / "report.json").read_text())
     assert any(n.startswith("took over the expired lease of run " + killed["run_id"]) for n in report.get("notes", []))
-    assert OutputLease(OutputLayout(str(out)), "probe", 2).current()[1]["released"]
+    assert OutputLease(OutputLayout(str(out)), "probe", LEASE_TTL_S).current()[1]["released"]
     assert_resumed_and_finished(report, out, at_kill, STEPS)
