@@ -41,6 +41,22 @@ def job_spec(kind, target, output, s3_server, photos) -> dict:
     return data
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(s3_server, photos, tmp_path_factory):
+    """kind -> {shard: tar sha256} of an uninterrupted local run, made once for every target."""
+    made: dict[str, dict[str, str]] = {}
+
+    def hashes(kind: str) -> dict[str, str]:
+        if kind not in made:
+            out = tmp_path_factory.mktemp(f"uninterrupted-{kind}") / "out"
+            reference = parse_spec(yaml.safe_dump(job_spec(kind, "local", out, s3_server, photos)))
+            run_job(reference, progress=False)
+            made[kind] = committed(reference)
+        return made[kind]
+
+    return hashes
+
+
 @pytest.mark.parametrize(
     "kind, target", [("generate", "local"), ("generate", "s3"), ("encode", "local"), ("generate-video", "local")]
 )
@@ -90,20 +106,3 @@ def test_driver_killed_mid_run_resumes_to_the_uninterrupted_output(
     # Same batch composition on the same machine: every shard is byte-identical (mp4s too: one
     # x264 thread, no mbtree), whatever the storage.
     assert committed(spec) == uninterrupted(kind)
-
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(s3_server, photos, tmp_path_factory):
-    """kind -> {shard: tar sha256} of an uninterrupted local run, made once for every target."""
-    made: dict[str, dict[str, str]] = {}
-
-    def hashes(kind: str) -> dict[str, str]:
-        if kind not in made:
-            out = tmp_path_factory.mktemp(f"uninterrupted-{kind}") / "out"
-            reference = parse_spec(yaml.safe_dump(job_spec(kind, "local", out, s3_server, photos)))
-            run_job(reference, progress=False)
-            made[kind] = committed(reference)
-        return made[kind]
-
-    return hashes
