@@ -14,6 +14,7 @@ from jobs.train import DECODER_DIR, STATE_JSON, STATE_TENSORS, same_decoder, tem
 from jobs.train_data import batches, held_out_samples, shards_from, units, worker_stream
 from jobs.train_report import write_report
 from jobs.train_spec import TrainDecoderSpec
+from pipelines.worker_setup import collector_paused
 
 
 def _spec(config: dict) -> TrainDecoderSpec:
@@ -61,7 +62,8 @@ def train_loop(config: dict) -> None:
     torch.set_num_threads(max(1, int(spec.scaling.cpus_per_worker)))
     device = _device(config["use_gpu"])
     torch.manual_seed(spec.seed)  # DDP broadcasts rank 0's weights; the discriminator starts alike too
-    decoder = _decoder(spec, config["prepared"]["latent_scaling"])
+    with collector_paused():  # the decoder's first use imports diffusers (see collector_paused)
+        decoder = _decoder(spec, config["prepared"]["latent_scaling"])
     decoder.model.requires_grad_(False)
     for module in decoder.decode_modules():
         module.requires_grad_(True)

@@ -19,6 +19,7 @@ from pipelines.accounting import StageLoad
 from pipelines.errors import SchedulingError
 from pipelines.pipeline import stage_class
 from pipelines.scheduler import CALLS_PER_ACTOR, error_cause
+from pipelines.worker_setup import collector_paused
 
 # Work queued per actor: one running and one waiting, so an actor never idles between calls.
 RESOURCE_CHECK_S = 0.2
@@ -34,7 +35,8 @@ class StageActor:
         self.stage_name = stage_name
         self.faults = faults
         started = time.perf_counter()
-        self.stage = stage_class(stage_cls)(**stage_kwargs)
+        with collector_paused():
+            self.stage = stage_class(stage_cls)(**stage_kwargs)
         self.load_seconds = time.perf_counter() - started
         self.batches_run = 0
 

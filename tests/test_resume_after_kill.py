@@ -57,9 +57,9 @@ def uninterrupted(s3_server, photos, tmp_path_factory):
     return hashes
 
 
-@pytest.mark.parametrize(
-    "kind, target", [("generate", "local"), ("generate", "s3"), ("encode", "local"), ("generate-video", "local")]
-)
+# Every kind once, and both stores: generate on S3, the others on local disk (each pair is a driver
+# start, a kill and a rerun: about a minute of the 2-core test machine).
+@pytest.mark.parametrize("kind, target", [("generate", "s3"), ("encode", "local"), ("generate-video", "local")])
 def test_driver_killed_mid_run_resumes_to_the_uninterrupted_output(
     ray_cluster, s3_server, photos, uninterrupted, tmp_path, kind, target
 ):
