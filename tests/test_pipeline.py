@@ -99,21 +99,6 @@ def test_same_spec_same_bytes_and_rerun_is_a_no_op(finished_job, tmp_path):
     assert report["generated"] == 0 and report["already_committed"] == 24
 
 
-def test_different_batch_size_changes_pixels_by_at_most_one_level(finished_job, tmp_path):
-    _, out, _ = finished_job
-    other = make_spec(tmp_path / "b", ["stages.denoise.batch_size=3", "stages.decode.batch_size=1"])
-    run_job(other, progress=False)
-    import webdataset as wds
-
-    def images(url):
-        return {s["__key__"]: np.asarray(Image.open(io.BytesIO(s["png"]))).astype(int)
-                for s in wds.WebDataset(OutputLayout(str(url)).tar_urls(), shardshuffle=False)}
-
-    a, b = images(out), images(tmp_path / "b")
-    assert a.keys() == b.keys()
-    assert max(np.abs(a[k] - b[k]).max() for k in a) <= 1
-
-
 def test_debris_of_an_interrupted_write_is_removed_and_the_shard_redone(finished_job, tmp_path):
     import shutil
 
@@ -139,11 +124,16 @@ def test_output_of_another_job_is_refused(finished_job):
         run_job(make_spec(out, seed=8), progress=False)
 
 
-def test_denoise_actors_are_pinned_to_distinct_gpus(ray_cluster, tmp_path):
+def test_regrouped_run_pins_denoise_actors_to_distinct_gpus_and_moves_pixels_by_at_most_one_level(
+    finished_job, tmp_path
+):
+    # The same job on two denoise actors of one GPU each, with other batch sizes.
+    _, out, _ = finished_job
     spec = make_spec(
         tmp_path / "gpu",
         ["stages.denoise.num_gpus=1", "stages.denoise.concurrency=2", "stages.denoise.num_cpus=0.5",
-         "stages.decode.num_gpus=0", "stages.decode.num_cpus=0.5"],
+         "stages.denoise.batch_size=3", "stages.decode.num_gpus=0", "stages.decode.num_cpus=0.5",
+         "stages.decode.batch_size=1"],
     )
     report = run_job(spec, progress=False)
     denoise = [a for a in report["actors"] if a["stage"] == "denoise"]
@@ -151,6 +141,16 @@ def test_denoise_actors_are_pinned_to_distinct_gpus(ray_cluster, tmp_path):
     assert sorted(a["cuda_visible_devices"] for a in denoise) == ["0", "1"]
     assert len({a["gpu_ids"][0] for a in denoise}) == 2
     assert verify_output(str(tmp_path / "gpu"))["ok"]
+    # Other batches, same samples: each sample's noise depends on its seed alone.
+    import webdataset as wds
+
+    def images(url):
+        return {s["__key__"]: np.asarray(Image.open(io.BytesIO(s["png"]))).astype(int)
+                for s in wds.WebDataset(OutputLayout(str(url)).tar_urls(), shardshuffle=False)}
+
+    a, b = images(out), images(tmp_path / "gpu")
+    assert a.keys() == b.keys()
+    assert max(np.abs(a[k] - b[k]).max() for k in a) <= 1
 
 
 @pytest.mark.parametrize(
