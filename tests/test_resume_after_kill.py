@@ -43,7 +43,7 @@ def job_spec(kind, target, output, s3_server, photos) -> dict:
 
 @pytest.fixture(scope="module")
 def uninterrupted(s3_server, photos, tmp_path_factory):
-    """kind -> {shard: tar sha256} of an uninterrupted local run, made once for every target."""
+    """kind -> {shard: tar sha256} of an uninterrupted run on local disk (S3 shards are byte-identical)."""
     made: dict[str, dict[str, str]] = {}
 
     def hashes(kind: str) -> dict[str, str]:
