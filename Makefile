@@ -12,7 +12,7 @@ IMAGE ?= latentmill:0.1.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # pip compiles each installed module to bytecode on one core; compileall does the same afterwards on
-# all cores (set-up: 210 s -> 170 s on 2 cores). Like pip, it skips what this Python cannot compile
+# all cores (install: about 190 s -> 160 s on 2 cores). Like pip, it skips what this Python cannot compile
 # (torch ships a test file written for Python 3.12), hence `|| true`.
 PIP_INSTALL := $(BIN)/python -m pip install --quiet --no-compile
 
