@@ -1,20 +1,21 @@
 """Run a latentmill job on a multi-node Ray cluster on this machine, in its own process.
 
-    python tests/multinode_scenario.py remove-node OUT_DIR
-    python tests/multinode_scenario.py lose-node OUT_DIR
+    python tests/multinode_scenario.py nodes OUT_DIR
     python tests/multinode_scenario.py spill OUT_DIR
 
 A pytest process already holds the session's Ray, so each scenario runs here, in a process the
 test starts and ends; the last line printed is a JSON result for the test to check.
 
-remove-node: a head (CPUs only) and two worker nodes with one logical GPU each. Denoise and decode
-each ask for a GPU, so their actors must sit on different workers and never on the head. Once
-the first shard is committed, the worker running the decode actor is removed (its processes and
-its object store are gone) and a fresh worker joins, as a Kubernetes operator or the autoscaler
-would bring one; the job must still finish with every planned sample exactly once.
-
-lose-node: the same, but no worker joins: the decode actor can never start again, and the job must
-fail once the start timeout has passed (not wait forever), keeping what it committed.
+nodes: a head (CPUs only) and two worker nodes with one logical GPU each. Denoise and decode each
+ask for a GPU, so their actors must sit on different workers and never on the head. Two jobs run
+on this cluster, one after the other (starting a cluster costs more than a job here):
+- remove-node (OUT_DIR/remove-node): once the first shard is committed, the worker running the
+  decode actor is removed (its processes and its object store are gone) and a fresh worker joins,
+  as a Kubernetes operator or the autoscaler would bring one; the job must still finish with every
+  planned sample exactly once.
+- lose-node (OUT_DIR/lose-node): the same on the two workers left, but no worker joins: the decode
+  actor can never start again, and the job must fail once the stall timeout has passed (not wait
+  forever), keeping what it committed.
 
 spill: one node whose object store is mostly taken by a pinned object, so the job's latents and
 images must be spilled to disk and restored; none may be lost.
@@ -57,7 +58,7 @@ def _node_args(**extra) -> dict:
     return {"include_dashboard": False, "object_store_memory": 100 * MB, **extra}
 
 
-def remove_node(out: str, replace: bool = True) -> dict:
+def nodes(out: str) -> dict:
     temp_dir = tempfile.mkdtemp(prefix="lm-mn-", dir="/tmp")
     cluster = Cluster(initialize_head=True, head_node_args=_node_args(
         num_cpus=2, num_gpus=0, gcs_server_port=free_port(), dashboard_agent_listen_port=free_port(), temp_dir=temp_dir,
@@ -66,6 +67,21 @@ def remove_node(out: str, replace: bool = True) -> dict:
     workers = [cluster.add_node(**_node_args(num_cpus=1, num_gpus=1)) for _ in range(2)]
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, log_to_driver=False)
+    result = {"head": cluster.head_node.node_id}
+    for name, replace in (("remove-node", True), ("lose-node", False)):
+        deadline = time.monotonic() + 60
+        while _placement(cluster.address) and time.monotonic() < deadline:
+            time.sleep(0.2)  # the previous job's actors are still exiting
+        result[name] = remove_node(cluster, workers, os.path.join(out, name), replace)
+    ray.shutdown()
+    cluster.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)
+    return result
+
+
+def remove_node(cluster, workers: list, out: str, replace: bool) -> dict:
+    """Run a job, remove its decode actor's worker node after the first commit, and (if `replace`)
+    add a fresh worker node; `workers` is updated to the worker nodes left."""
     spec = _spec(
         out, num_images=32, output__samples_per_shard=4,
         stages__denoise={"num_gpus": 1, "num_cpus": 0.5, "batch_size": 2},
@@ -85,6 +101,7 @@ def remove_node(out: str, replace: bool = True) -> dict:
             outcome["error"] = f"{type(exc).__name__}: {exc}"
             outcome["failed_at"] = time.monotonic()
 
+    workers_at_start = [w.node_id for w in workers]
     job = threading.Thread(target=run, daemon=True)
     job.start()
     # Once the first shard is committed, take the decode actor's node away and bring a new one.
@@ -97,14 +114,14 @@ def remove_node(out: str, replace: bool = True) -> dict:
             victim = next(w for w in workers if w.node_id == placement["decode"])
             removed.update(node_id=victim.node_id, committed_before=len(markers), at=time.monotonic())
             cluster.remove_node(victim, allow_graceful=False)
+            workers.remove(victim)
             if replace:
-                cluster.add_node(**_node_args(num_cpus=1, num_gpus=1))
+                workers.append(cluster.add_node(**_node_args(num_cpus=1, num_gpus=1)))
         time.sleep(0.2)
     job.join(timeout=300)
     report = outcome.get("report", {})
-    result = {
-        "workers": [w.node_id for w in workers],
-        "head": cluster.head_node.node_id,
+    return {
+        "workers": workers_at_start,
         "placement": placement,
         "removed": removed,
         "error": outcome.get("error") or ("still running after 300 s" if job.is_alive() else None),
@@ -113,10 +130,6 @@ def remove_node(out: str, replace: bool = True) -> dict:
         "failed_after_removal_s": outcome["failed_at"] - removed["at"] if "failed_at" in outcome and removed else None,
         "verify": verify_output(out),
     }
-    ray.shutdown()
-    cluster.shutdown()
-    shutil.rmtree(temp_dir, ignore_errors=True)
-    return result
 
 
 def _placement(address: str) -> dict:
@@ -156,6 +169,6 @@ def spill(out: str) -> dict:
 
 if __name__ == "__main__":
     scenario, out = sys.argv[1], sys.argv[2]
-    scenarios = {"remove-node": remove_node, "lose-node": lambda path: remove_node(path, replace=False), "spill": spill}
+    scenarios = {"nodes": nodes, "spill": spill}
     result = scenarios[scenario](out)
     print(json.dumps(result, default=str))

@@ -37,13 +37,21 @@ def run_scenario(name: str, out, timeout_s: float = 420) -> dict:
     return json.loads(stdout.strip().splitlines()[-1])
 
 
-def test_stages_spread_over_nodes_and_a_lost_node_loses_no_sample(tmp_path):
-    result = run_scenario("remove-node", tmp_path / "out")
+@pytest.fixture(scope="module")
+def nodes(tmp_path_factory):
+    """Both multi-node jobs, run one after the other on one 3-node cluster."""
+    out = tmp_path_factory.mktemp("nodes")
+    return out, run_scenario("nodes", out)
+
+
+def test_stages_spread_over_nodes_and_a_lost_node_loses_no_sample(nodes):
+    out, scenario = nodes
+    result = scenario["remove-node"]
     workers, placement = result["workers"], result["placement"]
     # Each stage asks for one GPU; only the two workers have one each: one stage per worker.
     assert set(placement) == {"denoise", "decode"}
     assert {placement["denoise"], placement["decode"]} == set(workers)
-    assert result["head"] not in placement.values()
+    assert scenario["head"] not in placement.values()
     # The decode actor's node was removed after the first commit, mid-run.
     assert result["removed"]["node_id"] == placement["decode"]
     assert 1 <= result["removed"]["committed_before"] < 8
@@ -52,12 +60,12 @@ def test_stages_spread_over_nodes_and_a_lost_node_loses_no_sample(tmp_path):
     assert verify["ok"], verify
     assert (verify["planned"], verify["samples"], verify["unique_keys"]) == (32, 32, 32)
     assert verify["missing"] == 0 and verify["duplicates"] == 0 and verify["failed"] == 0
-    keys = sorted(s["__key__"] for s in webdataset(str(tmp_path / "out")))
+    keys = sorted(s["__key__"] for s in webdataset(str(out / "remove-node")))
     assert keys == [f"{i:09d}" for i in range(32)]
 
 
-def test_a_lost_node_that_never_comes_back_fails_the_job_after_the_timeout_and_keeps_its_shards(tmp_path):
-    result = run_scenario("lose-node", tmp_path / "out")
+def test_a_lost_node_that_never_comes_back_fails_the_job_after_the_timeout_and_keeps_its_shards(nodes):
+    result = nodes[1]["lose-node"]
     assert result["removed"]["node_id"] == result["placement"]["decode"]
     assert 1 <= result["removed"]["committed_before"] < 8
     error = result["error"]

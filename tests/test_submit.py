@@ -64,45 +64,19 @@ def wait_for(capsys, address: str, submission_id: str, statuses: tuple[str, ...]
     pytest.fail(f"{submission_id} not {statuses} within {timeout_s} s")
 
 
-def test_submit_watch_logs_verify_and_a_retry_is_recognised(cluster, tmp_path, capsys, monkeypatch):
-    out = tmp_path / "qs"
-    code, stdout, err = cli(capsys, "submit", QUICKSTART, "--address", cluster.address, "--set", f"output.url={out}",
-                            "--set", "num_images=8", *SMALL, "--date", DATE)
-    assert code == 0, err
-    submission_id = stdout.strip()
-    assert submission_id == f"latentmill-quickstart-{DATE}"
-
-    assert wait_for(capsys, cluster.address, submission_id, ("SUCCEEDED",)) == "SUCCEEDED"
-    code, logs, _ = cli(capsys, "logs", submission_id, "--address", cluster.address)
-    assert code == 0
-    assert f"latentmill run spec.yaml --date {DATE}" in logs
-    assert "quickstart: generated 8 samples" in logs
-    assert cli(capsys, "verify", str(out))[0] == 0
-    assert verify_output(str(out))["samples"] == 8
-
-    # The address from RAY_ADDRESS; the same job and date again: recognised, nothing submitted.
-    monkeypatch.setenv("RAY_ADDRESS", cluster.address)
-    code, stdout, err = cli(capsys, "submit", QUICKSTART, "--set", f"output.url={out}", "--set", "num_images=8",
-                            *SMALL, "--date", DATE)
-    assert code == 0 and stdout.strip() == submission_id
-    assert "already submitted" in err and "SUCCEEDED" in err
-    code, listing, _ = cli(capsys, "jobs")
-    assert code == 0 and submission_id in listing and "SUCCEEDED" in listing
-    assert len([line for line in listing.splitlines() if "quickstart" in line]) == 1
-
-
-def test_stop_then_resubmit_resumes_from_committed_shards(cluster, tmp_path, capsys):
+def test_submit_stop_resubmit_logs_verify_and_a_finished_job_is_recognised(cluster, tmp_path, capsys, monkeypatch):
     out = tmp_path / "long"
     prompts = tmp_path / "prompts.txt"  # a local file: shipped with the job
     prompts.write_text("a cat on a mat\na dog in fog\n")
-    args = ["submit", QUICKSTART, "--address", cluster.address, "--set", f"output.url={out}", "--set", "name=long-job",
+    args = [QUICKSTART, "--set", f"output.url={out}", "--set", "name=long-job",
             "--set", "prompts.inline=null", "--set", f"prompts.file={prompts}", "--set", "num_images=48", *SMALL,
             # Slower batches (~0.5 s each) so that the stop lands mid-run: at 2 steps, with 10 of the
             # 12 shards in flight at once, all of them committed within 0.2 s of the first.
             "--set", "sampler.steps=100", "--date", DATE]
-    code, stdout, err = cli(capsys, *args)
+    code, stdout, err = cli(capsys, "submit", *args, "--address", cluster.address)
     assert code == 0, err
     first = stdout.strip()
+    assert first == f"latentmill-long-job-{DATE}"
     shards = out / "shards"
     deadline = time.monotonic() + 300
     while not list(shards.glob("*.done.json")) and time.monotonic() < deadline:
@@ -117,11 +91,12 @@ def test_stop_then_resubmit_resumes_from_committed_shards(cluster, tmp_path, cap
     leases = sorted((out / "_lease").glob("*.json"))
     assert json.loads(leases[-1].read_text())["released"]
 
-    code, stdout, err = cli(capsys, *args)
+    code, stdout, err = cli(capsys, "submit", *args, "--address", cluster.address)
     assert code == 0, err
     second = stdout.strip()
     assert second == f"{first}-r2"
     assert wait_for(capsys, cluster.address, second, ("SUCCEEDED",)) == "SUCCEEDED"
+    assert cli(capsys, "verify", str(out))[0] == 0
     result = verify_output(str(out))
     assert result["ok"] and result["samples"] == 48, result
     # Shards committed before the stop were kept as they were, not generated again.
@@ -129,10 +104,23 @@ def test_stop_then_resubmit_resumes_from_committed_shards(cluster, tmp_path, cap
     runs = sorted((json.loads(p.read_text()) for p in (out / "runs").glob("*.json")), key=lambda r: r["started"])
     assert runs[-1]["already_committed"] >= 4 * len(before)
     assert runs[-1]["generated"] == 48 - runs[-1]["already_committed"]
+    code, logs, _ = cli(capsys, "logs", second, "--address", cluster.address)
+    assert code == 0
+    assert f"latentmill run spec.yaml --date {DATE}" in logs
+    assert f"long-job: generated {runs[-1]['generated']} samples" in logs
     # The shipped prompt file is what the samples were made from.
     code, status_text, _ = cli(capsys, "status", second, "--address", cluster.address)
     assert "job long-job, date 2026-11-20" in status_text
     assert {s["txt"].decode() for s in webdataset(str(out))} == {"a cat on a mat", "a dog in fog"}
+
+    # The address from RAY_ADDRESS; the same job and date again: recognised, nothing submitted.
+    monkeypatch.setenv("RAY_ADDRESS", cluster.address)
+    code, stdout, err = cli(capsys, "submit", *args)
+    assert code == 0 and stdout.strip() == second
+    assert "already submitted" in err and "SUCCEEDED" in err
+    code, listing, _ = cli(capsys, "jobs")
+    status_of = {line.split()[0]: line.split()[1] for line in listing.splitlines() if "long-job" in line}
+    assert code == 0 and status_of == {first: "STOPPED", second: "SUCCEEDED"}, listing
 
 
 def test_unknown_job_id_is_a_clear_error(cluster, capsys):

@@ -17,6 +17,7 @@ import torch
 import yaml
 
 import decoders
+from jobs.cli import main as cli_main
 from jobs.local import run_job
 from jobs.sample_photos import write_crops
 from jobs.spec import parse_spec
@@ -56,29 +57,6 @@ def train_dict(data_url, output_url, **changes) -> dict:
 
 def parse(data: dict):
     return parse_spec(yaml.safe_dump(data), source="train.yaml")
-
-
-def test_train_decoder_writes_a_loadable_decoder_with_spec_metrics_report_and_checkpoints(encoded, tmp_path,
-                                                                                          monkeypatch):
-    # Relative paths, as in the README's commands: they mean the driver's directory to the workers too
-    # (Ray Train runs its workers in a directory of their own).
-    monkeypatch.chdir(tmp_path)
-    out = tmp_path / "trained"
-    spec = train_dict(os.path.relpath(encoded), "trained")
-    report = run_job(parse(spec), progress=False)
-    assert report["steps"] == 4 and report["workers"] == 2 and len(report["history"]) == 4
-    assert all({"pixel", "total", "images_per_s", "resource_s"} <= set(h) for h in report["history"])
-    dec = decoders.load(str(out / "decoder"))
-    assert type(dec.model).__name__ == "LeanDecoder" and dec.decode(torch.randn(1, 4, 8, 8)).shape == (1, 3, 64, 64)
-    # Trained from scratch: the decoder's config carries the scaling that normalised its training latents.
-    scaling = report["latent_scaling"]
-    assert (dec.config.scaling_factor, dec.config.shift_factor) == (scaling["scaling_factor"], scaling["shift_factor"])
-    assert scaling["scaling_factor"] != 1.0 and "latents normalised in the decoder: scaling_factor" in (out / "report.md").read_text()
-    metrics = json.loads((out / "decoder" / "metrics.json").read_text())
-    assert metrics["held_out_samples"] > 0 and metrics["psnr"] > 0 and "lpips" not in metrics
-    assert yaml.safe_load((out / "decoder" / "training_spec.yaml").read_text())["architecture"] == "lean"
-    assert (out / "loss.png").stat().st_size > 0 and "Held-out metrics" in (out / "report.md").read_text()
-    assert list((out / "checkpoints").glob("*/checkpoint_*/state.safetensors"))
 
 
 def test_each_worker_streams_its_own_shuffled_part_and_a_resume_continues_it_exactly(encoded):
@@ -121,15 +99,16 @@ def test_an_empty_held_out_split_is_refused(encoded, tmp_path):
         check_before_training(parse(train_dict(encoded, tmp_path / "out", data=data)))
 
 
-def test_a_checkpoint_of_another_architecture_is_refused_with_exit_code_2(encoded, tmp_path):
+def test_a_checkpoint_of_another_architecture_is_refused_with_exit_code_2(encoded, tmp_path, capsys):
     path = tmp_path / "taesd.safetensors"
     decoders.load("random:taesd-tiny").save_file(path)
     spec_path = tmp_path / "train.yaml"
     spec_path.write_text(yaml.safe_dump(train_dict(encoded, tmp_path / "out", init_weights=str(path))))
-    done = subprocess.run([sys.executable, "-m", "jobs.cli", "run", str(spec_path)], cwd=REPO, capture_output=True,
-                          text=True)
-    assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert "init_weights" in done.stderr and "AutoencoderTiny" in done.stderr and "LeanDecoder" in done.stderr
+    capsys.readouterr()
+    assert cli_main(["run", str(spec_path)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "init_weights" in err and "AutoencoderTiny" in err and "LeanDecoder" in err
 
 
 @pytest.mark.parametrize("changes, message", [
@@ -198,14 +177,18 @@ RESUME_STEPS = {"optim": {"steps": STEPS, "batch_size": 2, "warmup_steps": 1},
                 "checkpoints": {"every_steps": 2, "max_failures": 1}}
 
 
-def test_a_killed_train_worker_restarts_from_the_last_checkpoint_and_finishes(encoded, tmp_path, monkeypatch):
+def test_train_decoder_survives_a_killed_worker_and_writes_a_decoder_metrics_report_and_checkpoints(
+    encoded, tmp_path, monkeypatch
+):
     import psutil
 
     for name, value in POLL_ENV.items():
         monkeypatch.setenv(name, value)  # Ray Train passes it from the driver to its controller
-
+    # Relative paths, as in the README's commands: they mean the driver's directory to the workers too
+    # (Ray Train runs its workers in a directory of their own).
+    monkeypatch.chdir(tmp_path)
     out = tmp_path / "trained"
-    spec = parse(train_dict(encoded, out, **RESUME_STEPS))
+    spec = parse(train_dict(os.path.relpath(encoded), "trained", **RESUME_STEPS))
     started = time.time()
     outcome: dict = {}
 
@@ -226,7 +209,21 @@ def test_a_killed_train_worker_restarts_from_the_last_checkpoint_and_finishes(en
     assert max(at_kill) < STEPS and not (out / "report.json").exists(), "the kill must land mid-training"
     thread.join(timeout=600)
     assert "error" not in outcome, outcome.get("error")
-    assert_resumed_and_finished(outcome["report"], out, at_kill, STEPS)
+    report = outcome["report"]
+    assert_resumed_and_finished(report, out, at_kill, STEPS)
+
+    assert report["workers"] == 2
+    assert all({"pixel", "total", "images_per_s", "resource_s"} <= set(h) for h in report["history"])
+    # Trained from scratch: the decoder's config carries the scaling that normalised its training latents.
+    dec = decoders.load(str(out / "decoder"))
+    scaling = report["latent_scaling"]
+    assert (dec.config.scaling_factor, dec.config.shift_factor) == (scaling["scaling_factor"], scaling["shift_factor"])
+    assert scaling["scaling_factor"] != 1.0 and "latents normalised in the decoder: scaling_factor" in (out / "report.md").read_text()
+    metrics = json.loads((out / "decoder" / "metrics.json").read_text())
+    assert metrics["held_out_samples"] > 0 and metrics["psnr"] > 0 and "lpips" not in metrics
+    assert yaml.safe_load((out / "decoder" / "training_spec.yaml").read_text())["architecture"] == "lean"
+    assert (out / "loss.png").stat().st_size > 0 and "Held-out metrics" in (out / "report.md").read_text()
+    assert list((out / "checkpoints").glob("*/checkpoint_*/state.safetensors"))
 
 
 # Short, so the rerun soon takes the killed driver's lease over; long enough for the second driver's
