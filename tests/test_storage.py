@@ -44,7 +44,6 @@ def images_by_key(spec) -> dict[str, np.ndarray]:
     }
 
 
-
 @pytest.fixture(scope="module")
 def s3_job(ray_cluster, s3_server):
     """One default generate job on S3 (24 samples), shared by the tests that only read it: its spec and report."""
