@@ -22,7 +22,7 @@ import ray
 from pipelines.accounting import RunAccounting
 from pipelines.actors import RayRuntime, StagePool, check_fits
 from pipelines.autoscale import rebalancer_for
-from pipelines.errors import Interrupted
+from pipelines.errors import Interrupted, OutputError
 from pipelines.pipeline import Pipeline
 from pipelines.plan import shard_name
 from pipelines.scheduler import ShardQueue, ShardScheduler, ShardWork
@@ -138,6 +138,8 @@ def _run_under_lease(pipeline, layout, lease, connect, timeouts, progress, retry
         interrupts.count += 1
     except BaseException as exc:
         accounting.fail(exc, [info for pool in pools for info in pool.actor_infos()])  # report kept
+        if not isinstance(exc, OutputError):  # a failed storage or a lost lease: the index is not ours to write
+            _list_committed(index, layout)
         raise
     finally:
         infos = [info for pool in pools for info in pool.actor_infos()]
@@ -157,6 +159,15 @@ def _shards_to_do(plan, markers: dict, retry_failed: bool) -> tuple[ShardQueue, 
     repairs = {int(name): frozenset(m["failed_keys"]) for name, m in markers.items() if retry_failed and m.get("failed")}
     to_generate = sum(plan.shard_size(int(i)) for i in fresh) + sum(len(keys) for keys in repairs.values())
     return ShardQueue(fresh, repairs), to_generate
+
+
+def _list_committed(index: ShardIndex, layout: OutputLayout) -> None:
+    """A failed run (a stalled stage, a stage error) still lists what it committed in index.json
+    for readers; the markers, which verify and reruns go by, are committed already."""
+    try:
+        index.write(layout)
+    except Exception as exc:  # the run's own error is the one to raise
+        print(f"warning: index.json not updated: {type(exc).__name__}: {exc}", file=sys.stderr)
 
 
 def _interrupted(pipeline: Pipeline, layout: OutputLayout, accounting: RunAccounting, infos: list) -> dict:

@@ -129,6 +129,8 @@ def remove_node(cluster, workers: list, out: str, replace: bool) -> dict:
         "failures": len(report.get("failures", [])),
         "failed_after_removal_s": outcome["failed_at"] - removed["at"] if "failed_at" in outcome and removed else None,
         "verify": verify_output(out),
+        "committed": sorted(layout.committed_markers()),
+        "indexed": [s["name"] for s in layout.read_index()["shards"]],
     }
 
 

@@ -78,6 +78,8 @@ def test_a_lost_node_that_never_comes_back_fails_the_job_after_the_timeout_and_k
     verify = result["verify"]
     assert not verify["ok"] and not verify["problems"], verify
     assert verify["samples"] >= 4 * result["removed"]["committed_before"] and verify["missing"] > 0
+    # The failed run listed what it committed in index.json, as a finished one does.
+    assert result["indexed"] == result["committed"] and len(result["committed"]) >= result["removed"]["committed_before"]
 
 
 def test_spilled_latents_and_images_are_not_lost(tmp_path):
