@@ -30,8 +30,9 @@ def committed_markers(spec) -> dict[str, dict]:
 
 def wait_for_commit(spec, thread, timeout=120.0, beyond: int = 0):
     """Until the job's output holds more than `beyond` committed shards (the job must be running meanwhile)."""
+    layout = OutputLayout(spec.output.url, spec.output.storage)
     deadline = time.monotonic() + timeout
-    while not (OutputLayout(spec.output.url, spec.output.storage).read_job() and len(committed_markers(spec)) > beyond):
-        assert thread.is_alive(), "the job ended before its first commit"
+    while not (layout.read_job() and len(layout.committed_markers()) > beyond):
+        assert thread.is_alive(), f"the job ended before committing more than {beyond} shards"
         assert time.monotonic() < deadline, "no shard committed in time"
         time.sleep(0.1)

@@ -65,7 +65,8 @@ def test_stages_spread_over_nodes_and_a_lost_node_loses_no_sample(nodes):
 
 
 def test_a_lost_node_that_never_comes_back_fails_the_job_after_the_timeout_and_keeps_its_shards(nodes):
-    result = nodes[1]["lose-node"]
+    _, scenario = nodes
+    result = scenario["lose-node"]
     assert result["removed"]["node_id"] == result["placement"]["decode"]
     assert 1 <= result["removed"]["committed_before"] < 8
     error = result["error"]
