@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from pipelines.faults import Fault
-from pipelines.pipeline import Pipeline, StageDef
+from pipelines.pipeline import Pipeline, StageDef, Units
 from pipelines.plan import build_plan
 from pipelines.sources.prompts import read_prompts
 
@@ -32,12 +32,12 @@ def weights_identity(spec) -> dict:
     return weights
 
 
-def _base(spec, plan, stages, faults, sample_metadata) -> Pipeline:
+def _base(spec, plan, stages, faults, sample_metadata, units: Units) -> Pipeline:
     return Pipeline(
         name=spec.name, kind=spec.kind, plan=plan, stages=tuple(stages), output=spec.output, write=spec.stages.write,
         identity={**spec.identity(), "weights": weights_identity(spec)}, spec=spec.to_dict(),
         sample_metadata=sample_metadata, max_retries=spec.stages.max_retries, faults=faults, cost=spec.cost,
-        gpus=getattr(spec.stages, "gpus", None),
+        gpus=getattr(spec.stages, "gpus", None), units=units,
     )
 
 
@@ -78,7 +78,7 @@ def generate_pipeline(spec, plan, faults: tuple[Fault, ...] = ()) -> Pipeline:
     s = spec.sampler
     metadata = {"job": spec.name, "model": spec.model.reference, "decoder": spec.decoder, "scheduler": s.scheduler,
                 "steps": s.steps, "guidance_scale": s.guidance_scale, "negative_prompt": s.negative_prompt}
-    return _base(spec, plan, stages, faults, metadata)
+    return _base(spec, plan, stages, faults, metadata, Units("image", "images", "generated"))
 
 
 # -- encode: images -> read -> VAE encoder -> latent shards (+ the resized image and caption) --------
@@ -101,7 +101,7 @@ def encode_pipeline(spec, plan, faults: tuple[Fault, ...] = ()) -> Pipeline:
         StageDef("encode", "pipelines.stages.encode:Encode", encode, spec.stages.encode),
     ]
     metadata = {"job": spec.name, "model": spec.model.reference, "input": spec.input.url}
-    return _base(spec, plan, stages, faults, metadata)
+    return _base(spec, plan, stages, faults, metadata, Units("image", "images", "encoded"))
 
 
 # -- redecode: stored latents -> read -> decoder -> image shards with the same keys ----------------
@@ -114,7 +114,7 @@ def redecode_pipeline(spec, plan, faults: tuple[Fault, ...] = ()) -> Pipeline:
         *monitor_stages(spec),
     ]
     metadata = {"job": spec.name, "decoder": spec.decoder, "input": spec.input.url}
-    return _base(spec, plan, stages, faults, metadata)
+    return _base(spec, plan, stages, faults, metadata, Units("image", "images", "decoded"))
 
 
 # -- generate-video: conditioning images -> read -> SVD denoise -> temporal decode -> mp4 shards -------
@@ -147,7 +147,7 @@ def video_pipeline(spec, plan, faults: tuple[Fault, ...] = ()) -> Pipeline:
                 "motion_bucket_id": v.motion_bucket_id, "noise_aug_strength": v.noise_aug_strength,
                 "decode_chunk_size": v.decode_chunk_size,
                 "input": spec.input.url if spec.input.url is not None else f"builtin:{spec.input.builtin}"}
-    return _base(spec, plan, stages, faults, metadata)
+    return _base(spec, plan, stages, faults, metadata, Units("clip", "clips", "generated", {"frames": v.frames}))
 
 
 KINDS = {

@@ -48,6 +48,20 @@ def stage_class(cls: type | str) -> type:
 
 
 @dataclass(frozen=True)
+class Units:
+    """How progress lines and reports name a kind's items; the engine itself never names them.
+
+    `per_item` holds extra figures a report multiplies the item rate by, e.g. {"frames": 14} for
+    clips of 14 frames (frames/s = clips/s * 14).
+    """
+
+    singular: str = "sample"
+    plural: str = "samples"
+    verb: str = "processed"  # past tense: "128 images generated"
+    per_item: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Pipeline:
     name: str
     kind: str
@@ -63,6 +77,7 @@ class Pipeline:
     faults: tuple[Fault, ...] = ()
     cost: CostConfig | None = None  # prices for the report's cost figures
     gpus: int | None = None  # GPUs the `concurrency: auto` stages share (None: the cluster's)
+    units: Units = Units()
 
     def __post_init__(self):
         if not self.stages:
