@@ -90,6 +90,10 @@ def input_plan(spec):
     return plan_images(i.url, samples_per_shard=spec.output.samples_per_shard, format=i.format, storage=i.storage)
 
 
+def read_images_kwargs(source, image) -> dict:
+    return {"image": image, "storage": source.storage, "background": source.background, "max_pixels": source.max_pixels}
+
+
 def encode_pipeline(spec, plan, faults: tuple[Fault, ...] = ()) -> Pipeline:
     encode = {
         "encoder": "sdxl-vae", "model_reference": spec.model.reference, "latent_dtype": spec.latent_dtype,
@@ -97,7 +101,7 @@ def encode_pipeline(spec, plan, faults: tuple[Fault, ...] = ()) -> Pipeline:
         "batch_size": spec.stages.encode.batch_size,
     }
     stages = [
-        StageDef("read", "pipelines.stages.read:ReadImages", {"image": spec.image, "storage": spec.input.storage}, spec.stages.read),
+        StageDef("read", "pipelines.stages.read:ReadImages", read_images_kwargs(spec.input, spec.image), spec.stages.read),
         StageDef("encode", "pipelines.stages.encode:Encode", encode, spec.stages.encode),
     ]
     metadata = {"job": spec.name, "model": spec.model.reference, "input": spec.input.url}
@@ -133,7 +137,7 @@ def video_pipeline(spec, plan, faults: tuple[Fault, ...] = ()) -> Pipeline:
     if spec.input.builtin is not None:
         read = StageDef("read", "pipelines.stages.read:RenderBuiltinImages", {"image": image}, spec.stages.read)
     else:
-        read = StageDef("read", "pipelines.stages.read:ReadImages", {"image": image, "storage": spec.input.storage}, spec.stages.read)
+        read = StageDef("read", "pipelines.stages.read:ReadImages", read_images_kwargs(spec.input, image), spec.stages.read)
     decode = {"decoder": spec.decoder, "model_reference": spec.model.reference, "video": v, "output": spec.output,
               "dtype": spec.model.dtype, "batch_size": spec.stages.decode.batch_size}
     stages = [

@@ -61,11 +61,14 @@ class StageActor:
         result = self.stage(batch)
         fault_injection.after_stage(self.faults, self.stage_name, result, attempt)
         busy = time.perf_counter() - started
-        # Per-sample stage times and rejected inputs travel with the data to the manifest.
+        # Per-sample stage times, rejected inputs and input facts travel with the data to the manifest.
         result["timings"] = {**batch.get("timings", {}), self.stage_name: busy / max(1, len(batch["keys"]))}
         rejected = {**batch.get("rejected", {}), **result.get("rejected", {})}
         if rejected:
             result["rejected"] = rejected
+        input_facts = {**batch.get("input_facts", {}), **result.get("input_facts", {})}
+        if input_facts:
+            result["input_facts"] = input_facts
         self.batches_run += 1
         return result, {"items": len(result["keys"]), "busy_s": busy, "started_at": started_at,
                         "warm": self.batches_run > 1}

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Union
 
 from pipelines.errors import ConfigError
+from pipelines.sources.pixels import DEFAULT_MAX_PIXELS, parse_colour
 
 LATENT_FACTOR = 8  # pixels per latent cell in SDXL-class VAEs
 # `decoder: sdxl-vae` in a job spec is the model's own VAE (the tiny model's tiny one); other
@@ -281,9 +282,23 @@ class InputConfig:
     url: str
     format: Literal["auto", "webdataset", "folder", "list"] = "auto"
     storage: StorageConfig = field(default_factory=StorageConfig)
+    # Transparent pixels of input images are composited on this colour (a name or #rrggbb).
+    background: str = "white"
+    # An input image with more pixels is rejected from its header, before it is decoded.
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
     def __post_init__(self):
         require(bool(self.url.strip()), "url", "an input URL or path", self.url)
+        check_image_input(self.background, self.max_pixels)
+
+
+def check_image_input(background: str, max_pixels: int) -> None:
+    """`input.background` and `input.max_pixels` of a kind that reads images."""
+    try:
+        parse_colour(background)
+    except ValueError as exc:
+        raise ConfigError("background", "", detail=f"expected {exc}") from None
+    require(max_pixels > 0, "max_pixels", "a positive number of pixels", max_pixels)
 
 
 @dataclass(frozen=True)
@@ -381,6 +396,8 @@ class ConditioningInput:
     builtin: int | None = None
     format: Literal["auto", "webdataset", "folder", "list"] = "auto"
     storage: StorageConfig = field(default_factory=StorageConfig)
+    background: str = "white"  # as InputConfig's
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
     def __post_init__(self):
         if (self.url is None) == (self.builtin is None):
@@ -389,6 +406,7 @@ class ConditioningInput:
             require(bool(self.url.strip()), "url", "an input URL or path", self.url)
         if self.builtin is not None:
             require(self.builtin > 0, "builtin", "a positive number of built-in images", self.builtin)
+        check_image_input(self.background, self.max_pixels)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,8 @@ sample and its fields:
     {"keys": [...], "files": [{"png": b"...", "latent.npy": b"..."}, ...], "fields": [{...}, ...]}
 The first file of each sample is its primary file (image, clip or latents); `fields` go to the
 sample's manifest row and its `.json`. A stage may drop a sample whose *input* is bad by listing it
-in `rejected` ({key: reason}); the engine carries rejections down the chain to the manifest.
+in `rejected` ({key: reason}); the engine carries rejections down the chain to the manifest, and
+`input_facts` ({key: {column: value}}, what reading an input found) to the sample's row and `.json`.
 """
 
 from __future__ import annotations

@@ -111,8 +111,9 @@ def write_shard(
     produced, rejected = {}, {}
     for batch in batches:
         rejected.update(batch.get("rejected", {}))
+        facts = batch.get("input_facts", {})  # what reading the input found (pipelines/sources/pixels.py)
         for key, sample_files, fields in zip(batch["keys"], batch["files"], batch["fields"]):
-            produced[key] = (sample_files, fields, batch["timings"])
+            produced[key] = (sample_files, {**facts.get(key, {}), **fields}, batch["timings"])
     failures = {f["key"]: f for f in failed}
     old_members, old_rows = _read_existing(layout, shard_name, base) if base is not None else ({}, {})
     done = produced.keys() | rejected.keys() | failures.keys() | old_rows.keys()

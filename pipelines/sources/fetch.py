@@ -8,6 +8,10 @@ Anything missing or unreadable raises UnreadableSample naming the key, the URL a
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
+
 import fsspec
 
 from pipelines.config import StorageConfig
@@ -25,6 +29,8 @@ class UnreadableSample(LatentmillError):
 def locate(sample: dict, ext: str) -> tuple[str, int | None, int | None]:
     """(url, start, end) of `ext` of `sample`; start and end are None for a whole file."""
     source, key = sample["source"], sample["key"]
+    if source.get("rejected"):
+        raise UnreadableSample(f"sample {key}: {source['url']}: {source['rejected']}")
     members = source.get("members")
     if members is None:
         own = extension(source["url"])
@@ -61,7 +67,12 @@ def read_members(
         except UnreadableSample as exc:
             results[i] = exc
             continue
-        by_protocol.setdefault(fsspec.core.split_protocol(url)[0] or "file", []).append((i, url, start, end))
+        protocol = fsspec.core.split_protocol(url)[0] or "file"
+        problem = local_problem(url) if protocol in ("file", "local") else None
+        if problem:
+            results[i] = UnreadableSample(f"sample {sample['key']}: {url} {problem}")
+            continue
+        by_protocol.setdefault(protocol, []).append((i, url, start, end))
     for reads in by_protocol.values():
         fs, _ = fsspec.core.url_to_fs(reads[0][1], **storage_options(reads[0][1], storage))
         paths = [fs._strip_protocol(url) for _, url, _, _ in reads]
@@ -74,6 +85,25 @@ def read_members(
             if isinstance(result, Exception):
                 raise result
     return results
+
+
+def local_problem(url: str) -> str | None:
+    """Why a local path is no file to read, or None. Checked before opening: opening a FIFO would
+    wait forever for a writer; the rest would fail with less to say."""
+    path = fsspec.core.strip_protocol(url)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "is a symbolic link to a file that does not exist" if os.path.islink(path) else "does not exist"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "is a symbolic link loop"
+        return f"cannot be read ({exc.strerror or type(exc).__name__})"
+    if stat.S_ISDIR(mode):
+        return "is a directory, not an image file"
+    if not stat.S_ISREG(mode):
+        return "is not a regular file (a FIFO, socket or device), so it is not read"
+    return None
 
 
 def _checked(key: str, url: str, ext: str, start, end, value) -> bytes | UnreadableSample:

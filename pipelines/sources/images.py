@@ -53,11 +53,15 @@ class ImageSample:
     # image file itself.
     members: dict[str, tuple[int, int]] | None = None
     metadata: dict | None = None
+    # Why the sample cannot be read, when planning knew already (a file name that is not UTF-8).
+    rejected: str | None = None
 
     def as_dict(self) -> dict:
         source: dict = {"url": self.url}
         if self.members is not None:
             source["members"] = {ext: list(span) for ext, span in self.members.items()}
+        if self.rejected is not None:
+            source["rejected"] = self.rejected
         return {"key": self.key, "index": self.index, "prompt": self.prompt, "source": source,
                 "metadata": self.metadata}
 
@@ -93,6 +97,7 @@ class ImagePlan(ShardedPlan):
                 url=urls[offset],
                 members=None if members is None else {m["ext"]: (m["offset"], m["size"]) for m in members},
                 metadata=row.get("metadata"),
+                rejected=row.get("rejected"),
             ))
         return out
 
@@ -161,15 +166,24 @@ def detect_format(url: str, fs, root: str) -> str:
 
 
 def plan_folder(url: str, fs, root: str) -> pa.Table:
-    """Image files under `root`, recursively, sorted by relative path; keys are their positions."""
+    """Image files under `root`, recursively, sorted by relative path; keys are their positions.
+
+    A name that is not valid UTF-8 (local disks only) is planned under its name with the odd bytes
+    written `\\xNN`, so its key is stable, and is rejected when read (`rejected` column): plans,
+    manifests and metadata hold names as UTF-8 text, where it could not be traced back.
+    """
     if not fs.isdir(root):
         raise ConfigError(URL_FIELD, "", detail=f"{url!r} is not a directory (input.format folder)")
     base = root.rstrip("/") + "/"
     # Arrow chunks, not a Python list of every name: a million paths stay compact.
-    chunks, names = [], []
+    chunks, names, odd = [], [], set()
     for path in fs.find(root):
         if extension(path) in IMAGE_EXTENSIONS:
-            names.append(path[len(base):])
+            name = path[len(base):]
+            if not is_utf8(name):
+                name = escaped_name(name)
+                odd.add(name)
+            names.append(name)
             if len(names) == 65536:
                 chunks.append(pa.array(names, pa.string()))
                 names = []
@@ -178,12 +192,31 @@ def plan_folder(url: str, fs, root: str) -> pa.Table:
     if len(relative) == 0:
         raise ConfigError(URL_FIELD, "", detail=f"no images found under {url!r} (looked for {', '.join(IMAGE_EXTENSIONS)})")
     relative = relative.take(pc.sort_indices(relative))
-    return pa.table({
+    columns = {
         "key": position_keys(len(relative)),
         "prompt": pa.repeat(pa.scalar("", pa.string()), len(relative)),
         "location": relative,
         "metadata": pa.StructArray.from_arrays([relative], names=["path"]),  # shares the location's buffers
-    })
+    }
+    if odd:  # the column exists only then: the plans (and digests) of ordinary folders are unchanged
+        columns["rejected"] = pa.array([NOT_UTF8 if name in odd else None for name in relative.to_pylist()], pa.string())
+    return pa.table(columns)
+
+
+NOT_UTF8 = ("file name is not valid UTF-8 (its odd bytes are shown as \\xNN); rename it to UTF-8, "
+            "e.g. with `convmv -f latin1 -t utf8`")
+
+
+def is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # os.listdir gives undecodable bytes as lone surrogates
+        return False
+    return True
+
+
+def escaped_name(name: str) -> str:
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def position_keys(count: int, start: int = 0) -> pa.Array:

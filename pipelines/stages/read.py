@@ -1,8 +1,10 @@
 """Read stages: fetch what a sample points at from the input (images, stored latents), on CPUs.
 
 They run before the GPU stage of their chain so that GPUs never wait on storage or image decoding.
-An input that is there but unusable (an empty file, a truncated JPEG, text named .png) is *rejected*:
-recorded with its reason, not retried. Storage errors raise and are retried like any failure.
+An input that is there but unusable (an empty file, a truncated JPEG, text named .png, an image over
+`input.max_pixels`) is *rejected*: recorded with its reason, not retried. Images are loaded by
+pipelines/sources/pixels.py alone (bit depth, orientation, colour profile, transparency, frames).
+Storage errors raise and are retried like any failure.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from PIL import Image
 
 from pipelines.config import ImageConfig, StorageConfig
 from pipelines.sources.fetch import read_member, read_members
+from pipelines.sources.pixels import DEFAULT_MAX_PIXELS, PixelRules, load_pixels, readable_reason
 
 
 def fit_image(image: Image.Image, size: ImageConfig) -> Image.Image | str:
@@ -30,38 +33,29 @@ def fit_image(image: Image.Image, size: ImageConfig) -> Image.Image | str:
     return resized.crop((left, top, left + target[0], top + target[1]))
 
 
-def decode_image(data: bytes) -> Image.Image | str:
-    """RGB image, or why the bytes are not one."""
-    if not data:
-        return "empty file (0 bytes)"
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()  # a truncated file fails here, not at open
-            return image.convert("RGB")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        return f"not a readable image ({type(exc).__name__}: {exc})"
-
-
 class ReadImages:
-    """samples -> uint8 pixels (B, H, W, 3) at the spec's size; unusable inputs rejected. The kept
-    samples go along (`samples`) for stages that need more than their keys (a clip's seed)."""
+    """samples -> uint8 sRGB pixels (B, H, W, 3) at the spec's size; unusable inputs rejected. The
+    kept samples go along (`samples`) for stages that need more than their keys (a clip's seed), and
+    what loading found in each input (`input_facts`, pipelines/sources/pixels.py) to its manifest row."""
 
-    def __init__(self, image: ImageConfig, storage: StorageConfig | None = None):
+    def __init__(self, image: ImageConfig, storage: StorageConfig | None = None, background: str = "white",
+                 max_pixels: int = DEFAULT_MAX_PIXELS):
         self.image, self.storage = image, storage
+        self.rules = PixelRules.of(background, max_pixels)
 
     def __call__(self, batch: dict) -> dict:
-        kept, pixels, rejected = [], [], {}
+        kept, pixels, rejected, facts = [], [], {}, {}
         datas = read_members(batch["samples"], "image", self.storage, return_errors=True)
         for sample, data in zip(batch["samples"], datas):
-            image = str(data) if isinstance(data, Exception) else decode_image(data)
-            if not isinstance(image, str):
-                image = fit_image(image, self.image)
+            loaded = readable_reason(str(data)) if isinstance(data, Exception) else load_pixels(data, self.rules)
+            image = loaded if isinstance(loaded, str) else fit_image(Image.fromarray(loaded.pixels), self.image)
             if isinstance(image, str):
                 rejected[sample["key"]] = image
                 continue
             kept.append(sample)
             pixels.append(np.asarray(image, dtype=np.uint8))
-        return pixel_batch(kept, pixels, self.image, rejected)
+            facts[sample["key"]] = loaded.facts
+        return {**pixel_batch(kept, pixels, self.image, rejected), "input_facts": facts}
 
 
 def pixel_batch(samples: list[dict], pixels: list[np.ndarray], size: ImageConfig, rejected: dict | None = None) -> dict:

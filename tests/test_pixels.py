@@ -1,0 +1,267 @@
+"""Input pixels exactly as a viewer shows them: bit depth, orientation, colour profile,
+transparency, frames and size limits, on real files Pillow writes (pipelines/sources/pixels.py)."""
+
+from __future__ import annotations
+
+import io
+import re
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipelines.sources.pixels import Loaded, PixelRules, load_pixels, parse_colour
+
+GRADIENT = (np.arange(16, dtype=np.uint16) * 4369).reshape(1, 16).repeat(2, 0)  # 0..65535
+REPR = re.compile(r"<[^>]* at 0x|object at|0x[0-9a-f]{6,}")
+
+
+def saved(image: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def loaded(data: bytes, rules: PixelRules | None = None) -> Loaded:
+    result = load_pixels(data, rules or PixelRules())
+    assert isinstance(result, Loaded), result
+    assert result.pixels.dtype == np.uint8 and result.pixels.ndim == 3 and result.pixels.shape[2] == 3
+    return result
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png16(values: np.ndarray, colour_type: int) -> bytes:
+    """A 16-bit PNG written byte by byte (Pillow cannot write 16-bit RGB)."""
+    height, width = values.shape[:2]
+    rows = b"".join(b"\0" + values[y].astype(">u2").tobytes() for y in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", zlib.compress(rows)) + png_chunk(b"IEND", b"")
+
+
+# -- bit depth --------------------------------------------------------------------------------
+
+def exact8(values) -> np.ndarray:
+    return np.rint(np.asarray(values, np.float64) * 255 / 65535).astype(np.uint8)
+
+
+@pytest.mark.parametrize("fmt, array", [("PNG", GRADIENT), ("TIFF", GRADIENT.astype(">u2"))], ids=["I;16 png", "I;16B tiff"])
+def test_16_bit_grey_is_scaled_to_8_bits_not_clipped_to_white(fmt, array):
+    result = loaded(saved(Image.fromarray(array), fmt))
+    assert result.facts["input_mode"] in ("I;16", "I;16B")
+    for channel in range(3):
+        assert (result.pixels[0, :, channel] == exact8(GRADIENT[0])).all()  # 0, 17, 34, ... 255
+
+
+@pytest.mark.parametrize("colour_type, channels", [(2, 3), (6, 4)], ids=["RGB16", "RGBA16"])
+def test_16_bit_colour_png_stays_a_gradient_within_one_level(colour_type, channels):
+    values = np.stack([GRADIENT, 65535 - GRADIENT, GRADIENT // 2, np.full_like(GRADIENT, 65535)][:channels], -1)
+    result = loaded(png16(values, colour_type))
+    red, green = result.pixels[0, :, 0].astype(int), result.pixels[0, :, 1].astype(int)
+    assert (np.diff(red) > 0).all() and (np.diff(green) < 0).all()
+    # Pillow reads 16-bit colour PNGs as their high byte: v >> 8, at most 1 from round(v*255/65535).
+    assert np.abs(red - exact8(GRADIENT[0])).max() <= 1 and red[0] == 0 and red[-1] == 255
+
+
+def test_32_bit_images_are_scaled_when_their_range_is_known_and_rejected_otherwise():
+    as_int = loaded(saved(Image.fromarray(GRADIENT.astype(np.int32)), "TIFF"))
+    assert as_int.facts["input_mode"] == "I" and (as_int.pixels[0, :, 0] == exact8(GRADIENT[0])).all()
+    unit = (GRADIENT / 65535).astype(np.float32)
+    as_float = loaded(saved(Image.fromarray(unit), "TIFF"))
+    assert as_float.facts["input_mode"] == "F" and (as_float.pixels[0, :, 1] == exact8(GRADIENT[0])).all()
+    assert "no known scale" in load_pixels(saved(Image.fromarray(GRADIENT.astype(np.int32) * 4), "TIFF"))
+    assert "no known scale" in load_pixels(saved(Image.fromarray(unit * 10), "TIFF"))
+
+
+# -- orientation ------------------------------------------------------------------------------
+
+def landscape_jpeg(orientation: int) -> bytes:
+    """40x20: left half red, right half blue; EXIF says how to turn it."""
+    pixels = np.zeros((20, 40, 3), np.uint8)
+    pixels[:, :20] = (255, 0, 0)
+    pixels[:, 20:] = (0, 0, 255)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return saved(Image.fromarray(pixels), "JPEG", exif=exif, quality=95)
+
+
+def is_red(pixel) -> bool:
+    return pixel[0] > 200 and pixel[2] < 60
+
+
+@pytest.mark.parametrize("orientation, size, red_at", [
+    (1, (20, 40), (10, 5)),   # as stored: red on the left
+    (2, (20, 40), (10, 35)),  # mirrored: red on the right
+    (3, (20, 40), (10, 35)),  # upside down: red on the right
+    (6, (40, 20), (5, 10)),   # shot in portrait, turned 90 degrees clockwise: red on top
+    (8, (40, 20), (35, 10)),  # turned counter-clockwise: red at the bottom
+])
+def test_exif_orientation_is_applied(orientation, size, red_at):
+    result = loaded(landscape_jpeg(orientation))
+    assert result.pixels.shape[:2] == size and result.facts["input_orientation"] == orientation
+    assert is_red(result.pixels[red_at])
+
+
+# -- colour profiles --------------------------------------------------------------------------
+
+ADOBE_D50 = [(0.6097, 0.3111, 0.0195), (0.2053, 0.6257, 0.0609), (0.1492, 0.0632, 0.7446)]  # r, g, b XYZ
+ADOBE_GAMMA = 563 / 256
+
+
+def s15(value: float) -> bytes:
+    return struct.pack(">i", round(value * 65536))
+
+
+def icc_tag(kind: bytes, payload: bytes) -> bytes:
+    data = kind + b"\0\0\0\0" + payload
+    return data + b"\0" * (-len(data) % 4)
+
+
+def adobe_like_profile() -> bytes:
+    """An ICC v2 RGB display profile with Adobe RGB (1998) primaries and gamma 2.2, written here."""
+    name = b"Adobe-like test RGB\0"
+    tags = {
+        b"desc": icc_tag(b"desc", struct.pack(">I", len(name)) + name + b"\0" * 12 + b"\0" * 67),
+        b"wtpt": icc_tag(b"XYZ ", s15(0.9642) + s15(1.0) + s15(0.8249)),
+        b"rXYZ": icc_tag(b"XYZ ", b"".join(s15(v) for v in ADOBE_D50[0])),
+        b"gXYZ": icc_tag(b"XYZ ", b"".join(s15(v) for v in ADOBE_D50[1])),
+        b"bXYZ": icc_tag(b"XYZ ", b"".join(s15(v) for v in ADOBE_D50[2])),
+        b"rTRC": icc_tag(b"curv", struct.pack(">IH", 1, round(ADOBE_GAMMA * 256))),
+        b"cprt": icc_tag(b"text", b"no copyright\0"),
+    }
+    tags[b"gTRC"] = tags[b"bTRC"] = tags[b"rTRC"]
+    offset, table, body = 128 + 4 + 12 * len(tags), b"", b""
+    for signature, data in tags.items():
+        table += signature + struct.pack(">II", offset + len(body), len(data))
+        body += data
+    size = offset + len(body)
+    header = (struct.pack(">I", size) + b"lcms" + bytes([2, 0x10, 0, 0]) + b"mntrRGB XYZ " + b"\0" * 12 + b"acsp"
+              + b"\0" * 24 + struct.pack(">I", 0) + s15(0.9642) + s15(1.0) + s15(0.8249) + b"\0" * 48)
+    assert len(header) == 128
+    return header + struct.pack(">I", len(tags)) + table + body
+
+
+def adobe_to_srgb(rgb) -> np.ndarray:
+    """The colorimetric answer, from the published D65 matrices (independent of LittleCMS)."""
+    to_xyz = np.array([[0.5767309, 0.1855540, 0.1881852], [0.2973769, 0.6273491, 0.0752741],
+                       [0.0270343, 0.0706872, 0.9911085]])
+    to_srgb = np.array([[3.2404542, -1.5371385, -0.4985314], [-0.9692660, 1.8760108, 0.0415560],
+                        [0.0556434, -0.2040259, 1.0572252]])
+    linear = np.clip(to_srgb @ to_xyz @ ((np.asarray(rgb) / 255) ** ADOBE_GAMMA), 0, 1)
+    encoded = np.where(linear <= 0.0031308, 12.92 * linear, 1.055 * linear ** (1 / 2.4) - 0.055)
+    return encoded * 255
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_an_embedded_profile_is_converted_to_srgb(fmt):
+    colour = (60, 160, 90)
+    expected = adobe_to_srgb(colour)
+    assert np.abs(expected - colour).max() > 20  # the profile matters for this colour
+    data = saved(Image.new("RGB", (8, 8), colour), fmt, icc_profile=adobe_like_profile(), **({"quality": 100} if fmt == "JPEG" else {}))
+    result = loaded(data)
+    assert np.abs(result.pixels[4, 4].astype(float) - expected).max() <= 3, (result.pixels[4, 4], expected)
+    assert result.facts["input_icc"] == "Adobe-like test RGB"
+    plain = loaded(saved(Image.new("RGB", (8, 8), colour), fmt, **({"quality": 100} if fmt == "JPEG" else {})))
+    assert np.abs(plain.pixels[4, 4].astype(int) - colour).max() <= 2 and plain.facts["input_icc"] == ""  # assumed sRGB
+
+
+def test_a_profile_keeps_transparency_for_compositing():
+    rgba = Image.new("RGBA", (4, 4), (60, 160, 90, 0))
+    result = loaded(saved(rgba, "PNG", icc_profile=adobe_like_profile()))
+    assert (result.pixels == 255).all() and result.facts["input_alpha"] is True
+
+
+def test_an_unusable_profile_is_a_rejection_not_a_guess():
+    reason = load_pixels(saved(Image.new("RGB", (4, 4)), "PNG", icc_profile=b"not a profile at all" * 8))
+    assert isinstance(reason, str) and "ICC profile" in reason and not REPR.search(reason)
+
+
+# -- transparency -----------------------------------------------------------------------------
+
+def transparent_inputs() -> dict[str, bytes]:
+    """Fully transparent pixels whose hidden colour is blue (or black) in every kind of alpha."""
+    rgba = Image.new("RGBA", (6, 6), (0, 0, 255, 0))
+    palette = Image.new("P", (6, 6), 1)
+    palette.putpalette([0, 0, 0, 0, 0, 255] + [0] * 762)
+    pa = Image.new("PA", (6, 6), (1, 0))
+    pa.putpalette([0, 0, 0, 0, 0, 255] + [0] * 762)
+    return {
+        "RGBA png": saved(rgba, "PNG"),
+        "LA png": saved(Image.new("LA", (6, 6), (0, 0)), "PNG"),
+        "P gif transparent index": saved(palette, "GIF", transparency=1),
+        "P png transparent index": saved(palette, "PNG", transparency=1),
+        "PA tiff": saved(pa, "TIFF"),
+        "RGBA webp": saved(rgba, "WEBP", lossless=True),
+    }
+
+
+@pytest.mark.parametrize("name", list(transparent_inputs()))
+def test_transparency_is_composited_on_the_background(name):
+    data = transparent_inputs()[name]
+    assert (loaded(data).pixels == 255).all()  # default white: never black, never the hidden blue
+    result = loaded(data, PixelRules.of("#102030"))
+    assert (result.pixels == (16, 32, 48)).all() and result.facts["input_alpha"] is True
+
+
+def test_half_transparency_blends_and_opaque_images_say_no_alpha():
+    half = loaded(saved(Image.new("RGBA", (2, 2), (255, 0, 0, 128)), "PNG"), PixelRules.of("black"))
+    assert tuple(half.pixels[0, 0]) == (128, 0, 0)
+    assert loaded(saved(Image.new("RGB", (2, 2)), "PNG")).facts["input_alpha"] is False
+
+
+def test_background_accepts_names_and_hex_and_refuses_the_rest():
+    assert parse_colour("white") == (255, 255, 255) and parse_colour("#FF8000") == (255, 128, 0)
+    for bad in ("#12345", "rgb(1,2,3)", "nocolour", ""):
+        with pytest.raises(ValueError, match="colour name"):
+            parse_colour(bad)
+
+
+# -- frames -----------------------------------------------------------------------------------
+
+def three_frames(fmt: str) -> bytes:
+    frames = [Image.new("RGB", (8, 8), c) for c in [(255, 0, 0), (0, 255, 0), (0, 0, 255)]]
+    options = {"lossless": True} if fmt == "WEBP" else {}
+    return saved(frames[0], fmt, save_all=True, append_images=frames[1:], **options)
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "WEBP", "PNG", "TIFF"], ids=["gif", "webp", "apng", "multipage tiff"])
+def test_animations_and_multipage_files_give_their_first_frame_and_say_so(fmt):
+    result = loaded(three_frames(fmt))
+    assert result.facts["input_frames"] == 3 and result.facts["input_frame_used"] == 0
+    assert tuple(result.pixels[4, 4]) == (255, 0, 0)
+
+
+# -- size limit -------------------------------------------------------------------------------
+
+def claimed_png(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height over a few bytes of data: decoding it would fail
+    as truncated, so a size rejection proves nothing was decoded."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", zlib.compress(b"\0" * 64)) + png_chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("width, height", [(9000, 8000), (100_000, 100_000)], ids=["72MP", "over Pillow's own limit"])
+def test_an_image_over_max_pixels_is_rejected_with_its_size_before_decoding(width, height):
+    reason = load_pixels(claimed_png(width, height))
+    assert isinstance(reason, str) and f"{width}x{height}" in reason and "input.max_pixels (64,000,000)" in reason
+    assert Image.MAX_IMAGE_PIXELS == 89_478_485  # Pillow's setting is left as it was
+
+
+def test_max_pixels_is_the_specs_limit():
+    data = saved(Image.new("RGB", (100, 50)), "PNG")
+    assert isinstance(load_pixels(data, PixelRules(max_pixels=5000)), Loaded)
+    assert "100x50" in load_pixels(data, PixelRules(max_pixels=4999))
+
+
+# -- rejections read as sentences ----------------------------------------------------------------
+
+@pytest.mark.parametrize("data", [b"", b"plain text, named .png", saved(Image.new("RGB", (64, 64)), "JPEG")[:300],
+                                  saved(Image.new("RGB", (64, 64)), "PNG")[:60], b"\x89PNG\r\n\x1a\n" + b"\0" * 40],
+                         ids=["empty", "text", "truncated jpeg", "truncated png", "broken png header"])
+def test_unreadable_bytes_are_rejected_with_a_reason_and_no_object_repr(data):
+    reason = load_pixels(data)
+    assert isinstance(reason, str) and reason and not REPR.search(reason), reason
