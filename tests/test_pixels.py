@@ -3,25 +3,25 @@ transparency, frames and size limits, on real files Pillow writes (pipelines/sou
 
 from __future__ import annotations
 
-import io
 import re
-import struct
-import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from pipelines.sources.pixels import Loaded, PixelRules, load_pixels, parse_colour
+from tests.imagefiles import (
+    adobe_like_profile,
+    adobe_to_srgb,
+    claimed_png,
+    landscape_jpeg,
+    png16,
+    saved,
+    three_frames,
+)
 
 GRADIENT = (np.arange(16, dtype=np.uint16) * 4369).reshape(1, 16).repeat(2, 0)  # 0..65535
 REPR = re.compile(r"<[^>]* at 0x|object at|0x[0-9a-f]{6,}")
-
-
-def saved(image: Image.Image, fmt: str, **options) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **options)
-    return buffer.getvalue()
 
 
 def loaded(data: bytes, rules: PixelRules | None = None) -> Loaded:
@@ -29,18 +29,6 @@ def loaded(data: bytes, rules: PixelRules | None = None) -> Loaded:
     assert isinstance(result, Loaded), result
     assert result.pixels.dtype == np.uint8 and result.pixels.ndim == 3 and result.pixels.shape[2] == 3
     return result
-
-
-def png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def png16(values: np.ndarray, colour_type: int) -> bytes:
-    """A 16-bit PNG written byte by byte (Pillow cannot write 16-bit RGB)."""
-    height, width = values.shape[:2]
-    rows = b"".join(b"\0" + values[y].astype(">u2").tobytes() for y in range(height))
-    header = struct.pack(">IIBBBBB", width, height, 16, colour_type, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", zlib.compress(rows)) + png_chunk(b"IEND", b"")
 
 
 # -- bit depth --------------------------------------------------------------------------------
@@ -79,15 +67,6 @@ def test_32_bit_images_are_scaled_when_their_range_is_known_and_rejected_otherwi
 
 # -- orientation ------------------------------------------------------------------------------
 
-def landscape_jpeg(orientation: int) -> bytes:
-    """40x20: left half red, right half blue; EXIF says how to turn it."""
-    pixels = np.zeros((20, 40, 3), np.uint8)
-    pixels[:, :20] = (255, 0, 0)
-    pixels[:, 20:] = (0, 0, 255)
-    exif = Image.Exif()
-    exif[0x0112] = orientation
-    return saved(Image.fromarray(pixels), "JPEG", exif=exif, quality=95)
-
 
 def is_red(pixel) -> bool:
     return pixel[0] > 200 and pixel[2] < 60
@@ -107,53 +86,6 @@ def test_exif_orientation_is_applied(orientation, size, red_at):
 
 
 # -- colour profiles --------------------------------------------------------------------------
-
-ADOBE_D50 = [(0.6097, 0.3111, 0.0195), (0.2053, 0.6257, 0.0609), (0.1492, 0.0632, 0.7446)]  # r, g, b XYZ
-ADOBE_GAMMA = 563 / 256
-
-
-def s15(value: float) -> bytes:
-    return struct.pack(">i", round(value * 65536))
-
-
-def icc_tag(kind: bytes, payload: bytes) -> bytes:
-    data = kind + b"\0\0\0\0" + payload
-    return data + b"\0" * (-len(data) % 4)
-
-
-def adobe_like_profile() -> bytes:
-    """An ICC v2 RGB display profile with Adobe RGB (1998) primaries and gamma 2.2, written here."""
-    name = b"Adobe-like test RGB\0"
-    tags = {
-        b"desc": icc_tag(b"desc", struct.pack(">I", len(name)) + name + b"\0" * 12 + b"\0" * 67),
-        b"wtpt": icc_tag(b"XYZ ", s15(0.9642) + s15(1.0) + s15(0.8249)),
-        b"rXYZ": icc_tag(b"XYZ ", b"".join(s15(v) for v in ADOBE_D50[0])),
-        b"gXYZ": icc_tag(b"XYZ ", b"".join(s15(v) for v in ADOBE_D50[1])),
-        b"bXYZ": icc_tag(b"XYZ ", b"".join(s15(v) for v in ADOBE_D50[2])),
-        b"rTRC": icc_tag(b"curv", struct.pack(">IH", 1, round(ADOBE_GAMMA * 256))),
-        b"cprt": icc_tag(b"text", b"no copyright\0"),
-    }
-    tags[b"gTRC"] = tags[b"bTRC"] = tags[b"rTRC"]
-    offset, table, body = 128 + 4 + 12 * len(tags), b"", b""
-    for signature, data in tags.items():
-        table += signature + struct.pack(">II", offset + len(body), len(data))
-        body += data
-    size = offset + len(body)
-    header = (struct.pack(">I", size) + b"lcms" + bytes([2, 0x10, 0, 0]) + b"mntrRGB XYZ " + b"\0" * 12 + b"acsp"
-              + b"\0" * 24 + struct.pack(">I", 0) + s15(0.9642) + s15(1.0) + s15(0.8249) + b"\0" * 48)
-    assert len(header) == 128
-    return header + struct.pack(">I", len(tags)) + table + body
-
-
-def adobe_to_srgb(rgb) -> np.ndarray:
-    """The colorimetric answer, from the published D65 matrices (independent of LittleCMS)."""
-    to_xyz = np.array([[0.5767309, 0.1855540, 0.1881852], [0.2973769, 0.6273491, 0.0752741],
-                       [0.0270343, 0.0706872, 0.9911085]])
-    to_srgb = np.array([[3.2404542, -1.5371385, -0.4985314], [-0.9692660, 1.8760108, 0.0415560],
-                        [0.0556434, -0.2040259, 1.0572252]])
-    linear = np.clip(to_srgb @ to_xyz @ ((np.asarray(rgb) / 255) ** ADOBE_GAMMA), 0, 1)
-    encoded = np.where(linear <= 0.0031308, 12.92 * linear, 1.055 * linear ** (1 / 2.4) - 0.055)
-    return encoded * 255
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
@@ -222,11 +154,6 @@ def test_background_accepts_names_and_hex_and_refuses_the_rest():
 
 # -- frames -----------------------------------------------------------------------------------
 
-def three_frames(fmt: str) -> bytes:
-    frames = [Image.new("RGB", (8, 8), c) for c in [(255, 0, 0), (0, 255, 0), (0, 0, 255)]]
-    options = {"lossless": True} if fmt == "WEBP" else {}
-    return saved(frames[0], fmt, save_all=True, append_images=frames[1:], **options)
-
 
 @pytest.mark.parametrize("fmt", ["GIF", "WEBP", "PNG", "TIFF"], ids=["gif", "webp", "apng", "multipage tiff"])
 def test_animations_and_multipage_files_give_their_first_frame_and_say_so(fmt):
@@ -236,12 +163,6 @@ def test_animations_and_multipage_files_give_their_first_frame_and_say_so(fmt):
 
 
 # -- size limit -------------------------------------------------------------------------------
-
-def claimed_png(width: int, height: int) -> bytes:
-    """A PNG whose header claims width x height over a few bytes of data: decoding it would fail
-    as truncated, so a size rejection proves nothing was decoded."""
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", zlib.compress(b"\0" * 64)) + png_chunk(b"IEND", b"")
 
 
 @pytest.mark.parametrize("width, height", [(9000, 8000), (100_000, 100_000)], ids=["72MP", "over Pillow's own limit"])

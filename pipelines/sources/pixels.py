@@ -67,7 +67,7 @@ def load_pixels(data: bytes, rules: PixelRules = PixelRules()) -> Loaded | str:
         with image:
             return _convert(image, rules)
     except UnidentifiedImageError:
-        return "not an image Pillow can read (unknown format or damaged header)"
+        return "not a readable image (no format Pillow knows: unknown or damaged header)"
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
         return readable_reason(f"not a readable image ({type(exc).__name__}: {exc})")
 
