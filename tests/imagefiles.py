@@ -54,24 +54,36 @@ def icc_tag(kind: bytes, payload: bytes) -> bytes:
 
 def adobe_like_profile() -> bytes:
     """An ICC v2 RGB display profile with Adobe RGB (1998) primaries and gamma 2.2, written here."""
-    name = b"Adobe-like test RGB\0"
-    tags = {
-        b"desc": icc_tag(b"desc", struct.pack(">I", len(name)) + name + b"\0" * 12 + b"\0" * 67),
-        b"wtpt": icc_tag(b"XYZ ", s15(0.9642) + s15(1.0) + s15(0.8249)),
+    curve = icc_tag(b"curv", struct.pack(">IH", 1, round(ADOBE_GAMMA * 256)))
+    return icc_profile(b"RGB ", b"Adobe-like test RGB", {
         b"rXYZ": icc_tag(b"XYZ ", b"".join(s15(v) for v in ADOBE_D50[0])),
         b"gXYZ": icc_tag(b"XYZ ", b"".join(s15(v) for v in ADOBE_D50[1])),
         b"bXYZ": icc_tag(b"XYZ ", b"".join(s15(v) for v in ADOBE_D50[2])),
-        b"rTRC": icc_tag(b"curv", struct.pack(">IH", 1, round(ADOBE_GAMMA * 256))),
+        b"rTRC": curve, b"gTRC": curve, b"bTRC": curve,
+    })
+
+
+def linear_grey_profile() -> bytes:
+    """An ICC v2 grey profile with gamma 1.0: grey 128 is linear light, sRGB's 188."""
+    return icc_profile(b"GRAY", b"linear grey", {b"kTRC": icc_tag(b"curv", struct.pack(">IH", 1, 256))})
+
+
+def icc_profile(space: bytes, name: bytes, colour_tags: dict[bytes, bytes]) -> bytes:
+    """An ICC v2 display profile (header, tag table, tags) over a D50 white point."""
+    name += b"\0"
+    tags = {
+        b"desc": icc_tag(b"desc", struct.pack(">I", len(name)) + name + b"\0" * 12 + b"\0" * 67),
+        b"wtpt": icc_tag(b"XYZ ", s15(0.9642) + s15(1.0) + s15(0.8249)),
         b"cprt": icc_tag(b"text", b"no copyright\0"),
+        **colour_tags,
     }
-    tags[b"gTRC"] = tags[b"bTRC"] = tags[b"rTRC"]
     offset, table, body = 128 + 4 + 12 * len(tags), b"", b""
     for signature, data in tags.items():
         table += signature + struct.pack(">II", offset + len(body), len(data))
         body += data
     size = offset + len(body)
-    header = (struct.pack(">I", size) + b"lcms" + bytes([2, 0x10, 0, 0]) + b"mntrRGB XYZ " + b"\0" * 12 + b"acsp"
-              + b"\0" * 24 + struct.pack(">I", 0) + s15(0.9642) + s15(1.0) + s15(0.8249) + b"\0" * 48)
+    header = (struct.pack(">I", size) + b"lcms" + bytes([2, 0x10, 0, 0]) + b"mntr" + space + b"XYZ " + b"\0" * 12
+              + b"acsp" + b"\0" * 24 + struct.pack(">I", 0) + s15(0.9642) + s15(1.0) + s15(0.8249) + b"\0" * 48)
     assert len(header) == 128
     return header + struct.pack(">I", len(tags)) + table + body
 

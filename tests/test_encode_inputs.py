@@ -42,13 +42,14 @@ def awkward_folder(root) -> dict[str, str]:
     os.mkfifo(root / "g-fifo.png")
     os.symlink("missing.png", root / "h-dangling.png")
     os.symlink("i-loop.png", root / "i-loop.png")
+    os.symlink(".", root / "l-folder-link.png")  # a directory named like an image
     (root / "j-text.png").write_text("text, not a picture")
     (root / os.fsdecode(b"k-caf\xe9.png")).write_bytes(saved(Image.new("RGB", (SIZE, SIZE)), "PNG"))  # Latin-1 name
     return {"a-gradient16.png": "ok", "b-portrait.jpg": "ok", "c-adobe.png": "ok", "d-transparent.png": "ok",
             "e-animated.gif": "ok", "f-huge.png": "9000x8000 (72,000,000 pixels), over input.max_pixels",
             "g-fifo.png": "is not a regular file", "h-dangling.png": "symbolic link to a file that does not exist",
             "i-loop.png": "symbolic link loop", "j-text.png": "not a readable image (no format Pillow knows",
-            "k-caf\\xe9.png": "file name is not valid UTF-8"}
+            "k-caf\\xe9.png": "file name is not valid UTF-8", "l-folder-link.png": "is a directory, not an image file"}
 
 
 # -- planning and reading, without Ray ------------------------------------------------------------

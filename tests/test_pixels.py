@@ -15,6 +15,7 @@ from tests.imagefiles import (
     adobe_to_srgb,
     claimed_png,
     landscape_jpeg,
+    linear_grey_profile,
     png16,
     saved,
     three_frames,
@@ -105,6 +106,12 @@ def test_a_profile_keeps_transparency_for_compositing():
     rgba = Image.new("RGBA", (4, 4), (60, 160, 90, 0))
     result = loaded(saved(rgba, "PNG", icc_profile=adobe_like_profile()))
     assert (result.pixels == 255).all() and result.facts["input_alpha"] is True
+
+
+@pytest.mark.parametrize("mode, value", [("L", 128), ("LA", (128, 255))])
+def test_a_grey_profile_is_converted_to_srgb_with_or_without_alpha(mode, value):
+    result = loaded(saved(Image.new(mode, (4, 4), value), "PNG", icc_profile=linear_grey_profile()))
+    assert np.abs(result.pixels[0, 0].astype(int) - 188).max() <= 2 and result.facts["input_icc"] == "linear grey"
 
 
 def test_an_unusable_profile_is_a_rejection_not_a_guess():

@@ -180,7 +180,7 @@ def plan_folder(url: str, fs, root: str) -> pa.Table:
     for path in fs.find(root):
         if extension(path) in IMAGE_EXTENSIONS:
             name = path[len(base):]
-            if not is_utf8(name):
+            if not name.isascii() and not is_utf8(name):  # isascii: the fast common case
                 name = escaped_name(name)
                 odd.add(name)
             names.append(name)

@@ -14,6 +14,7 @@ Every path that reads an input image (encode's read stage, video conditioning im
 
 from __future__ import annotations
 
+import functools
 import io
 import re
 import threading
@@ -102,7 +103,8 @@ def _convert(image: Image.Image, rules: PixelRules) -> Loaded | str:
     icc = image.info.get("icc_profile")
     orientation = image.getexif().get(0x0112, 1)
     facts["input_orientation"] = orientation if orientation in range(1, 9) else 1
-    frame = _eight_bit(ImageOps.exif_transpose(image))  # before any resize: portrait stays portrait
+    upright = ImageOps.exif_transpose(image) if facts["input_orientation"] != 1 else image  # before any resize
+    frame = _eight_bit(upright)
     if isinstance(frame, str):
         return frame
     frame = _explicit_alpha(frame)
@@ -152,27 +154,35 @@ def _scaled(values: np.ndarray, full: float) -> Image.Image:
 def _to_srgb(image: Image.Image, icc: bytes) -> Image.Image | str:
     """`image` converted from its embedded profile to sRGB (alpha kept)."""
     try:
-        profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-        space = profile.profile.xcolor_space.strip()
-        alpha = "A" in image.getbands()
+        space = _profile(icc).profile.xcolor_space.strip()
         modes = {"RGB": ("RGBA", "RGB"), "GRAY": ("LA", "L"), "CMYK": (None, "CMYK")}
         if space not in modes:
             return f"embedded ICC profile is for colour space {space}, which cannot be converted to sRGB"
-        in_mode = modes[space][0] if alpha and modes[space][0] else modes[space][1]
+        with_alpha, plain = modes[space]
+        in_mode = with_alpha if with_alpha and "A" in image.getbands() else plain
         source = image if image.mode == in_mode else image.convert(in_mode)
-        if in_mode == "LA":  # LittleCMS has no grey+alpha: convert grey, keep alpha aside
-            grey = ImageCms.profileToProfile(source.getchannel("L"), profile, SRGB, outputMode="RGB")
-            grey.putalpha(source.getchannel("A"))
-            return grey
-        out_mode = "RGBA" if in_mode == "RGBA" else "RGB"
-        return ImageCms.profileToProfile(source, profile, SRGB, outputMode=out_mode)
+        if in_mode == "LA":  # LittleCMS has no grey+alpha: convert the grey, put the alpha back
+            rgb = ImageCms.applyTransform(source.getchannel("L"), _transform(icc, "L", "RGB"))
+            rgb.putalpha(source.getchannel("A"))
+            return rgb
+        return ImageCms.applyTransform(source, _transform(icc, in_mode, "RGBA" if in_mode == "RGBA" else "RGB"))
     except (OSError, ValueError, TypeError, ImageCms.PyCMSError) as exc:
         return readable_reason(f"embedded ICC profile cannot be used ({type(exc).__name__}: {exc})")
 
 
+@functools.lru_cache(maxsize=16)
+def _profile(icc: bytes) -> ImageCms.ImageCmsProfile:
+    return ImageCms.ImageCmsProfile(io.BytesIO(icc))
+
+
+@functools.lru_cache(maxsize=16)  # a dataset's images mostly share a few profiles
+def _transform(icc: bytes, in_mode: str, out_mode: str) -> ImageCms.ImageCmsTransform:
+    return ImageCms.buildTransform(_profile(icc), SRGB, in_mode, out_mode)
+
+
 def _profile_name(icc: bytes) -> str:
     try:
-        return ImageCms.getProfileDescription(ImageCms.ImageCmsProfile(io.BytesIO(icc))).strip() or "unnamed profile"
+        return ImageCms.getProfileDescription(_profile(icc)).strip() or "unnamed profile"
     except (OSError, ImageCms.PyCMSError):
         return "unnamed profile"
 
@@ -180,7 +190,7 @@ def _profile_name(icc: bytes) -> str:
 def _flatten(image: Image.Image, background: tuple[int, int, int]) -> tuple[Image.Image, bool]:
     """RGB `image`, transparency composited on `background`; and whether there was any."""
     if image.mode not in ("RGBA", "LA"):
-        return image.convert("RGB"), False
+        return (image if image.mode == "RGB" else image.convert("RGB")), False
     rgba = image.convert("RGBA")
     under = Image.new("RGBA", rgba.size, (*background, 255))
     return Image.alpha_composite(under, rgba).convert("RGB"), True
