@@ -33,6 +33,20 @@ def png16(values: np.ndarray, colour_type: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", zlib.compress(rows)) + png_chunk(b"IEND", b"")
 
 
+def tiff16_rgb(values: np.ndarray) -> bytes:
+    """An uncompressed little-endian 16-bit RGB TIFF written byte by byte (Pillow cannot write one)."""
+    height, width = values.shape[:2]
+    pixels = values.astype("<u2").tobytes()
+    bits_at = 8 + len(pixels)
+    ifd_at = bits_at + 6
+    entries = [(256, 4, 1, width), (257, 4, 1, height), (258, 3, 3, bits_at), (259, 3, 1, 1), (262, 3, 1, 2),
+               (273, 4, 1, 8), (277, 3, 1, 3), (278, 4, 1, height), (279, 4, 1, len(pixels)), (284, 3, 1, 1)]
+    ifd = struct.pack("<H", len(entries)) + b"".join(
+        struct.pack("<HHI", tag, kind, count) + (struct.pack("<HH", value, 0) if kind == 3 and count == 1 else struct.pack("<I", value))
+        for tag, kind, count, value in entries) + struct.pack("<I", 0)
+    return b"II*\0" + struct.pack("<I", ifd_at) + pixels + struct.pack("<HHH", 16, 16, 16) + ifd
+
+
 def landscape_jpeg(orientation: int, width: int = 40, height: int = 20) -> bytes:
     """Landscape: left half red, right half blue; EXIF says how to turn it."""
     pixels = np.zeros((height, width, 3), np.uint8)

@@ -20,19 +20,21 @@ from pipelines.errors import ConfigError
 from pipelines.readers import webdataset
 from pipelines.sources.images import plan_images
 from pipelines.stages.read import ReadImages
-from tests.imagefiles import adobe_like_profile, adobe_to_srgb, claimed_png, landscape_jpeg, saved, three_frames
+from tests.imagefiles import adobe_like_profile, adobe_to_srgb, claimed_png, landscape_jpeg, png16, saved, three_frames
 from tests.jobspecs import encode_spec_dict, kind_spec_dict
 
 SIZE = 64
 BACKGROUND = (16, 32, 48)  # the spec's input.background, #102030
 REPR = re.compile(r"<[^>]* at 0x|object at|0x[0-9a-f]{6,}")
 GRADIENT16 = np.tile(np.rint(np.linspace(0, 65535, SIZE)).astype(np.uint16), (SIZE, 1))
+RAMP16 = np.tile(np.arange(0, 65536, 1021, dtype=np.uint16)[:SIZE], (SIZE, 1))  # its low bytes matter
 
 
 def awkward_folder(root) -> dict[str, str]:
     """Writes the folder; returns {file name: what must become of it}."""
     root.mkdir(parents=True)
     (root / "a-gradient16.png").write_bytes(saved(Image.fromarray(GRADIENT16), "PNG"))
+    (root / "a-rgb16.png").write_bytes(png16(np.stack([RAMP16, RAMP16, 65535 - RAMP16], -1), 2))
     (root / "b-portrait.jpg").write_bytes(landscape_jpeg(6, width=SIZE, height=SIZE // 2))
     (root / "c-adobe.png").write_bytes(saved(Image.new("RGB", (SIZE, SIZE), (60, 160, 90)), "PNG",
                                              icc_profile=adobe_like_profile()))
@@ -45,7 +47,7 @@ def awkward_folder(root) -> dict[str, str]:
     os.symlink(".", root / "l-folder-link.png")  # a directory named like an image
     (root / "j-text.png").write_text("text, not a picture")
     (root / os.fsdecode(b"k-caf\xe9.png")).write_bytes(saved(Image.new("RGB", (SIZE, SIZE)), "PNG"))  # Latin-1 name
-    return {"a-gradient16.png": "ok", "b-portrait.jpg": "ok", "c-adobe.png": "ok", "d-transparent.png": "ok",
+    return {"a-gradient16.png": "ok", "a-rgb16.png": "ok", "b-portrait.jpg": "ok", "c-adobe.png": "ok", "d-transparent.png": "ok",
             "e-animated.gif": "ok", "f-huge.png": "9000x8000 (72,000,000 pixels), over input.max_pixels",
             "g-fifo.png": "is not a regular file", "h-dangling.png": "symbolic link to a file that does not exist",
             "i-loop.png": "symbolic link loop", "j-text.png": "not a readable image (no format Pillow knows",
@@ -129,6 +131,7 @@ def test_an_encode_job_stores_faithful_pixels_and_says_what_it_did_to_each_input
     pixels = {path: np.asarray(Image.open(io.BytesIO(s["png"]))).astype(int) for path, s in stored.items()}
     exact = np.rint(np.linspace(0, 65535, SIZE) * 255 / 65535)
     assert (pixels["a-gradient16.png"][5, :, 0] == exact).all()  # a gradient, not white
+    assert (pixels["a-rgb16.png"][5, :, 2] == np.rint((65535 - RAMP16[0].astype(float)) * 255 / 65535)).all()
     portrait = pixels["b-portrait.jpg"]  # red on top once turned upright (on the left as stored)
     assert portrait[8, 56, 0] > 200 and portrait[56, 8, 2] > 200
     assert np.abs(pixels["c-adobe.png"][32, 32] - adobe_to_srgb((60, 160, 90))).max() <= 3

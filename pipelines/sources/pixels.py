@@ -5,8 +5,9 @@ Every path that reads an input image (encode's read stage, video conditioning im
 - the header is read and the size checked against `max_pixels` before any pixel is decompressed;
 - the first frame of an animated GIF/WebP/APNG or multi-page TIFF is used (and said so);
 - EXIF orientation 2-8 is applied, before any resize;
-- 16-bit grey (`I;16`, `I;16B`) is scaled round(v * 255 / 65535); 32-bit `I` is taken as 16-bit
-  when its values lie in 0..65535 and `F` as 0..1, otherwise rejected (no known scale);
+- 16 bits a channel (`I;16`, `I;16B`, 16-bit RGB(A)) is scaled round(v * 255 / 65535); 32-bit
+  `I` is taken as 16-bit when its values lie in 0..65535 and `F` as 0..1, otherwise rejected (no
+  known scale);
 - an embedded ICC profile is converted to sRGB (ImageCms); without one, sRGB is assumed;
 - transparency (RGBA, LA, PA, P or L/RGB with a transparent colour) is composited on `background`;
 `facts` (manifest columns `input_*`) record what was found, the same keys for every image.
@@ -17,6 +18,7 @@ from __future__ import annotations
 import functools
 import io
 import re
+import sys
 import threading
 from dataclasses import dataclass
 
@@ -66,7 +68,7 @@ def load_pixels(data: bytes, rules: PixelRules = PixelRules()) -> Loaded | str:
         if isinstance(image, str):
             return image
         with image:
-            return _convert(image, rules)
+            return _convert(image, data, rules)
     except UnidentifiedImageError:
         return "not a readable image (no format Pillow knows: unknown or damaged header)"
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as exc:
@@ -94,17 +96,21 @@ def _open_checked(data: bytes, max_pixels: int) -> Image.Image | str:
     return image
 
 
-def _convert(image: Image.Image, rules: PixelRules) -> Loaded | str:
+def _convert(image: Image.Image, data: bytes, rules: PixelRules) -> Loaded | str:
     frames = getattr(image, "n_frames", 1)
     image.seek(0)
+    wide = _wide_colour(image)
     image.load()  # a truncated file fails here, not at open
-    facts = {"input_mode": image.mode, "input_width": image.width, "input_height": image.height,
-             "input_frames": frames, "input_frame_used": 0}
+    facts = {"input_mode": image.mode + (";16" if wide else ""), "input_width": image.width,
+             "input_height": image.height, "input_frames": frames, "input_frame_used": 0}
     icc = image.info.get("icc_profile")
     orientation = image.getexif().get(0x0112, 1)
     facts["input_orientation"] = orientation if orientation in range(1, 9) else 1
-    upright = ImageOps.exif_transpose(image) if facts["input_orientation"] != 1 else image  # before any resize
-    frame = _eight_bit(upright)
+
+    def upright(frame: Image.Image) -> Image.Image:  # before any resize: a portrait stays portrait
+        return ImageOps.exif_transpose(frame) if facts["input_orientation"] != 1 else frame
+
+    frame = _exact_wide_colour(upright(image), wide, data, rules, upright) if wide else _eight_bit(upright(image))
     if isinstance(frame, str):
         return frame
     frame = _explicit_alpha(frame)
@@ -115,6 +121,42 @@ def _convert(image: Image.Image, rules: PixelRules) -> Loaded | str:
     facts["input_icc"] = _profile_name(icc) if icc else ""
     frame, facts["input_alpha"] = _flatten(frame, rules.background)
     return Loaded(np.asarray(frame, dtype=np.uint8), facts)
+
+
+# 16-bit RGB(A) (PNG, TIFF) has no Pillow mode: Pillow unpacks each sample's high byte. Decoding
+# once more with the byte order swapped gives the low bytes, hence the exact value.
+_SWAPPED = {"16B": "16L", "16L": "16B", "16N": "16B" if sys.byteorder == "little" else "16L"}
+
+
+def _wide_colour(image: Image.Image) -> list | None:
+    """The current frame's tiles, with the byte order swapped, when it is 16-bit RGB(A)."""
+    swapped = []
+    for tile in image.tile:
+        args = tile.args if isinstance(tile.args, tuple) else (tile.args,)
+        rawmode = args[0] if args and isinstance(args[0], str) else ""
+        mode, _, depth = rawmode.partition(";")
+        if image.mode not in ("RGB", "RGBA") or mode != image.mode or depth not in _SWAPPED:
+            return None
+        swapped.append(tile._replace(args=(f"{mode};{_SWAPPED[depth]}", *args[1:]) if isinstance(tile.args, tuple)
+                                     else f"{mode};{_SWAPPED[depth]}"))
+    return swapped or None
+
+
+def _exact_wide_colour(high: Image.Image, swapped: list, data: bytes, rules: PixelRules, upright) -> Image.Image:
+    """round(v * 255 / 65535) from the high bytes and a second decode that reads the low ones;
+    Pillow's high bytes (at most 1 level off) if that decode is not possible. Whatever a decoder
+    makes of the swapped byte order, high * 256 + low stays within 1 level of the high byte."""
+    try:
+        again = _open_checked(data, rules.max_pixels)
+        with again:
+            again.seek(0)
+            again.tile = swapped
+            again.load()
+            low = np.asarray(upright(again)).astype(np.float64)
+    except (OSError, ValueError, SyntaxError, EOFError):
+        return high
+    wide = np.asarray(high).astype(np.float64) * 256 + low
+    return Image.fromarray(np.rint(wide * 255 / 65535).astype(np.uint8), high.mode)
 
 
 def _eight_bit(image: Image.Image) -> Image.Image | str:
