@@ -47,6 +47,7 @@ from pipelines.config import (
 from pipelines.errors import ConfigError
 from pipelines.models.loading import TINY_REFERENCE
 from pipelines.plan import MAX_SEED, check_seeds
+from pipelines.sources.pixels import pixels_identity
 
 
 @dataclass(frozen=True)
@@ -169,7 +170,8 @@ class EncodeSpec:
     def identity(self) -> dict[str, Any]:
         spec = self.to_dict()
         return {"kind": self.kind, "model": spec["model"], "image": spec["image"], "latent_dtype": self.latent_dtype,
-                "input": self.input.url, "output": _output_identity(self)}
+                "input": self.input.url, **pixels_identity(self.input.background, self.input.max_pixels),
+                "output": _output_identity(self)}
 
 
 @dataclass(frozen=True)
@@ -232,6 +234,7 @@ class VideoSpec:
         return {"kind": self.kind, "model": dataclasses.asdict(self.model), "video": dataclasses.asdict(self.video),
                 "seed": self.seed, "decoder": self.decoder,
                 "input": {"url": self.input.url, "builtin": self.input.builtin},
+                **pixels_identity(self.input.background, self.input.max_pixels),
                 "output": {k: output[k] for k in ("crf", "preset", "poster", "samples_per_shard", "save_latents")}}
 
 

@@ -16,7 +16,7 @@ from PIL import Image
 
 from jobs.spec import parse_spec
 from pipelines.config import ImageConfig
-from pipelines.errors import ConfigError
+from pipelines.errors import ConfigError, OutputConflict
 from pipelines.readers import webdataset
 from pipelines.sources.images import plan_images
 from pipelines.stages.read import ReadImages
@@ -93,6 +93,18 @@ def test_input_fields_are_checked_with_a_line_naming_them(tmp_path, field, value
             parse_spec(yaml.safe_dump(data), source="test.yaml")
 
 
+def test_input_rules_are_part_of_the_identity_only_when_not_the_defaults(tmp_path):
+    def identity(kind, **changes):
+        data = kind_spec_dict(kind, tmp_path / "out", photos=tmp_path, **changes)
+        return parse_spec(yaml.safe_dump(data), source="test.yaml").identity()
+
+    for kind in ("encode", "generate-video"):
+        assert "pixels" not in identity(kind)  # outputs made before these rules resume as before
+        assert identity(kind, input__background="#FFFFFF") == identity(kind)
+        assert identity(kind, input__background="black")["pixels"]["background"] == "#000000"
+        assert identity(kind, input__max_pixels=10)["pixels"]["max_pixels"] == 10
+
+
 def test_video_conditioning_reads_images_by_the_same_rules(tmp_path):
     from jobs.kinds import video_pipeline, video_plan
 
@@ -142,3 +154,7 @@ def test_an_encode_job_stores_faithful_pixels_and_says_what_it_did_to_each_input
     assert facts["a-gradient16.png"]["input_mode"] == "I;16" and facts["b-portrait.jpg"]["input_orientation"] == 6
     assert facts["c-adobe.png"]["input_icc"] == "Adobe-like test RGB" and facts["d-transparent.png"]["input_alpha"]
     assert json.loads(stored["e-animated.gif"]["json"])["input_frames"] == 3  # in the sample's .json too
+    # Another background would make other pixels: the output is not resumed with it.
+    other = parse_spec(yaml.safe_dump(encode_spec_dict(tmp_path / "in", out)), source="t.yaml")
+    with pytest.raises(OutputConflict, match=re.escape("pixels.background ('#102030' -> '#ffffff')")):
+        run_job(other, progress=False)

@@ -43,6 +43,14 @@ class PixelRules:
         return cls(parse_colour(background), max_pixels)
 
 
+def pixels_identity(background: str, max_pixels: int) -> dict:
+    """The input rules that decide a job's pixels, for its identity (so an output is never resumed
+    with other rules): empty for the defaults, so outputs made before these rules resume as before."""
+    r, g, b = parse_colour(background)
+    rules = {"background": f"#{r:02x}{g:02x}{b:02x}", "max_pixels": max_pixels}
+    return {} if rules == {"background": "#ffffff", "max_pixels": DEFAULT_MAX_PIXELS} else {"pixels": rules}
+
+
 def parse_colour(value: str) -> tuple[int, int, int]:
     """(r, g, b) of a colour name or #rrggbb; ValueError with a readable reason otherwise."""
     if not isinstance(value, str) or not (re.fullmatch(r"#[0-9a-fA-F]{6}", value) or re.fullmatch(r"[a-zA-Z]+", value)):
