@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import io
 import re
+import struct
 import sys
 import threading
 from dataclasses import dataclass
@@ -112,7 +113,10 @@ def _convert(image: Image.Image, data: bytes, rules: PixelRules) -> Loaded | str
     facts = {"input_mode": image.mode + (";16" if wide else ""), "input_width": image.width,
              "input_height": image.height, "input_frames": frames, "input_frame_used": 0}
     icc = image.info.get("icc_profile")
-    orientation = image.getexif().get(0x0112, 1)
+    try:
+        orientation = image.getexif().get(0x0112, 1)
+    except (SyntaxError, ValueError, TypeError, KeyError, IndexError, struct.error) as exc:
+        return readable_reason(f"damaged EXIF data ({type(exc).__name__}: {exc})")
     facts["input_orientation"] = orientation if orientation in range(1, 9) else 1
 
     def upright(frame: Image.Image) -> Image.Image:  # before any resize: a portrait stays portrait
