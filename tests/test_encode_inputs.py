@@ -155,6 +155,6 @@ def test_an_encode_job_stores_faithful_pixels_and_says_what_it_did_to_each_input
     assert facts["c-adobe.png"]["input_icc"] == "Adobe-like test RGB" and facts["d-transparent.png"]["input_alpha"]
     assert json.loads(stored["e-animated.gif"]["json"])["input_frames"] == 3  # in the sample's .json too
     # Another background would make other pixels: the output is not resumed with it.
-    other = parse_spec(yaml.safe_dump(encode_spec_dict(tmp_path / "in", out)), source="t.yaml")
-    with pytest.raises(OutputConflict, match=re.escape("pixels.background ('#102030' -> '#ffffff')")):
+    other = parse_spec(yaml.safe_dump(encode_spec_dict(tmp_path / "in", out, input__background="black")), source="t.yaml")
+    with pytest.raises(OutputConflict, match=re.escape("pixels.background ('#102030' -> '#000000')")):
         run_job(other, progress=False)
