@@ -62,7 +62,7 @@ def run_job(
 
     spec = with_absolute_paths(spec)
     if spec.kind == "train-decoder":  # Ray Train, not a shard-writing pipeline
-        from jobs.train import train_decoder
+        from jobs.train.driver import train_decoder
 
         return train_decoder(spec, progress=progress, connect=lambda: connect_ray(address), wait=wait)
     from pipelines.runner import run_pipeline  # Ray: not needed to plan or for --dry-run

@@ -18,9 +18,9 @@ import fsspec
 import yaml
 
 from decoders import references
-from jobs.nightly import RunDate, fill_dates
+from jobs.dates import RunDate, fill_dates
 from jobs.schema import LOADER_SET, build, parse_yaml
-from jobs.train_spec import TrainDecoderSpec
+from jobs.train.spec import TrainDecoderSpec
 from pipelines.config import (
     LATENT_FACTOR,
     MODEL_VAE,

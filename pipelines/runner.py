@@ -1,6 +1,6 @@
 """Run a pipeline: claim its output, start its stage pools, stream its shards, commit, report.
 
-Any job kind runs here the same way: the kind (jobs/kinds.py) builds a `Pipeline` (a plan, a chain
+Any job kind runs here the same way: the kind (jobs/kinds/) builds a `Pipeline` (a plan, a chain
 of stages, a sink), and this module does what every kind needs: one driver per output (its lease),
 output claim and resume by commit markers (checked against the files), pools pinned to their
 resources, the shard scheduler (pipelines/scheduler.py), the shard writer, Ctrl-C, and the run's

@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from jobs.cli import main as cli_main
-from jobs.k8s import render
-from jobs.k8s_validate import validate_file, validate_manifest
+from jobs.ops.k8s import render
+from jobs.ops.k8s_validate import validate_file, validate_manifest
 from tests.conftest import REPO
 from tests.jobspecs import write_spec
 

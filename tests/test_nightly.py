@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from jobs.cli import main as cli_main
-from jobs.nightly import DatedOutputs, parse_date, post_summary
+from jobs.dates import DatedOutputs, parse_date
+from jobs.ops.nightly import post_summary
 from jobs.spec import load_spec, parse_spec
 from pipelines.config import NotifyConfig
 from pipelines.errors import ConfigError

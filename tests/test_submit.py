@@ -10,7 +10,7 @@ import time
 import pytest
 
 from jobs.cli import main as cli_main
-from jobs.submit import next_attempt, submission_base
+from jobs.ops.submit import next_attempt, submission_base
 from pipelines.readers import webdataset
 from pipelines.verify import verify_output
 from tests.conftest import REPO

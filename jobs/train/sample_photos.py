@@ -1,7 +1,7 @@
 """Random crops of scikit-image's sample photographs, as a folder of PNGs for `kind: encode`.
 
-    python -m jobs.sample_photos ./photos/train --count 512 --size 64
-    python -m jobs.sample_photos ./photos/test --count 64 --size 64 --photos coffee,chelsea
+    python -m jobs.train.sample_photos ./photos/train --count 512 --size 64
+    python -m jobs.train.sample_photos ./photos/test --count 64 --size 64 --photos coffee,chelsea
 
 The photos ship inside the scikit-image package (no download). Different photos for training and
 testing give a held-out set of unseen images.
@@ -55,7 +55,7 @@ def write_crops(folder: str, photos: list[str], count: int, size: int, seed: int
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jobs.sample_photos", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m jobs.train.sample_photos", description=__doc__.splitlines()[0])
     parser.add_argument("folder")
     parser.add_argument("--count", type=int, default=512)
     parser.add_argument("--size", type=int, default=64)

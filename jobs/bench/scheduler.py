@@ -2,7 +2,7 @@
 
 The driver, pools, actors, accounting and shard writer are latentmill's own (`run_pipeline` on local
 disk); only the models are replaced by pipelines/stages/synthetic.py, which sleeps a profile's
-per-item time (jobs/bench_profiles.yaml) and emits small real payloads. Each GPU count runs in its
+per-item time (jobs/bench/profiles.yaml) and emits small real payloads. Each GPU count runs in its
 own process with its own local Ray declaring that many logical GPUs; actors ask for one GPU and a
 hundredth of a CPU, so 64 of them fit on a 2-core machine. Per-item times are multiplied by
 `--time-scale` so the whole benchmark takes minutes; efficiency is dimensionless.
@@ -42,9 +42,9 @@ import time
 import numpy as np
 import yaml
 
-from jobs.sampling import PeriodicSampler
+from jobs.bench.sampling import PeriodicSampler
 
-PROFILES_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_profiles.yaml")
+PROFILES_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "profiles.yaml")
 STAGE_CPUS = 0.01  # per synthetic actor: it sleeps; this only lets 64 actors fit on 2 cores
 WRITE_CPUS = 0.1
 WRITE_SLOTS = 2
@@ -301,7 +301,7 @@ def run_child(job: dict) -> dict:
             run["ideal"] = ideal_of(best, times, write_cpu, args.cpus)
             result["runs"]["latentmill"] = run
             if args.peer:
-                from jobs.bench_raydata import run_ray_data
+                from jobs.bench.raydata import run_ray_data
 
                 result["runs"]["ray_data"] = run_ray_data(profile, best, os.path.join(workdir, "ray-data"), peer_images,
                                                           args)
@@ -350,7 +350,7 @@ def sized_run(ideal_items_per_s: float, shard: int, seconds: float, min_shards: 
 
 
 def run_in_child(job: dict) -> dict:
-    command = [sys.executable, "-m", "jobs.bench_scheduler", "--child", json.dumps(job)]
+    command = [sys.executable, "-m", "jobs.bench.scheduler", "--child", json.dumps(job)]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
@@ -445,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         job = json.loads(args.child)
         if "memory" in job:
-            from jobs.bench_memory import memory_dry_run
+            from jobs.bench.memory import memory_dry_run
 
             result = memory_dry_run(**job["memory"])
         else:
@@ -459,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown profile(s) {unknown}; {args.profiles} has {list(profiles)}", file=sys.stderr)
         return 2
     if args.memory:
-        from jobs.bench_memory import memory_table
+        from jobs.bench.memory import memory_table
 
         print(memory_table(profiles[names[0]], [int(n) for n in args.memory_samples.split(",")]))
         return 0

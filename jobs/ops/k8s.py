@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from jobs.k8s_validate import validate_manifest
+from jobs.ops.k8s_validate import validate_manifest
 from pipelines.errors import ConfigError
 
 SPEC_DIR = "/etc/latentmill"
@@ -37,8 +37,8 @@ CRON_FIELD = re.compile(r"^[\d*/,\-A-Za-z?]+$")
 
 def render(spec_path: str, image: str, schedule: str | None = None, overrides: list[str] = ()) -> dict[str, dict]:
     """file name -> manifest, each validated against its schema."""
+    from jobs.ops.submit import check_output_for_cluster
     from jobs.spec import load_spec, read_spec_text, spec_data
-    from jobs.submit import check_output_for_cluster
 
     spec = load_spec(spec_path, overrides)
     check_output_for_cluster(spec.output.url)
@@ -189,7 +189,7 @@ def _ray(kind: str, name: str, spec: dict) -> dict:
 
 def _ship_prompts(data: dict, files: dict) -> None:
     """A local prompt file goes into the ConfigMap; decoder checkpoints must be on shared storage."""
-    from jobs.submit import is_local
+    from jobs.ops.submit import is_local
 
     prompts = data.get("prompts")
     if isinstance(prompts, dict) and isinstance(prompts.get("file"), str) and is_local(prompts["file"]):

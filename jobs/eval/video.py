@@ -108,7 +108,7 @@ def evaluate_video(decoders_: list, reference, keys, latents, lpips, features, f
 
 
 def render_markdown(result: dict) -> str:
-    from jobs.eval import format_cell
+    from jobs.eval.images import format_cell
 
     metrics = [c for c in result["rows"][0] if c == "ssim" or c.startswith(("psnr", "lpips", "flicker_excess", "frechet"))]
     head = ["decoder", *metrics, "ms / frame", "params (M)", "chunk"]
@@ -128,10 +128,10 @@ def render_markdown(result: dict) -> str:
 
 
 def run(args, device: str) -> int:
-    """The video branch of `latentmill eval` (jobs/eval.py parses the arguments)."""
+    """The video branch of `latentmill eval` (jobs/eval/images.py parses the arguments)."""
     import decoders
     from decoders.metrics import LPIPS, LPIPSWeightsMissing
-    from jobs.eval import render_grid, write_files
+    from jobs.eval.images import render_grid, write_files
     from pipelines.config import MODEL_VIDEO_VAE
     from pipelines.stages.video import load_video_decoder
 

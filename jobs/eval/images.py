@@ -8,7 +8,7 @@ Per decoder: PSNR, SSIM and LPIPS against the original images and against the re
 parameters and FLOPs at the evaluated size. Writes eval.json, eval.md and grid.png (original,
 reference, each decoder, side by side) to --out. Every image is compared after uint8 rounding, as
 stored in a dataset. Without LPIPS weights the LPIPS columns say so instead of holding numbers.
-A video output (kind generate-video, with its latents kept) is evaluated by jobs/eval_video.py.
+A video output (kind generate-video, with its latents kept) is evaluated by jobs/eval/video.py.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import posixpath
 import numpy as np
 import torch
 
-from jobs.eval_video import is_video_output, timed_decode
-from jobs.train_data import held_out_samples, scan
+from jobs.eval.video import is_video_output, timed_decode
+from jobs.train.data import held_out_samples, scan
 from pipelines.config import StorageConfig
 from pipelines.errors import ConfigError
 from pipelines.sinks.layout import OutputLayout

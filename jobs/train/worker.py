@@ -1,4 +1,4 @@
-"""What each Ray Train worker runs for `kind: train-decoder` (see jobs/train.py for the driver)."""
+"""What each Ray Train worker runs for `kind: train-decoder` (see jobs/train/driver.py for the driver)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import time
 import torch
 
 from jobs.schema import build as build_spec
-from jobs.train import DECODER_DIR, STATE_JSON, STATE_TENSORS, same_decoder, temporary_dir, write_tree
-from jobs.train_data import batches, held_out_samples, shards_from, units, worker_stream
-from jobs.train_report import write_report
-from jobs.train_spec import TrainDecoderSpec
+from jobs.train.data import batches, held_out_samples, shards_from, units, worker_stream
+from jobs.train.driver import DECODER_DIR, STATE_JSON, STATE_TENSORS, same_decoder, temporary_dir, write_tree
+from jobs.train.report import write_report
+from jobs.train.spec import TrainDecoderSpec
 from pipelines.worker_setup import collector_paused
 
 

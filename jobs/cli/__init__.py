@@ -107,19 +107,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "report":
             return _report(args)
         if args.command == "eval":
-            from jobs.eval import main as evaluate
+            from jobs.eval.images import main as evaluate
 
             return evaluate(rest)
         if args.command in ("submit", "status", "logs", "stop", "jobs"):
-            from jobs.submit import COMMANDS
+            from jobs.ops.submit import COMMANDS
 
             return COMMANDS[args.command](args)
         if args.command == "k8s":
-            from jobs.k8s import render_command
+            from jobs.ops.k8s import render_command
 
             return render_command(args)
         if args.command == "bench" and args.bench == "pipeline":
-            from jobs.bench_pipeline import main as bench_pipeline
+            from jobs.bench.pipeline import main as bench_pipeline
 
             return bench_pipeline(rest)
         if args.command == "bench" and args.bench == "decoders":
@@ -127,15 +127,15 @@ def main(argv: list[str] | None = None) -> int:
 
             return bench_decoders(rest)
         if args.command == "bench" and args.bench == "sources":
-            from jobs.bench_sources import main as bench_sources
+            from jobs.bench.sources import main as bench_sources
 
             return bench_sources(rest)
         if args.command == "bench" and args.bench == "scheduler":
-            from jobs.bench_scheduler import main as bench_scheduler
+            from jobs.bench.scheduler import main as bench_scheduler
 
             return bench_scheduler(rest)
         if args.command == "bench" and args.bench == "scale":
-            from jobs.bench_scale import main as bench_scale
+            from jobs.bench.scale import main as bench_scale
 
             return bench_scale(rest)
     except Interrupted as exc:
@@ -183,7 +183,7 @@ def _run(args) -> int:
 
         print(describe(spec, pipeline_for(spec)))
         return 0
-    from jobs.nightly import run_with_upkeep
+    from jobs.ops.nightly import run_with_upkeep
 
     faults = tuple(Fault.parse(text) for text in args.inject_fault)
     report = run_with_upkeep(spec, lambda: run_job(
@@ -197,7 +197,7 @@ def _run(args) -> int:
         wait=args.wait,
     ))
     if spec.kind == "train-decoder":
-        from jobs.train_report import summary_line
+        from jobs.train.report import summary_line
 
         print(summary_line(report, spec.output.url))
         return 0

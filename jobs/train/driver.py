@@ -11,7 +11,7 @@ never resumes another's checkpoints; a checkpoint of another architecture can on
 `init_weights`, which is checked here.
 
 Workers (`train_loop`): DDP over gloo (CPU) or NCCL (GPU); each streams its own shards
-(jobs/train_data.py); `decoders.training.DecoderTrainer` does the steps. Rank 0 checkpoints the whole
+(jobs/train/data.py); `decoders.training.DecoderTrainer` does the steps. Rank 0 checkpoints the whole
 state (model, discriminator, optimisers, schedule, EMA, step, loss history) as safetensors + JSON,
 and at the end writes the decoder (`decoders.load(OUTPUT/decoder)`), its spec and held-out metrics
 beside it, and the report.
@@ -28,8 +28,8 @@ import tempfile
 import time
 import uuid
 
-from jobs.train_data import first_sample, latent_statistics, scan
-from jobs.train_spec import TrainDecoderSpec
+from jobs.train.data import first_sample, latent_statistics, scan
+from jobs.train.spec import TrainDecoderSpec
 from pipelines.errors import ConfigError
 from pipelines.sinks.layout import OutputLayout
 from pipelines.sinks.lease import OutputLease, describe_holder
@@ -160,7 +160,7 @@ def _train(spec: TrainDecoderSpec, prepared: dict, progress: bool, connect) -> d
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from jobs.train_worker import train_loop
+    from jobs.train.worker import train_loop
 
     if connect is not None:
         connect()

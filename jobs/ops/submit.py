@@ -136,7 +136,7 @@ def next_attempt(base: str, existing: dict[str, str], again: bool) -> tuple[str,
 
 def submit(spec_path: str, *, address: str | None, overrides: list[str] = (), date: str | None = None,
            again: bool = False) -> Submission:
-    from jobs.nightly import parse_date
+    from jobs.dates import parse_date
     from jobs.spec import parse_spec, read_spec_text, spec_data
 
     date = parse_date(date)
@@ -182,7 +182,7 @@ def check_output_for_cluster(url: str) -> None:
 
 def _ship_local_files(data: dict, date: str, workdir: str) -> None:
     """Copy local files the spec names into workdir/inputs and point the spec at the copies."""
-    from jobs.nightly import PLACEHOLDER
+    from jobs.dates import PLACEHOLDER
 
     prompts = data.get("prompts")
     if isinstance(prompts, dict) and isinstance(prompts.get("file"), str):

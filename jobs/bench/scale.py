@@ -18,7 +18,7 @@ import time
 import psutil
 import yaml
 
-from jobs.sampling import PeriodicSampler
+from jobs.bench.sampling import PeriodicSampler
 
 SCALE_SPEC = {
     "name": "bench-scale",
