@@ -39,7 +39,7 @@ def run_with_upkeep(spec, run: Callable[[], dict]) -> dict:
     With notify set, a JSON summary is posted whatever happens; the run's own error is re-raised.
     Returns the run report with a `nightly` entry (the summary).
     """
-    run_date, notify = getattr(spec, "run_date", None), getattr(spec, "notify", None)  # generate jobs have them
+    run_date, notify = spec.run_date, spec.notify  # a dated kind's spec (jobs/kinds/base.py: JobKind.dated)
     dated = run_date is not None and run_date.output_template is not None
     summary: dict = {"job": spec.name, "date": run_date.date if run_date else None,
                      "output_url": _public_url(spec.output.url), "status": "failed", "error": None}
