@@ -20,9 +20,9 @@ from decoders.metrics import score
 from jobs.local import run_job
 from jobs.spec import parse_spec
 from pipelines.errors import ConfigError
+from pipelines.models.decoding import load_decoder
 from pipelines.readers import webdataset
-from pipelines.stages.decode import load_decoder
-from pipelines.stages.quality import is_monitored
+from pipelines.stages.monitored import is_monitored
 from tests.conftest import REPO
 from tests.jobspecs import spec_dict
 

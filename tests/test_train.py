@@ -20,8 +20,9 @@ import decoders
 from jobs.cli import main as cli_main
 from jobs.local import run_job
 from jobs.spec import parse_spec
+from jobs.train.checkpoint import same_decoder
 from jobs.train.data import epoch_share, scan, units, worker_stream
-from jobs.train.driver import check_before_training, decoder_identity, same_decoder
+from jobs.train.driver import check_before_training, decoder_identity
 from jobs.train.sample_photos import write_crops
 from pipelines.config import StorageConfig
 from pipelines.errors import ConfigError

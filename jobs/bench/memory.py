@@ -8,7 +8,7 @@ import resource
 import shutil
 import time
 
-from jobs.bench.scheduler import WRITE_SLOTS
+from jobs.bench.common import WRITE_SLOTS, run_in_child
 
 
 def instant_stage(last: bool):
@@ -90,8 +90,6 @@ def memory_dry_run(samples: int, batch_size: int, shard: int) -> dict:
 
 def memory_table(profile: dict, sizes: list[int]) -> str:
     """Peak RSS of dry runs, each in a fresh process."""
-    from jobs.bench.scheduler import run_in_child
-
     first = next(iter(profile["stages"].values()))
     lines = ["| samples | shards | index.json writes | index.json MB | wall s | driver CPU s | final report s "
              "| peak RSS MB |", "|---|---|---|---|---|---|---|---|"]

@@ -9,7 +9,7 @@ import os
 import tarfile
 import time
 
-from jobs.bench.scheduler import (
+from jobs.bench.common import (
     STAGE_CPUS,
     WRITE_CPUS,
     WRITE_SLOTS,

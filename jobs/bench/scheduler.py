@@ -39,15 +39,23 @@ import sys
 import tempfile
 import time
 
-import numpy as np
 import yaml
 
+from jobs.bench.common import (
+    STAGE_CPUS,
+    WRITE_CPUS,
+    WRITE_SLOTS,
+    run_in_child,
+    steady_fractions,
+    steady_rate,
+    steady_window,
+    synthetic_kwargs,
+)
+from jobs.bench.memory import memory_dry_run, memory_table
+from jobs.bench.raydata import run_ray_data
 from jobs.bench.sampling import PeriodicSampler
 
 PROFILES_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "profiles.yaml")
-STAGE_CPUS = 0.01  # per synthetic actor: it sleeps; this only lets 64 actors fit on 2 cores
-WRITE_CPUS = 0.1
-WRITE_SLOTS = 2
 
 
 def load_profiles(path: str = PROFILES_FILE) -> dict:
@@ -65,60 +73,6 @@ def ideal_of(split: dict[str, int], times: dict[str, float], write_cpu_s_per_ite
     limits["write"] = min(WRITE_SLOTS, cores) / write_cpu_s_per_item
     set_by = min(limits, key=limits.get)
     return {"items_per_s": limits[set_by], "set_by": set_by, "limits": limits}
-
-
-# Without knowing a run's shards in flight: from 10% to 80% of the commits (the Ray Data peer).
-STEADY_LOW, STEADY_HIGH = 0.1, 0.8
-
-
-def steady_fractions(in_flight: int, shards: int) -> tuple[float, float]:
-    """The steady state of a run that keeps `in_flight` shards active: after the first `in_flight`
-    commits (by then every active shard was activated after the fill began, so the work done ahead
-    of the commits has reached its level) and before the last `in_flight` (the drain: the to-do
-    is empty, actors of the first stage go idle, and shards already far along commit faster than
-    the bottleneck's pace). Runs are sized to hold at least 4x their shards in flight."""
-    low, high = in_flight / shards, 1 - in_flight / shards
-    return (low, high) if low < high else (STEADY_LOW, STEADY_HIGH)
-
-
-def steady_window(events: list[tuple[float, int]], low: float = STEADY_LOW, high: float = STEADY_HIGH,
-                  after: float = 0.0) -> tuple[float, float, int] | None:
-    """(start, end, items) of the steady state: from the commit at which `low` of the items were
-    done (and not before time `after`) to the one at which `high` were; items committed after the
-    start, up to and including the end."""
-    events = sorted(events)
-    total = sum(n for _, n in events)
-    done, start, counted = 0, None, 0
-    for t, n in events:
-        done += n
-        if start is None:
-            if done >= low * total and t >= after:
-                start = t
-            continue
-        counted += n
-        if done >= high * total:
-            return (start, t, counted) if t > start else None
-    return None
-
-
-def steady_rate(events: list[tuple[float, int]], low: float = STEADY_LOW, high: float = STEADY_HIGH,
-                after: float = 0.0) -> float | None:
-    """Items/s in the steady state: the least-squares slope of items committed against time over
-    the commits of the steady window. Shards finish in bursts; the ratio of the window's end points
-    moves by up to one burst with where the ends fall in theirs, the slope through every commit
-    hardly at all."""
-    window = steady_window(events, low, high, after)
-    if window is None:
-        return None
-    start, end, _ = window
-    times, done, total = [], [], 0
-    for t, n in sorted(events):
-        total += n
-        if start <= t <= end:
-            times.append(t)
-            done.append(total)
-    t = np.asarray(times) - times[0]
-    return float(np.polyfit(t, np.asarray(done, dtype=float), 1)[0])
 
 
 class CpuClock(PeriodicSampler):
@@ -181,14 +135,6 @@ def warm_write_workers(profile: dict, workdir: str) -> None:
 
 
 # -- latentmill -----------------------------------------------------------------------------------
-
-
-def synthetic_kwargs(profile: dict, name: str, time_scale: float, latent_shape: tuple) -> dict:
-    """SyntheticStage arguments of a profile's stage; the last stage emits files."""
-    s = profile["stages"][name]
-    return {"per_item_s": s["per_item_s"], "emits": "files" if name == list(profile["stages"])[-1] else "latents",
-            "time_scale": time_scale, "latent_shape": latent_shape,
-            "changes": tuple((c["from_index"], c["per_item_s"]) for c in s.get("changes", ()))}
 
 
 def build_pipeline(profile: dict, split: dict, url: str, images: int, time_scale: float, latent_shape: tuple,
@@ -301,8 +247,6 @@ def run_child(job: dict) -> dict:
             run["ideal"] = ideal_of(best, times, write_cpu, args.cpus)
             result["runs"]["latentmill"] = run
             if args.peer:
-                from jobs.bench.raydata import run_ray_data
-
                 result["runs"]["ray_data"] = run_ray_data(profile, best, os.path.join(workdir, "ray-data"), peer_images,
                                                           args)
         else:  # auto: every static split, then concurrency auto from a bad split
@@ -347,16 +291,6 @@ def sized_run(ideal_items_per_s: float, shard: int, seconds: float, min_shards: 
 
 
 # -- the parent: children per GPU count, tables ---------------------------------------------------
-
-
-def run_in_child(job: dict) -> dict:
-    command = [sys.executable, "-m", "jobs.bench.scheduler", "--child", json.dumps(job)]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode != 0 or not lines:
-        raise RuntimeError(f"benchmark child for {job.get('name')} at {job.get('gpus')} GPUs failed:\n"
-                           f"{done.stderr[-3000:]}")
-    return json.loads(lines[-1])
 
 
 def _f(value, digits=2) -> str:
@@ -445,8 +379,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         job = json.loads(args.child)
         if "memory" in job:
-            from jobs.bench.memory import memory_dry_run
-
             result = memory_dry_run(**job["memory"])
         else:
             result = run_child(job)
@@ -459,8 +391,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown profile(s) {unknown}; {args.profiles} has {list(profiles)}", file=sys.stderr)
         return 2
     if args.memory:
-        from jobs.bench.memory import memory_table
-
         print(memory_table(profiles[names[0]], [int(n) for n in args.memory_samples.split(",")]))
         return 0
     started = time.perf_counter()

@@ -14,22 +14,17 @@ A video output (kind generate-video, with its latents kept) is evaluated by jobs
 from __future__ import annotations
 
 import argparse
-import io
-import json
-import math
-import posixpath
 
 import numpy as np
 import torch
 
+from jobs.eval import video as eval_video
+from jobs.eval.common import format_cell, render_grid, write_files
 from jobs.eval.video import is_video_output, timed_decode
 from jobs.train.data import held_out_samples, scan
 from pipelines.config import StorageConfig
 from pipelines.errors import ConfigError
 from pipelines.sinks.layout import OutputLayout
-from pipelines.sinks.storage import json_safe, open_output
-
-GRID_SAMPLES = 6
 
 
 def load_eval_set(url: str, fraction: float | None, split_seed: int, limit: int):
@@ -92,13 +87,6 @@ def evaluate(decoders_: list, reference, keys, latents, images, lpips, batch: in
             "lpips": lpips_status(lpips), "keys": keys, "_outputs": outputs}
 
 
-def format_cell(value, digits=2) -> str:
-    """A table cell: floats to `digits`, infinite PSNR as inf, a missing value (None) as -."""
-    if isinstance(value, float) and math.isinf(value):
-        return "inf"
-    return "-" if value is None else (f"{value:.{digits}f}" if isinstance(value, float) else str(value))
-
-
 def render_markdown(result: dict) -> str:
     lpips_key = next((k for k in ("lpips", "lpips_test_only") if f"{k}_vs_original" in result["rows"][0]), None)
     columns = ["psnr_vs_original", "ssim_vs_original", *([f"{lpips_key}_vs_original"] if lpips_key else []),
@@ -116,40 +104,12 @@ def render_markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def render_grid(columns: list[tuple[str, torch.Tensor]], count: int = GRID_SAMPLES) -> bytes:
-    """Rows of samples; a column per (name, images (B, 3, H, W) in [0, 1]), names on top."""
-    from PIL import Image, ImageDraw
-
-    n = min(count, len(columns[0][1]))
-    h, w = columns[0][1].shape[-2:]
-    cell_w = max(w, 96)
-    label_h = 14
-    grid = Image.new("RGB", (cell_w * len(columns), label_h + h * n), "white")
-    draw = ImageDraw.Draw(grid)
-    for c, (name, batch) in enumerate(columns):
-        draw.text((c * cell_w + 2, 1), name[:16], fill="black")
-        pixels = (batch[:n].clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
-        for r in range(n):
-            grid.paste(Image.fromarray(pixels[r]), (c * cell_w, label_h + r * h))
-    buffer = io.BytesIO()
-    grid.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def write_files(out_url: str, result: dict, markdown: str, grid: bytes) -> None:
-    fs, root = open_output(out_url)
-    files = {"eval.json": json.dumps(json_safe(result), indent=2).encode(), "eval.md": markdown.encode(), "grid.png": grid}
-    for name, data in files.items():
-        with fs.open(posixpath.join(root, name), "wb") as f:
-            f.write(data)
-
-
 @torch.no_grad()  # not torch.set_grad_enabled(False): a caller in the same process (tests) trains after
 def main(argv: list[str] | None = None) -> int:
     import decoders
     from decoders.metrics import LPIPS, LPIPSWeightsMissing
     from pipelines.config import MODEL_VAE
-    from pipelines.stages.decode import load_decoder
+    from pipelines.models.decoding import load_decoder
 
     parser = argparse.ArgumentParser(prog="latentmill eval", description=__doc__.splitlines()[0])
     parser.add_argument("input", help="an encode output (latents + images), or a video output that kept its latents")
@@ -174,8 +134,6 @@ def main(argv: list[str] | None = None) -> int:
     job = OutputLayout(args.input).read_job()
     args.model = args.model or (job or {}).get("spec", {}).get("model", {}).get("reference") or "tiny"
     if is_video_output(job):
-        from jobs import eval_video
-
         return eval_video.run(args, device)
     keys, latents, images = load_eval_set(args.input, args.held_out_fraction, args.split_seed, args.samples)
     reference = load_decoder(MODEL_VAE, args.model, device, "float32")

@@ -20,6 +20,7 @@ import time
 import numpy as np
 import torch
 
+from jobs.eval.common import format_cell, render_grid, write_files
 from pipelines.errors import ConfigError
 
 FRECHET_MISSING = ("not computed: FVD needs a video feature network (I3D trained on Kinetics), whose weights "
@@ -108,8 +109,6 @@ def evaluate_video(decoders_: list, reference, keys, latents, lpips, features, f
 
 
 def render_markdown(result: dict) -> str:
-    from jobs.eval.images import format_cell
-
     metrics = [c for c in result["rows"][0] if c == "ssim" or c.startswith(("psnr", "lpips", "flicker_excess", "frechet"))]
     head = ["decoder", *metrics, "ms / frame", "params (M)", "chunk"]
     h, w = result["frame_size"]
@@ -131,7 +130,6 @@ def run(args, device: str) -> int:
     """The video branch of `latentmill eval` (jobs/eval/images.py parses the arguments)."""
     import decoders
     from decoders.metrics import LPIPS, LPIPSWeightsMissing
-    from jobs.eval.images import render_grid, write_files
     from pipelines.config import MODEL_VIDEO_VAE
     from pipelines.stages.video import load_video_decoder
 

@@ -24,20 +24,16 @@ import hashlib
 import json
 import os
 import posixpath
-import tempfile
 import time
 import uuid
 
+from jobs.train.checkpoint import public_config
 from jobs.train.data import first_sample, latent_statistics, scan
 from jobs.train.spec import TrainDecoderSpec
 from pipelines.errors import ConfigError
 from pipelines.sinks.layout import OutputLayout
 from pipelines.sinks.lease import OutputLease, describe_holder
 from pipelines.sinks.storage import open_output, write_json
-
-STATE_TENSORS = "state.safetensors"
-STATE_JSON = "state.json"
-DECODER_DIR = "decoder"
 
 
 def run_name(spec: TrainDecoderSpec) -> str:
@@ -60,19 +56,6 @@ def decoder_identity(spec: TrainDecoderSpec) -> dict:
     else:
         config = dict(decoders.build(spec.architecture, tiny=spec.tiny, device="meta").model.config)
     return {"class": _architecture_class(spec), "config": public_config(config)}
-
-
-def public_config(config: dict) -> dict:
-    """A decoder config without diffusers' bookkeeping (`_use_default_values`, `_class_name`, ...):
-    `_use_default_values` is a set, listed in another order by every process (hash randomisation),
-    so a rerun's driver would find its own checkpoints "of another decoder"."""
-    return {k: v for k, v in json.loads(json.dumps(config, default=sorted)).items() if not k.startswith("_")}
-
-
-def same_decoder(saved: dict, identity: dict) -> bool:
-    """Whether a checkpoint's decoder identity is `identity` (checkpoints written before the
-    bookkeeping was left out still hold it)."""
-    return saved["class"] == identity["class"] and public_config(saved["config"]) == public_config(identity["config"])
 
 
 def _architecture_class(spec) -> str:
@@ -160,7 +143,7 @@ def _train(spec: TrainDecoderSpec, prepared: dict, progress: bool, connect) -> d
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from jobs.train.worker import train_loop
+    from jobs.train.worker import train_loop  # torch, DDP: only in Ray Train's workers and when training
 
     if connect is not None:
         connect()
@@ -191,15 +174,3 @@ def _train(spec: TrainDecoderSpec, prepared: dict, progress: bool, connect) -> d
         report = json.load(f)
     report["driver_wall_s"] = time.time() - started
     return report
-
-
-def write_tree(local_dir: str, url: str, storage) -> None:
-    """Copy a local directory's files to `url` (any fsspec URL)."""
-    fs, root = open_output(url, storage)
-    for name in sorted(os.listdir(local_dir)):
-        with open(os.path.join(local_dir, name), "rb") as src, fs.open(posixpath.join(root, name), "wb") as dst:
-            dst.write(src.read())
-
-
-def temporary_dir() -> tempfile.TemporaryDirectory:
-    return tempfile.TemporaryDirectory(prefix="latentmill-train-")

@@ -10,8 +10,8 @@ import time
 import torch
 
 from jobs.schema import build as build_spec
+from jobs.train.checkpoint import DECODER_DIR, STATE_JSON, STATE_TENSORS, same_decoder, temporary_dir, write_tree
 from jobs.train.data import batches, held_out_samples, shards_from, units, worker_stream
-from jobs.train.driver import DECODER_DIR, STATE_JSON, STATE_TENSORS, same_decoder, temporary_dir, write_tree
 from jobs.train.report import write_report
 from jobs.train.spec import TrainDecoderSpec
 from pipelines.worker_setup import collector_paused
@@ -45,7 +45,7 @@ def _decoder(spec: TrainDecoderSpec, latent_scaling: dict):
 
 def _reference_decoder(spec: TrainDecoderSpec, device):
     from pipelines.config import MODEL_VAE
-    from pipelines.stages.decode import load_decoder
+    from pipelines.models.decoding import load_decoder
 
     return load_decoder(MODEL_VAE, spec.model.reference, str(device), spec.model.dtype)
 
