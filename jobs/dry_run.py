@@ -8,11 +8,12 @@ from pipelines.pipeline import Pipeline
 from pipelines.plan import shard_name
 
 
-def describe(spec) -> str:
+def describe(spec, pipeline: Pipeline | None = None) -> str:
+    """`pipeline`: the spec's (built here when not given)."""
     kind = kind_of(spec)
     if kind.pipeline is None:  # not a shard pipeline (train-decoder): what the kind says of itself
         return "\n".join([f"job {spec.name!r} ({spec.kind}) -> {spec.output.url}", *kind.describe(spec)])
-    pipeline = pipeline_for(spec)
+    pipeline = pipeline if pipeline is not None else pipeline_for(spec)
     lines = [f"job {spec.name!r} ({spec.kind}) -> {spec.output.url} (mode {spec.output.mode})", *kind.describe(spec)]
     return "\n".join(lines + _plan_lines(pipeline, kind.file_format(spec)) + _stage_lines(pipeline))
 

@@ -18,7 +18,7 @@ from pipelines.plan import build_plan
 from pipelines.sources.fetch import UnreadableSample, read_member, read_members
 from pipelines.sources.images import plan_images
 from tests.conftest import REPO, s3_storage
-from tests.jobspecs import spec_dict
+from tests.support.jobspecs import spec_dict
 
 
 def image_bytes(seed: int, fmt: str = "PNG") -> bytes:

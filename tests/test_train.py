@@ -29,8 +29,7 @@ from pipelines.errors import ConfigError
 from pipelines.sinks.layout import OutputLayout
 from pipelines.sinks.lease import LeaseHeld, OutputLease
 from tests.conftest import REPO
-from tests.jobspecs import spec_dict
-from tests.test_kinds import encode_spec_dict
+from tests.support.jobspecs import encode_spec_dict, spec_dict
 
 
 @pytest.fixture(scope="module")

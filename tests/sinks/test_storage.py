@@ -22,8 +22,8 @@ from pipelines.readers import ray_dataset, webdataset
 from pipelines.sinks.layout import OutputLayout
 from pipelines.verify import verify_output
 from tests.conftest import S3_SECRET_ENV, s3_storage
-from tests.jobspecs import SLOW, kind_spec_dict, spec_dict
-from tests.running import committed_markers, run_in_thread, wait_for_commit
+from tests.support.jobspecs import SLOW, kind_spec_dict, spec_dict
+from tests.support.running import committed_markers, run_in_thread, wait_for_commit
 
 
 def s3_spec(server, prefix=None, overrides=(), storage_changes=None, kind="generate", photos=None, **changes):

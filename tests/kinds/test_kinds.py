@@ -19,7 +19,7 @@ from jobs.spec import parse_spec
 from pipelines.sinks.layout import OutputLayout
 from pipelines.verify import verify_output
 from tests.conftest import REPO
-from tests.jobspecs import encode_spec_dict, spec_dict
+from tests.support.jobspecs import encode_spec_dict, spec_dict
 
 SIZE = 64
 

@@ -27,7 +27,7 @@ from pipelines.readers import webdataset
 from pipelines.sinks.layout import OutputLayout
 from pipelines.verify import verify_output
 from tests.conftest import REPO
-from tests.jobspecs import VIDEO_BASE, changed, spec_dict
+from tests.support.jobspecs import VIDEO_BASE, changed, spec_dict
 
 EXAMPLE = os.path.join(REPO, "jobs", "examples", "video-quickstart.yaml")
 SIZE, FRAMES = 64, 8

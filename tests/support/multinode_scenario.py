@@ -1,7 +1,7 @@
 """Run a latentmill job on a multi-node Ray cluster on this machine, in its own process.
 
-    python tests/multinode_scenario.py nodes OUT_DIR
-    python tests/multinode_scenario.py spill OUT_DIR
+    python tests/support/multinode_scenario.py nodes OUT_DIR
+    python tests/support/multinode_scenario.py spill OUT_DIR
 
 A pytest process already holds the session's Ray, so each scenario runs here, in a process the
 test starts and ends; the last line printed is a JSON result for the test to check.
@@ -31,7 +31,7 @@ import tempfile
 import threading
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO)
 
 import ray  # noqa: E402
@@ -42,7 +42,7 @@ from jobs.local import run_job  # noqa: E402
 from jobs.spec import parse_spec  # noqa: E402
 from pipelines.sinks.layout import OutputLayout  # noqa: E402
 from pipelines.verify import verify_output  # noqa: E402
-from tests.jobspecs import spec_dict  # noqa: E402
+from tests.support.jobspecs import spec_dict  # noqa: E402
 
 MB = 1024 * 1024
 STALL_TIMEOUT_S = 10  # lose-node: how long a stage may have no live actor

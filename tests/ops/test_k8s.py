@@ -13,7 +13,7 @@ from jobs.cli import main as cli_main
 from jobs.ops.k8s import render
 from jobs.ops.k8s_validate import validate_file, validate_manifest
 from tests.conftest import REPO
-from tests.jobspecs import write_spec
+from tests.support.jobspecs import write_spec
 
 KUBERAY = Path(REPO, "infra", "kuberay")
 NIGHTLY = f"{REPO}/jobs/examples/nightly.yaml"

@@ -27,9 +27,9 @@ from pipelines.readers import webdataset
 from pipelines.sinks.layout import OutputLayout
 from pipelines.verify import verify_output
 from tests.conftest import s3_storage
-from tests.jobspecs import spec_dict
+from tests.support.jobspecs import spec_dict
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CLI = [sys.executable, "-m", "jobs.cli"]
 # The abort at exit this guards against (pyarrow reading from Python file objects) hit 1 run in 3:
 # 12 runs in a row miss it with probability (2/3)^12 < 1%.

@@ -17,9 +17,9 @@ from pipelines.sinks.layout import OutputLayout
 from pipelines.sinks.lease import LeaseHeld, OutputLease
 from pipelines.verify import verify_output
 from tests.conftest import s3_storage
-from tests.jobspecs import spec_dict
+from tests.support.jobspecs import spec_dict
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # 8 shards, about 1 s each here: long enough for other drivers to start while it runs.
 SLOW = {"num_images": 64, "sampler__height": 128, "sampler__width": 128, "sampler__steps": 8, "output__lease_ttl_s": 4}
 
