@@ -15,6 +15,7 @@ from jobs.dry_run import describe
 from jobs.local import run_job
 from jobs.spec import parse_spec
 from pipelines.errors import ConfigError
+from pipelines.faults import Fault
 from pipelines.verify import verify_output
 from tests.support import toy_kind
 
@@ -65,3 +66,15 @@ def test_toy_kind_runs_end_to_end(toy_registered, ray_cluster, tmp_path):
     rows = [row for m in sorted((out / "shards").glob("*.parquet")) for row in pq.read_table(m).to_pylist()]
     assert sorted(row["value"] for row in rows) == sorted(i**3 for i in range(10))
     assert verify_output(str(out))["ok"]
+
+
+def test_faults_reach_any_stage_a_kind_names(toy_registered, ray_cluster, tmp_path):
+    """--inject-fault takes the kind's own stage names (the engine keeps no list of them)."""
+    out = tmp_path / "out"
+    report = run_job(toy_spec(out), progress=False, faults=(Fault.parse("square:raise:000000003"),))
+    assert report["generated"] == 9 and report["failed"] == 1
+    rows = [row for m in sorted((out / "shards").glob("*.parquet")) for row in pq.read_table(m).to_pylist()]
+    failed = [row for row in rows if row["status"] == "failed"]
+    assert [(row["key"], row["failed_stage"]) for row in failed] == [("000000003", "square")]
+    with pytest.raises(ConfigError, match="no stage 'denoise'"):
+        run_job(toy_spec(tmp_path / "other"), progress=False, faults=(Fault.parse("denoise:raise:000000003"),))
