@@ -1,6 +1,7 @@
 """Typed configuration of a generation pipeline. Each dataclass checks its own values.
 
-The job spec (jobs/spec.py) is built from these, so the pipeline never sees an unchecked value.
+A kind's spec class (jobs/kinds/) is built from these, so the pipeline never sees an unchecked value;
+the sections of one kind only (its stages section, say) live in its own file there.
 """
 
 from __future__ import annotations
