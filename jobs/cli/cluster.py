@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from jobs.ops.submit import COMMANDS
+
 
 def add_parser(commands) -> None:
     submit = commands.add_parser("submit", help="submit a job spec to a running Ray cluster (Ray Jobs API)")
@@ -26,6 +28,4 @@ def add_parser(commands) -> None:
 
 
 def cluster_command(args) -> int:
-    from jobs.ops.submit import COMMANDS  # Ray's job client: loaded only for these commands
-
     return COMMANDS[args.command](args)
