@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from pipelines.sources.pixels import Loaded, PixelRules, load_pixels, parse_colour
-from tests.imagefiles import (
+from tests.support.imagefiles import (
     adobe_like_profile,
     adobe_to_srgb,
     claimed_png,
