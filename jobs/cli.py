@@ -173,19 +173,20 @@ def _storage(args):
 
 
 def _run(args) -> int:
-    from jobs.local import pipeline_for, run_job
+    from jobs.dry_run import dry_run
+    from jobs.local import run_job
+    from jobs.preflight import check_output_location
     from jobs.spec import load_spec
     from pipelines.faults import Fault
 
     spec = load_spec(args.spec, args.overrides, date=args.date)
+    faults = tuple(Fault.parse(text) for text in args.inject_fault)
+    check_output_location(spec.output.url)  # before Ray starts, with or without --dry-run
     if args.dry_run:
-        from jobs.dry_run import describe
-
-        print(describe(spec, pipeline_for(spec)))
+        print(dry_run(spec, faults))
         return 0
     from jobs.nightly import run_with_upkeep
 
-    faults = tuple(Fault.parse(text) for text in args.inject_fault)
     report = run_with_upkeep(spec, lambda: run_job(
         spec,
         address=args.address,

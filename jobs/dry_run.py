@@ -2,8 +2,39 @@
 
 from __future__ import annotations
 
+from jobs.local import check_faults, pipeline_for
+from pipelines.errors import ConfigError
 from pipelines.pipeline import Pipeline
 from pipelines.plan import shard_name
+
+
+def dry_run(spec, faults=()) -> str:
+    """What `--dry-run` prints, after the checks a real run makes before it starts Ray."""
+    if spec.kind == "train-decoder":  # Ray Train, not a pipeline: its checks read the training data
+        from jobs.train import check_before_training  # imports torch: not for the other kinds' dry runs
+
+        if faults:
+            raise ConfigError("--inject-fault", "", detail="a train-decoder job has no stages to inject faults into")
+        return describe_training(spec, check_before_training(spec))
+    pipeline = pipeline_for(spec, faults=faults)
+    check_faults(pipeline, faults)
+    return describe(spec, pipeline)
+
+
+def describe_training(spec, prepared: dict) -> str:
+    o, s = spec.optim, spec.scaling
+    start = f"from {spec.init_weights}" if spec.init_weights else "from scratch"
+    return "\n".join([
+        f"job {spec.name!r} (train-decoder) -> {spec.output.url}",
+        f"  decoder: {spec.architecture}{' (tiny)' if spec.tiny else ''} {start}, target {spec.target}",
+        f"  data: {', '.join(spec.data.urls)}: {prepared['train_samples']} training and "
+        f"{prepared['held_out_samples']} held-out samples in {len(prepared['shards'])} shards",
+        f"  optim: {o.steps} steps, batch {o.batch_size} per worker, lr {o.lr}, precision {o.precision}",
+        f"  loss: {spec.loss.pixel} x{spec.loss.pixel_weight}, lpips x{spec.loss.lpips_weight}, "
+        f"adversarial x{spec.loss.adversarial_weight}",
+        f"  workers: {s.num_workers} (use_gpu {s.use_gpu}, {s.cpus_per_worker} CPUs each); checkpoints every "
+        f"{spec.checkpoints.every_steps} steps to {spec.checkpoint_url}",
+    ])
 
 
 def describe(spec, pipeline: Pipeline) -> str:

@@ -29,6 +29,13 @@ def pipeline_for(spec, plan=None, faults: tuple[Fault, ...] = ()) -> Pipeline:
     return kind.pipeline(spec, plan if plan is not None else kind.plan(spec), faults)
 
 
+def check_faults(pipeline: Pipeline, faults: tuple[Fault, ...]) -> None:
+    for fault in faults:
+        if fault.stage not in pipeline.stage_names:
+            raise ConfigError("--inject-fault", "", detail=f"a {pipeline.kind} job has no stage {fault.stage!r} "
+                              f"(its stages: {', '.join(pipeline.stage_names)})")
+
+
 def connect_ray(address: str | None = None) -> None:
     """Use the Ray cluster at `address` (or RAY_ADDRESS); with neither, start a local one."""
     import ray
@@ -68,10 +75,7 @@ def run_job(
     from pipelines.runner import run_pipeline  # Ray: not needed to plan or for --dry-run
 
     pipeline = pipeline_for(spec, faults=faults)
-    for fault in faults:
-        if fault.stage not in pipeline.stage_names:
-            raise ConfigError("--inject-fault", "", detail=f"a {spec.kind} job has no stage {fault.stage!r} "
-                              f"(its stages: {', '.join(pipeline.stage_names)})")
+    check_faults(pipeline, faults)
     return run_pipeline(
         pipeline,
         connect=lambda: connect_ray(address),
