@@ -178,6 +178,7 @@ def _run(args) -> int:
     from jobs.preflight import check_output_location
     from jobs.spec import load_spec
     from pipelines.faults import Fault
+    from pipelines.verify import failed_samples
 
     spec = load_spec(args.spec, args.overrides, date=args.date)
     faults = tuple(Fault.parse(text) for text in args.inject_fault)
@@ -208,12 +209,14 @@ def _run(args) -> int:
         f"output {spec.output.url}"
     )
     print(f"throughput, bottleneck and cost: {spec.output.url}/report.md (or `latentmill report {spec.output.url}`)")
-    if report["failed"]:
+    failed = failed_samples(spec.output.url, spec.output.storage)  # the output's, as verify counts them
+    if failed:
         print(
-            f"warning: {report['failed']} samples failed after their retries and are recorded as failed in the "
-            f"shard manifests; `latentmill verify` lists them; rerun with --retry-failed to try them again",
+            f"error: {failed} samples failed after their retries and are recorded as failed in the shard "
+            f"manifests; `latentmill verify` lists them; rerun with --retry-failed to try them again",
             file=sys.stderr,
         )
+        return 1
     return 0
 
 
