@@ -6,6 +6,7 @@ import logging
 import os
 
 from jobs.kinds import kind_of
+from jobs.ray_reaper import start_reaper
 from pipelines.errors import ConfigError
 from pipelines.faults import Fault
 from pipelines.pipeline import Pipeline
@@ -29,6 +30,14 @@ def pipeline_for(spec, plan=None, faults: tuple[Fault, ...] = ()) -> Pipeline:
     return kind.pipeline(spec, plan if plan is not None else kind.plan(spec), faults)
 
 
+_reaper = None  # the watcher's Popen: its stdin pipe must stay open while this driver lives
+
+
+def _keep_reaper(process) -> None:
+    global _reaper
+    _reaper = process
+
+
 def check_faults(pipeline: Pipeline, faults: tuple[Fault, ...]) -> None:
     for fault in faults:
         if fault.stage not in pipeline.stage_names:
@@ -44,8 +53,11 @@ def connect_ray(address: str | None = None) -> None:
         return
     env = {**QUIET_ENV, **{k: v for k, v in os.environ.items() if k == "LATENTMILL_CACHE"}}
     os.environ.update(QUIET_ENV)
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address is None and _reaper is None:  # a local Ray: ended with this driver, even one killed (jobs/ray_reaper.py)
+        _keep_reaper(start_reaper())
     ray.init(
-        address=address or os.environ.get("RAY_ADDRESS"),
+        address=address,
         include_dashboard=False,
         logging_level=logging.WARNING,
         log_to_driver=True,

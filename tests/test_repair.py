@@ -164,7 +164,7 @@ def test_a_refusal_for_another_device_kind_names_only_accepted_remedies(finished
 
 def test_run_exits_1_while_the_output_holds_failed_samples_as_verify_does(ray_cluster, tmp_path):
     spec = tmp_path / "job.yaml"
-    spec.write_text(yaml.safe_dump(spec_dict(tmp_path / "out", num_images=8)))
+    spec.write_text(yaml.safe_dump(spec_dict(tmp_path / "out", num_images=8, stages__max_retries=0)))
     done = cli("run", spec, "--quiet", "--address", ray_cluster, "--inject-fault", "decode:raise:000000003")
     assert done.returncode == 1, done.stderr[-3000:]
     assert "error: 1 samples failed" in done.stderr and "--retry-failed" in done.stderr
@@ -225,3 +225,68 @@ def test_dry_run_checks_fault_syntax_and_stages(tmp_path):
         assert done.returncode == 2 and expected in line, line
     assert cli("run", spec, "--dry-run", "--inject-fault", "denoise:raise:000000001").returncode == 0
     assert not (tmp_path / "out").exists()
+
+
+def _descendants(pid: int) -> list:
+    import psutil
+
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def _names(processes) -> set[str]:
+    import psutil
+
+    names = set()
+    for p in processes:
+        with contextlib.suppress(psutil.Error):
+            names.add(p.name())
+    return names
+
+
+def _running(processes) -> list:
+    import psutil
+
+    left = []
+    for p in processes:
+        with contextlib.suppress(psutil.Error):
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                left.append(p)
+    return left
+
+
+def test_a_driver_killed_with_sigkill_leaves_no_process_of_the_local_ray_it_started(tmp_path):
+    import signal
+    import time
+
+    spec = tmp_path / "job.yaml"
+    spec.write_text(yaml.safe_dump(spec_dict(tmp_path / "out", num_images=64, sampler__steps=8)))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # the driver starts a local Ray of its own
+    driver = subprocess.Popen(CLI + ["run", str(spec), "--quiet"], cwd=REPO, env=env, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    started: list = []
+    try:
+        deadline = time.monotonic() + 240
+        while not {"ray::DashboardAgent", "ray::RuntimeEnvAgent", "raylet"} <= _names(started):
+            assert driver.poll() is None, "the driver ended before its local Ray was up"
+            assert time.monotonic() < deadline, f"the local Ray did not start in time: {_names(started)}"
+            time.sleep(0.5)
+            started = _descendants(driver.pid)
+        time.sleep(1.0)  # past the watcher's refresh interval
+        started = _descendants(driver.pid)
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=30)
+        deadline = time.monotonic() + 60
+        while _running(started) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        left = [(p.pid, p.name()) for p in _running(started)]
+        assert not left, f"still running 60 s after the driver was killed: {left}"
+    finally:
+        for p in _running(started):
+            with contextlib.suppress(Exception):
+                p.kill()
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
