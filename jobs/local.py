@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 
 from jobs.kinds import kind_of
+from jobs.ray_connect import connecting
 from jobs.ray_reaper import start_reaper
 from pipelines.errors import ConfigError
 from pipelines.faults import Fault
@@ -56,13 +58,14 @@ def connect_ray(address: str | None = None) -> None:
     address = address or os.environ.get("RAY_ADDRESS")
     if address is None and _reaper is None:  # a local Ray: ended with this driver, even one killed (jobs/ray_reaper.py)
         _keep_reaper(start_reaper())
-    ray.init(
-        address=address,
-        include_dashboard=False,
-        logging_level=logging.WARNING,
-        log_to_driver=True,
-        runtime_env={"env_vars": env, "worker_process_setup_hook": "pipelines.worker_setup.quiet_known_noise"},
-    )
+    with connecting(address) if address is not None else contextlib.nullcontext():
+        ray.init(
+            address=address,
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+            log_to_driver=True,
+            runtime_env={"env_vars": env, "worker_process_setup_hook": "pipelines.worker_setup.quiet_known_noise"},
+        )
 
 
 def run_job(

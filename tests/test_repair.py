@@ -290,3 +290,56 @@ def test_a_driver_killed_with_sigkill_leaves_no_process_of_the_local_ray_it_star
         if driver.poll() is None:
             driver.kill()
             driver.wait()
+
+
+@pytest.fixture
+def token_cluster(tmp_path):
+    """A `ray start --head` with token authentication (its own temp dir, so no other driver finds it)."""
+    import socket
+    import tempfile
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ray_tmp = tempfile.mkdtemp(prefix="lm-tok-", dir="/tmp")  # short: Ray's socket paths live under it
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "f" * 32,
+           "HOME": str(tmp_path)}
+    env.pop("RAY_ADDRESS", None)
+    ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
+    head = subprocess.Popen([ray_bin, "start", "--head", "--block", "--port", str(port), "--num-cpus", "1",
+                             "--include-dashboard=false", "--disable-usage-stats"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    started: list = []
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert head.poll() is None and time.monotonic() < deadline, "the token-auth head did not start"
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.5)
+        started = _descendants(head.pid)
+        yield f"127.0.0.1:{port}", ray_tmp
+    finally:
+        started = {p.pid: p for p in started + _descendants(head.pid)}.values()
+        head.kill()
+        head.wait()
+        for p in _running(list(started)):
+            with contextlib.suppress(Exception):
+                p.kill()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+@pytest.mark.parametrize("mode", ["unset", "token"])
+def test_a_token_auth_cluster_without_a_token_is_one_line_naming_the_variables(token_cluster, tmp_path, mode):
+    address, ray_tmp = token_cluster
+    spec = tmp_path / "job.yaml"
+    spec.write_text(yaml.safe_dump(spec_dict(tmp_path / "out", num_images=2)))
+    env = {"HOME": str(tmp_path), "RAY_TMPDIR": ray_tmp, "RAY_AUTH_TOKEN": "", "RAY_AUTH_MODE": mode}
+    env = {k: v for k, v in {**os.environ, **env}.items() if not (k.startswith("RAY_AUTH") and v in ("", "unset"))}
+    done = subprocess.run(CLI + ["run", str(spec), "--quiet", "--address", address], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=180)
+    line = one_clear_line(done)
+    assert done.returncode == 2 and "RAY_AUTH_TOKEN" in line and "RAY_AUTH_MODE" in line, line
+    assert "uses token authentication" in line
