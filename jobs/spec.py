@@ -278,14 +278,15 @@ EXCLUSIVE_FIELDS = (("input", "url", "builtin"), ("prompts", "inline", "file"), 
 
 def _drop_alternatives(data: dict, overridden: set[str], item: str) -> None:
     for section, *names in EXCLUSIVE_FIELDS:
-        fields = {f"{section}.{name}" for name in names}
-        for dotted in fields & overridden:
-            for other in fields - {dotted}:
+        node = data.get(section)
+        if not isinstance(node, dict):
+            continue
+        given = {f"{section}.{name}" for name in names if node.get(name) is not None}  # null: not given
+        for dotted in sorted(given & overridden):
+            for other in sorted(given - {dotted}):
                 if other in overridden:
                     raise ConfigError("", "", detail=f"--set {item!r}: give exactly one of {dotted} or {other}")
-                node = data.get(section)
-                if isinstance(node, dict):
-                    node.pop(other.split(".", 1)[1], None)
+                node.pop(other.split(".", 1)[1])
 
 
 def parse_spec(text: str, source: str = "<spec>", overrides: list[str] = (), date: str | None = None) -> AnySpec:

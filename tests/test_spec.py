@@ -280,3 +280,15 @@ def test_the_driver_makes_local_relative_paths_absolute_and_leaves_names_and_url
                                           ["data.urls=[enc, s3://bucket/enc]", "init_weights=~/w.safetensors"]))
     assert train.data.urls == [str(tmp_path / "enc"), "s3://bucket/enc"]
     assert train.init_weights == os.path.expanduser("~/w.safetensors")
+
+
+def test_a_set_of_one_of_two_exclusive_fields_replaces_the_other(tmp_path):
+    video = f"{REPO}/jobs/examples/video-quickstart.yaml"  # input: {builtin: 8}
+    spec = load_spec(video, [f"input.url={tmp_path}"])
+    assert (spec.input.url, spec.input.builtin) == (str(tmp_path), None)
+    (tmp_path / "p.txt").write_text("a fox\n")
+    spec = parse(spec_dict(tmp_path / "o"), [f"prompts.file={tmp_path}/p.txt"])  # the spec has prompts.inline
+    assert spec.prompts.file == f"{tmp_path}/p.txt" and spec.prompts.inline is None
+    with pytest.raises(ConfigError, match="give exactly one of input.builtin or input.url"):
+        load_spec(video, [f"input.url={tmp_path}", "input.builtin=2"])
+    assert load_spec(video, ["input.builtin=2"]).input.builtin == 2
