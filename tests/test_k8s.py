@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -120,22 +121,37 @@ def _recipe(makefile: str, target: str) -> list[str]:
     return [line.strip() for line in block.splitlines()]
 
 
-def test_the_image_installs_with_the_readme_setup():
+def _instructions(dockerfile: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of a Dockerfile, continuation lines joined, comments dropped."""
+    text = re.sub(r"\\\n\s*", " ", "\n".join(line for line in dockerfile.splitlines() if not line.lstrip().startswith("#")))
+    return [(m.group(1), m.group(2)) for m in re.finditer(r"^(\w+)\s+(.*)$", text, re.M)]
+
+
+def test_the_image_installs_dependencies_first_and_latentmill_as_a_package_on_the_tests_python():
     dockerfile = Path(REPO, "infra", "docker", "Dockerfile").read_text()
     makefile = Path(REPO, "Makefile").read_text()
-    readme = Path(REPO, "README.md").read_text()
-    runs = re.findall(r"^RUN (.*(?:\\\n.*)*)", dockerfile, re.M)
-    installs = [r for r in runs if "pip" in r or "make" in r]
-    # The image's only latentmill install is `make setup`: the target the README's commands run.
-    assert [r for r in installs if "pip install" in r] == []
-    assert len([r for r in installs if re.search(r"\bmake setup\b", r)]) == 1
-    assert "make quickstart" in readme and "make test" in readme
-    assert re.search(r"^quickstart: \$\(STAMP\)", makefile, re.M) and re.search(r"^test: \$\(STAMP\)", makefile, re.M)
-    assert re.search(r"^setup: \$\(STAMP\)", makefile, re.M)
-    setup = _recipe(makefile, "$(STAMP)")
-    assert re.search(r"^PIP_INSTALL := \$\(BIN\)/python -m pip install ", makefile, re.M)
-    assert "$(PIP_INSTALL) $(TORCH_SPEC)" in setup  # unquoted: it may name torch and torchvision
-    assert "$(PIP_INSTALL) -e '.[test]'" in setup
+    steps = _instructions(dockerfile)
+    runs = [args for op, args in steps if op == "RUN"]
+    # Dependencies in layers before the source: a source edit must not reinstall torch.
+    source_copy = next(i for i, (op, args) in enumerate(steps) if op == "COPY" and re.search(r"(^|\s)\.\s+\S+$", args))
+    torch_install = next(i for i, (op, args) in enumerate(steps) if op == "RUN" and "TORCH_SPEC" in args)
+    deps_install = next(i for i, (op, args) in enumerate(steps) if op == "RUN" and "requirements.txt" in args)
+    assert torch_install < deps_install < source_copy
+    assert [args for op, args in steps[:source_copy] if op == "COPY" and "pyproject.toml" in args], \
+        "the dependency layer sees pyproject.toml alone"
+    assert "'dependencies'" in steps[deps_install][1] and "optional-dependencies" not in steps[deps_install][1]
+    # latentmill itself: a regular install without its dependencies (no -e, no test extras, no make setup).
+    installs = [r for r in runs if "pip install" in r]
+    assert not [r for r in installs if re.search(r"(\s-e\s|--editable|\[test\])", r)], installs
+    assert any(re.search(r"pip install .*--no-deps \.(\s|$)", r) for r in installs[-1:]), installs
+    assert not [r for r in runs if re.search(r"\bmake\b", r)]
+    # The Python the tests run on (major.minor); uid 1000 is free on ubuntu24.04 (its `ubuntu` user goes).
+    version = re.search(r"^ARG PYTHON_VERSION=(\S+)", dockerfile, re.M).group(1)
+    assert version == f"{sys.version_info.major}.{sys.version_info.minor}", (version, sys.version)
+    assert re.search(r"^FROM nvidia/cuda:\S+-ubuntu24\.04", dockerfile, re.M)
+    user_add = next(r for r in runs if "useradd" in r)
+    assert "--uid 1000" in user_add and re.search(r"userdel (--remove )?ubuntu.*useradd", user_add)
+    assert "python3 " not in " ".join(r for r in runs if "apt-get install" in r)  # not the base's 3.12
     assert "docker build -f infra/docker/Dockerfile" in " ".join(_recipe(makefile, "image"))
     # A CUDA runtime base, a non-root user, no secrets baked in.
     assert re.search(r"^FROM nvidia/cuda:\S+-runtime-", dockerfile, re.M)
