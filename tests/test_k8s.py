@@ -68,6 +68,43 @@ def test_rendered_manifests_validate_and_map_stages_to_groups(tmp_path):
     assert shipped["name"] == "GPU job" and shipped["output"]["url"] == "s3://bucket/gpu-job"
 
 
+def _pods(cluster: dict) -> list[dict]:
+    return [cluster["headGroupSpec"]["template"]["spec"]] + [g["template"]["spec"] for g in cluster["workerGroupSpecs"]]
+
+
+@pytest.mark.parametrize("denoise_actors", [{"min": 2, "max": 6}, 2])
+def test_clusters_go_after_their_job_have_shm_for_the_object_store_and_autoscale_when_they_can(tmp_path, denoise_actors):
+    spec = write_spec(tmp_path / "gpu.yaml", "s3://bucket/gpu-job",
+                      stages__denoise={"num_gpus": 1, "num_cpus": 4, "concurrency": denoise_actors, "batch_size": 8},
+                      stages__decode={"num_gpus": 1, "num_cpus": 2, "concurrency": 2, "batch_size": 4})
+    manifests = render(spec, "img:1", schedule="0 2 * * *")
+    job = manifests["rayjob.yaml"]["spec"]
+    # GPU pods must not idle for an hour after a run.
+    assert job["shutdownAfterJobFinishes"] is True and 0 < job["ttlSecondsAfterFinished"] <= 300
+    for cluster in (job["rayClusterSpec"], manifests["raycluster.yaml"]["spec"]):
+        for pod in _pods(cluster):
+            shm = [v for v in pod["volumes"] if v.get("emptyDir", {}).get("medium") == "Memory"]
+            assert len(shm) == 1 and {"name": shm[0]["name"], "mountPath": "/dev/shm"} in \
+                pod["containers"][0]["volumeMounts"], pod
+        scalable = any(g["maxReplicas"] > g["minReplicas"] for g in cluster["workerGroupSpecs"])
+        assert scalable == isinstance(denoise_actors, dict)
+        assert cluster.get("enableInTreeAutoscaling", False) is scalable
+        if scalable:
+            assert 0 < cluster["autoscalerOptions"]["idleTimeoutSeconds"] <= 300
+    for name, manifest in manifests.items():
+        assert validate_manifest(manifest, name) == []
+
+
+def test_the_k8s_render_command_in_the_nightly_examples_header_works_as_written(tmp_path):
+    header = [line.lstrip("# ").strip() for line in Path(NIGHTLY).read_text().splitlines() if line.startswith("#")]
+    command = next(line for line in header if line.startswith("latentmill k8s render"))
+    args = [a.strip("'") for a in re.findall(r"'[^']*'|\S+", command)][1:]
+    args = [a.replace("jobs/examples/nightly.yaml", NIGHTLY).replace("IMAGE", "registry.example/latentmill:1")
+            for a in args]
+    assert cli_main([*args, "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "raycronjob.yaml").exists()
+
+
 def test_a_local_prompt_file_travels_in_the_configmap(tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("one\ntwo\n")
