@@ -8,7 +8,8 @@ import posixpath
 
 from pipelines.sinks.storage import open_output
 
-LOSS_TERMS = ("pixel", "lpips", "adversarial", "discriminator", "total")
+# lpips_test_only: the LPIPS term computed with trunk weights that are not the published ones (decoders/metrics.py).
+LOSS_TERMS = ("pixel", "lpips", "lpips_test_only", "adversarial", "discriminator", "total")
 
 
 def summarize(spec, config: dict, history: list[dict], metrics: dict, resumed_from: int | None) -> dict:
