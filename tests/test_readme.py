@@ -18,6 +18,7 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -26,8 +27,8 @@ CLI = [sys.executable, "-m", "jobs.cli"]
 JOB_COMMANDS = ("run", "verify", "report")
 # Appended to a README `run` of each example: the same job, smaller.
 SMALLER = {
-    "jobs/examples/quickstart.yaml": ["num_images=8", "sampler.steps=2"],
-    "jobs/examples/video-quickstart.yaml": ["video.steps=1"],
+    "jobs/examples/quickstart.yaml": ["num_images=4", "sampler.steps=2", "sampler.height=64", "sampler.width=64"],
+    "jobs/examples/video-quickstart.yaml": ["video.steps=1", "video.frames=4"],
 }
 BUILTIN_CLIPS = "input.builtin=2"  # only where the command does not choose input.url itself
 
@@ -73,7 +74,9 @@ def checkout(tmp_path):
 
 def run_all(commands, cwd, env):
     for command in commands:
+        started = time.monotonic()
         done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+        print(f"{time.monotonic() - started:6.1f} s  {' '.join(command[3:])}")  # in the log with -s or on failure
         assert done.returncode == 0, (command, done.returncode, done.stderr[-3000:])
         assert "Traceback" not in done.stderr, (command, done.stderr[-3000:])
 
@@ -89,7 +92,7 @@ def test_the_readme_commands_that_run_jobs_work_as_written(ray_cluster, checkout
     encoded = checkout / "abs" / "tmp" / "enc"
     assert (encoded / "index.json").exists() and (checkout / "latentmill-output" / "video-quickstart").exists()
     inputs = {"encode.yaml": [], "redecode.yaml": [f"input.url={encoded}"],
-              "train-decoder.yaml": [f"data.urls=[{encoded}]"]}
+              "train-decoder.yaml": [f"data.urls=[{encoded}]", "data.held_out_fraction=0.5"]}
     for name in sorted(os.listdir(os.path.join(REPO, "jobs", "examples"))):
         sets = [part for item in inputs.get(name, []) for part in ("--set", item)]
         done = subprocess.run(CLI + ["run", f"jobs/examples/{name}", "--dry-run", *sets], cwd=checkout, env=env,

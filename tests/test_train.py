@@ -261,3 +261,10 @@ def test_a_killed_training_driver_rerun_resumes_from_the_last_checkpoint(encoded
     assert any(n.startswith("took over the expired lease of run " + killed["run_id"]) for n in report.get("notes", []))
     assert OutputLease(OutputLayout(str(out)), "probe", LEASE_TTL_S).current()[1]["released"]
     assert_resumed_and_finished(report, out, at_kill, STEPS)
+    # Once more on the finished output: nothing to do, without Ray (no cluster answers at that
+    # address), and the report with its record of the resume is left as it was.
+    before = {name: (out / name).read_bytes() for name in ("report.json", "report.md", "loss.png")}
+    again = subprocess.run(command[:5] + ["--address", "127.0.0.1:1", "--quiet"], cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "nothing to do" in again.stdout, again.stdout[-2000:] + again.stderr[-2000:]
+    assert {name: (out / name).read_bytes() for name in before} == before
