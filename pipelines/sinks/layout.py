@@ -115,8 +115,8 @@ class OutputLayout:
             record = json.loads(data)
         except ValueError as exc:
             raise InvalidJobRecord(self.url, f"is not valid JSON ({len(data)} bytes; {exc})") from None
-        if not isinstance(record, dict) or not isinstance(record.get("identity"), dict):
-            raise InvalidJobRecord(self.url, "holds no job identity")
+        if not isinstance(record, dict):
+            raise InvalidJobRecord(self.url, f"holds a JSON {type(record).__name__}, not a job record's mapping")
         return record
 
     def claim(self, job_record: dict, plan: Plan, mode: str) -> str:
