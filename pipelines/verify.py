@@ -103,7 +103,7 @@ def _repair_hints(layout: OutputLayout, markers: dict, damaged: set[str], incomp
     are missing or of another size than their markers say (the check every run makes); changed
     bytes of the same size only a run with `--check full` finds."""
     plain = set(damaged_shards(layout, {n: m for n, m in markers.items() if n in damaged}))
-    content_only = sorted(damaged - plain - set(n for n in damaged if n not in markers))
+    content_only = sorted((damaged & set(markers)) - plain)  # an invalid marker: a plain rerun regenerates it
     if content_only:
         return [FULL_REPAIR_HINT.format(shards=", ".join(content_only))]
     return [REPAIR_HINT] if incomplete else []
