@@ -9,6 +9,7 @@ import os
 from jobs.kinds import kind_of
 from jobs.ray_connect import connecting
 from jobs.ray_reaper import start_reaper
+from jobs.spec import with_absolute_paths
 from pipelines.errors import ConfigError
 from pipelines.faults import Fault
 from pipelines.pipeline import Pipeline
@@ -40,10 +41,13 @@ def _keep_reaper(process) -> None:
     _reaper = process
 
 
-def check_faults(pipeline: Pipeline, faults: tuple[Fault, ...]) -> None:
+def check_faults(spec, faults: tuple[Fault, ...], pipeline: Pipeline | None) -> None:
+    """Each fault names a stage of the job's pipeline (`None`: a kind that is no shard pipeline has none)."""
+    if faults and pipeline is None:
+        raise ConfigError("--inject-fault", "", detail=f"a {spec.kind} job has no stages to inject faults into")
     for fault in faults:
         if fault.stage not in pipeline.stage_names:
-            raise ConfigError("--inject-fault", "", detail=f"a {pipeline.kind} job has no stage {fault.stage!r} "
+            raise ConfigError("--inject-fault", "", detail=f"a {spec.kind} job has no stage {fault.stage!r} "
                               f"(its stages: {', '.join(pipeline.stage_names)})")
 
 
@@ -80,17 +84,15 @@ def run_job(
     check_full: bool = False,
     wait: bool = False,
 ) -> dict:
-    from jobs.spec import with_absolute_paths
-
     spec = with_absolute_paths(spec)
-    if spec.kind == "train-decoder":  # Ray Train, not a shard-writing pipeline
-        from jobs.train import train_decoder
-
-        return train_decoder(spec, progress=progress, connect=lambda: connect_ray(address), wait=wait)
+    kind = kind_of(spec)
+    if kind.run is not None:  # not a shard-writing pipeline (train-decoder: Ray Train)
+        check_faults(spec, faults, None)
+        return kind.run(spec, progress=progress, connect=lambda: connect_ray(address), wait=wait)
     from pipelines.runner import run_pipeline  # Ray: not needed to plan or for --dry-run
 
     pipeline = pipeline_for(spec, faults=faults)
-    check_faults(pipeline, faults)
+    check_faults(spec, faults, pipeline)
     return run_pipeline(
         pipeline,
         connect=lambda: connect_ray(address),

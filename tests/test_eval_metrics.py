@@ -191,7 +191,7 @@ def test_lpips_loss_term_trains_with_test_only_weights(lpips_trunk):
     # Unverified trunk weights: the loss term is named lpips_test_only in the history, never lpips.
     assert "lpips" not in out and out["lpips_test_only"] > 0
     assert out["total"] == pytest.approx(out["pixel"] + out["lpips_test_only"], rel=1e-5)
-    from jobs.train_report import LOSS_TERMS, render_markdown
+    from jobs.train.report import LOSS_TERMS, render_markdown
 
     report = {"name": "t", "architecture": "lean", "target": "image", "steps": 1, "workers": 1, "resource": "CPU",
               "resumed_from_step": None, "images_seen": 2, "images_per_s": 1.0, "cpu_seconds": 1.0, "train_samples": 2,

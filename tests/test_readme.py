@@ -8,7 +8,7 @@ what they mean in a checkout). Three things are added, none of them to what a co
   after the README's own, so each job takes seconds;
 - RAY_ADDRESS names the test session's Ray cluster (as the README's cluster section does), so the
   commands do not each start a Ray of their own.
-The cluster block (`ray start`, `submit` to a HEAD host) needs a remote cluster: tests/test_submit.py.
+The cluster block (`ray start`, `submit` to a HEAD host) needs a remote cluster: tests/ops/test_submit.py.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from pipelines.errors import OutputConflict
 from pipelines.plan import build_plan
 from pipelines.sinks.layout import OutputLayout
 from pipelines.verify import verify_output
-from tests.jobspecs import spec_dict
+from tests.support.jobspecs import spec_dict
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLI = [sys.executable, "-m", "jobs.cli"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,17 +20,17 @@ import yaml
 import decoders
 from jobs.cli import main as cli_main
 from jobs.local import run_job
-from jobs.sample_photos import write_crops
 from jobs.spec import parse_spec
-from jobs.train import check_before_training, decoder_identity, same_decoder
-from jobs.train_data import epoch_share, scan, units, worker_stream
+from jobs.train.checkpoint import same_decoder
+from jobs.train.data import epoch_share, scan, units, worker_stream
+from jobs.train.driver import check_before_training, decoder_identity
+from jobs.train.sample_photos import write_crops
 from pipelines.config import StorageConfig
 from pipelines.errors import ConfigError
 from pipelines.sinks.layout import OutputLayout
 from pipelines.sinks.lease import LeaseHeld, OutputLease
 from tests.conftest import REPO
-from tests.jobspecs import spec_dict
-from tests.test_kinds import encode_spec_dict
+from tests.support.jobspecs import encode_spec_dict, spec_dict
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +75,21 @@ def test_each_worker_streams_its_own_shuffled_part_and_a_resume_continues_it_exa
     # A worker resumed at position 5 (or in a later epoch) reads what the uninterrupted one read there.
     whole = latents(0, 0, 40)
     assert latents(0, 5, 35) == whole[5:] and latents(0, 30, 10) == whole[30:]
+
+
+def test_dry_run_makes_the_pre_training_checks_and_describes_the_run(encoded, tmp_path, capsys):
+    example = os.path.join(REPO, "jobs/examples/train-decoder.yaml")
+    out_url = tmp_path / "out"
+    assert cli_main(["run", example, "--dry-run", "--set", f"data.urls=[{encoded}]", "--set", "optim.steps=40",
+                     "--set", "data.held_out_fraction=0.25", "--set", f"output.url={out_url}"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"job 'train-lean' (train-decoder) -> {out_url}"
+    assert out[1].startswith("  train: lean from scratch, target image; model sdxl tiny")
+    split = re.fullmatch(rf"  data: {encoded}: (\d+) training and (\d+) held-out samples in \d+ shards \(held out 0.25\)",
+                         out[2])
+    assert split and int(split[1]) + int(split[2]) == 32 and int(split[2]) > 0, out[2]
+    assert "optim: 40 steps" in out[3] and out[-1].startswith("  checkpoints: every 50 steps to ")
+    assert not out_url.exists()  # a dry run writes nothing
 
 
 def test_encode_output_without_latents_is_refused_before_training(ray_cluster, tmp_path):
