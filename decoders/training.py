@@ -180,8 +180,9 @@ class DecoderTrainer:
         with self._autocast():
             output = self.net(latents).float()
             terms = {"pixel": s.pixel_weight * pixel_loss(s.pixel_loss, output, target)}
-            if s.lpips_weight > 0:
-                terms["lpips"] = s.lpips_weight * self.lpips(target, output.clamp(0, 1)).mean()
+            if s.lpips_weight > 0:  # with unverified trunk weights the term is not LPIPS, nor named so
+                name = "lpips" if getattr(self.lpips, "verified", False) else "lpips_test_only"
+                terms[name] = s.lpips_weight * self.lpips(target, output.clamp(0, 1)).mean()
             if self.adversarial_active():
                 terms["adversarial"] = s.adversarial_weight * hinge_generator_loss(self.discriminator(output))
         total = sum(terms.values())

@@ -32,7 +32,8 @@ class LocalRayHead:
     """`ray start --head` in its own process group; `close()` ends all of it."""
 
     def __init__(self, num_cpus: int = 2, num_gpus: int = 0, object_store_mb: int = 200, env: dict | None = None,
-                 start_timeout_s: float = 90.0):
+                 start_timeout_s: float = 90.0, venv_on_path: bool = True):
+        """`venv_on_path=False`: Ray started by the venv's absolute path with the venv's bin/ not on PATH."""
         self.temp_dir = tempfile.mkdtemp(prefix="lm-ray-", dir="/tmp")  # short: Ray's socket paths have a limit
         ports = {flag: free_port() for flag in _PORT_FLAGS}
         self.address = f"http://127.0.0.1:{ports['--dashboard-port']}"
@@ -41,8 +42,9 @@ class LocalRayHead:
         # What a client needs besides the address; the head's processes (and jobs) get it too.
         self.client_env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token}
         venv_bin = os.path.dirname(sys.executable)
+        path = [p for p in os.environ.get("PATH", "").split(os.pathsep) if p and p != venv_bin]
         head_env = {**os.environ, **(env or {}), **self.client_env,
-                    "PATH": f"{venv_bin}{os.pathsep}{os.environ.get('PATH', '')}"}
+                    "PATH": os.pathsep.join(([venv_bin] if venv_on_path else []) + path)}
         head_env.pop("RAY_ADDRESS", None)  # this head is a new cluster, not a client of another
         command = [os.path.join(venv_bin, "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
                    "--dashboard-host", "127.0.0.1", "--include-dashboard", "true", "--disable-usage-stats",

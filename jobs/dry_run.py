@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 from jobs.kinds import kind_of
-from jobs.local import pipeline_for
+from jobs.local import check_faults, pipeline_for
 from pipelines.pipeline import Pipeline
 from pipelines.plan import shard_name
+
+
+def dry_run(spec, faults=()) -> str:
+    """What `--dry-run` prints, after the checks a real run makes before it starts Ray (a kind's
+    `describe` makes its own, e.g. train-decoder's pre-training checks of its data)."""
+    pipeline = pipeline_for(spec, faults=faults) if kind_of(spec).pipeline is not None else None
+    check_faults(spec, faults, pipeline)
+    return describe(spec, pipeline)
 
 
 def describe(spec, pipeline: Pipeline | None = None) -> str:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 
 from jobs.kinds import kind_of
+from jobs.ray_connect import connecting
+from jobs.ray_reaper import start_reaper
 from jobs.spec import with_absolute_paths
 from pipelines.errors import ConfigError
 from pipelines.faults import Fault
@@ -30,6 +33,24 @@ def pipeline_for(spec, plan=None, faults: tuple[Fault, ...] = ()) -> Pipeline:
     return kind.pipeline(spec, plan if plan is not None else kind.plan(spec), faults)
 
 
+_reaper = None  # the watcher's Popen: its stdin pipe must stay open while this driver lives
+
+
+def _keep_reaper(process) -> None:
+    global _reaper
+    _reaper = process
+
+
+def check_faults(spec, faults: tuple[Fault, ...], pipeline: Pipeline | None) -> None:
+    """Each fault names a stage of the job's pipeline (`None`: a kind that is no shard pipeline has none)."""
+    if faults and pipeline is None:
+        raise ConfigError("--inject-fault", "", detail=f"a {spec.kind} job has no stages to inject faults into")
+    for fault in faults:
+        if fault.stage not in pipeline.stage_names:
+            raise ConfigError("--inject-fault", "", detail=f"a {spec.kind} job has no stage {fault.stage!r} "
+                              f"(its stages: {', '.join(pipeline.stage_names)})")
+
+
 def connect_ray(address: str | None = None) -> None:
     """Use the Ray cluster at `address` (or RAY_ADDRESS); with neither, start a local one."""
     import ray
@@ -38,13 +59,17 @@ def connect_ray(address: str | None = None) -> None:
         return
     env = {**QUIET_ENV, **{k: v for k, v in os.environ.items() if k == "LATENTMILL_CACHE"}}
     os.environ.update(QUIET_ENV)
-    ray.init(
-        address=address or os.environ.get("RAY_ADDRESS"),
-        include_dashboard=False,
-        logging_level=logging.WARNING,
-        log_to_driver=True,
-        runtime_env={"env_vars": env, "worker_process_setup_hook": "pipelines.worker_setup.quiet_known_noise"},
-    )
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address is None and _reaper is None:  # a local Ray: ended with this driver, even one killed (jobs/ray_reaper.py)
+        _keep_reaper(start_reaper())
+    with connecting(address) if address is not None else contextlib.nullcontext():
+        ray.init(
+            address=address,
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+            log_to_driver=True,
+            runtime_env={"env_vars": env, "worker_process_setup_hook": "pipelines.worker_setup.quiet_known_noise"},
+        )
 
 
 def run_job(
@@ -62,14 +87,12 @@ def run_job(
     spec = with_absolute_paths(spec)
     kind = kind_of(spec)
     if kind.run is not None:  # not a shard-writing pipeline (train-decoder: Ray Train)
+        check_faults(spec, faults, None)
         return kind.run(spec, progress=progress, connect=lambda: connect_ray(address), wait=wait)
     from pipelines.runner import run_pipeline  # Ray: not needed to plan or for --dry-run
 
     pipeline = pipeline_for(spec, faults=faults)
-    for fault in faults:
-        if fault.stage not in pipeline.stage_names:
-            raise ConfigError("--inject-fault", "", detail=f"a {spec.kind} job has no stage {fault.stage!r} "
-                              f"(its stages: {', '.join(pipeline.stage_names)})")
+    check_faults(spec, faults, pipeline)
     return run_pipeline(
         pipeline,
         connect=lambda: connect_ray(address),

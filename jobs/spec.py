@@ -46,9 +46,29 @@ def spec_data(text: str, source: str = "<spec>", overrides: list[str] = ()) -> t
         data = {}
     if not isinstance(data, dict):
         raise ConfigError("", "", detail=f"{source}: expected a mapping of fields at the top, got {type(data).__name__}")
+    overridden: set[str] = set()
     for item in overrides:
-        apply_override(data, item)
+        overridden.add(apply_override(data, item))
+        _drop_alternatives(data, overridden, item)
     return data, lines
+
+
+# Fields of which a spec gives exactly one: a `--set` of one replaces the other from the file
+# (`--set input.url=...` on a spec with `input: {builtin: 8}`); both in `--set`s is still an error.
+EXCLUSIVE_FIELDS = (("input", "url", "builtin"), ("prompts", "inline", "file"), ("notify", "webhook", "webhook_env"))
+
+
+def _drop_alternatives(data: dict, overridden: set[str], item: str) -> None:
+    for section, *names in EXCLUSIVE_FIELDS:
+        node = data.get(section)
+        if not isinstance(node, dict):
+            continue
+        given = {f"{section}.{name}" for name in names if node.get(name) is not None}  # null: not given
+        for dotted in sorted(given & overridden):
+            for other in sorted(given - {dotted}):
+                if other in overridden:
+                    raise ConfigError("", "", detail=f"--set {item!r}: give exactly one of {dotted} or {other}")
+                node.pop(other.split(".", 1)[1])
 
 
 def parse_spec(text: str, source: str = "<spec>", overrides: list[str] = (), date: str | None = None):
@@ -96,8 +116,8 @@ def _absolute(value: str, name: str) -> str:
     return os.path.abspath(references.local_path(value))
 
 
-def apply_override(data: dict, item: str) -> None:
-    """`a.b=value`: the value is YAML, so numbers, booleans and lists keep their types."""
+def apply_override(data: dict, item: str) -> str:
+    """`a.b=value`: the value is YAML, so numbers, booleans and lists keep their types. Returns the dotted field."""
     if "=" not in item:
         raise ConfigError("", "", detail=f"--set {item!r}: expected FIELD=VALUE, e.g. sampler.steps=20")
     dotted, _, value_text = item.partition("=")
@@ -115,6 +135,7 @@ def apply_override(data: dict, item: str) -> None:
             raise ConfigError(".".join(keys[: i + 1]), "", detail=f"--set {item!r}: this field is not a mapping")
         node = child
     node[keys[-1]] = value
+    return ".".join(keys)
 
 
 def check_references(spec, kind) -> None:

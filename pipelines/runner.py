@@ -119,16 +119,18 @@ def _recover(pipeline: Pipeline, layout: OutputLayout, lease: OutputLease, optio
     find what is left to do."""
     plan = pipeline.plan
     outcome = layout.claim(_job_record(pipeline), plan, pipeline.output.mode)
-    markers = layout.committed_markers()
+    markers, invalid = layout.read_markers()
     notes = [f"output: {outcome}"]
     if lease.taken_over:
         notes.append(f"took over the expired lease of {describe_holder(lease.taken_over)}")
-    # A committed shard whose files no longer match its marker is generated again, whole.
-    for name, why in damaged_shards(layout, markers, full=options.check_full).items():
+    # A committed shard whose files no longer match its marker, or whose marker is torn, is generated again, whole.
+    damaged = {**{name: f"its commit marker is not valid ({why})" for name, why in invalid.items()},
+               **damaged_shards(layout, markers, full=options.check_full)}
+    for name, why in sorted(damaged.items()):
         notes.append(f"shard {name} is generated again: {why}")
         print(f"latentmill: shard {name} is generated again: {why}", file=sys.stderr)
         layout.uncommit(name)
-        del markers[name]
+        markers.pop(name, None)
     debris = layout.remove_debris(markers)
     if debris:
         notes.append(f"removed {len(debris)} files of interrupted shard writes or replaced repairs")

@@ -13,12 +13,21 @@ from collections import Counter
 
 from pipelines.errors import ConfigError, OutputConflict
 from pipelines.quality import quality_summary
-from pipelines.sinks.layout import OutputLayout
+from pipelines.sinks.integrity import damaged_shards
+from pipelines.sinks.layout import MARKER_SUFFIX, SHARD_DIR, OutputLayout
 from pipelines.sinks.video import check_clips
 from pipelines.tables import table_from_bytes
 
 REPAIR_HINT = "rerun `latentmill run SPEC` on this output to regenerate what is damaged or missing"
+FULL_REPAIR_HINT = ("rerun `latentmill run SPEC --check full` on this output: shards {shards} differ from their "
+                    "markers in content, not size, which a plain rerun does not check")
 FAILED_HINT = "rerun `latentmill run SPEC --retry-failed` to try the failed samples again"
+
+
+def failed_samples(url: str, storage=None) -> int:
+    """Samples recorded as failed in the whole output (from index.json, rewritten by every run):
+    `latentmill run` exits 1 when there are any, as verify does."""
+    return OutputLayout(url, storage).read_index()["failed"]
 
 
 def verify_output(url: str, storage=None, full: bool = False, strict: bool = False) -> dict:
@@ -30,8 +39,10 @@ def verify_output(url: str, storage=None, full: bool = False, strict: bool = Fal
         raise OutputConflict(f"{url} is not a latentmill output (no latentmill.json)")
     planned = layout.read_plan_table(columns=("key",)).column("key").to_pylist()
     index = layout.read_index()
-    markers = layout.committed_markers()
-    problems: list[str] = []
+    markers, invalid = layout.read_markers()
+    problems = [f"shard {name}: its commit marker {SHARD_DIR}/{name}{MARKER_SUFFIX} is not valid: {why}; the shard "
+                "counts as not committed" for name, why in invalid.items()]
+    damaged: set[str] = set(invalid)
 
     keys: list[str] = []
     failed: list[str] = []
@@ -52,6 +63,8 @@ def verify_output(url: str, storage=None, full: bool = False, strict: bool = Fal
         failed.extend(shard_failed)
         rejected.extend(shard_rejected)
         problems.extend(shard_problems)
+        if shard_problems:
+            damaged.add(name)
 
     counts = Counter(keys)
     duplicates = sorted(k for k, n in counts.items() if n > 1)
@@ -59,7 +72,8 @@ def verify_output(url: str, storage=None, full: bool = False, strict: bool = Fal
     unplanned = sorted(set(counts) - set(planned))
     problems += [f"key {k} is not in the plan" for k in unplanned[:10]]
     ok = not (problems or unindexed or duplicates or missing or failed or (strict and rejected))
-    hints = ([REPAIR_HINT] if problems or unindexed or duplicates or missing else []) + ([FAILED_HINT] if failed else [])
+    hints = _repair_hints(layout, markers, damaged, bool(problems or unindexed or duplicates or missing)) + (
+        [FAILED_HINT] if failed else [])
     return {
         "url": url,
         "job": job.get("name"),
@@ -82,6 +96,17 @@ def verify_output(url: str, storage=None, full: bool = False, strict: bool = Fal
         "repair": hints,
         "ok": ok,
     }
+
+
+def _repair_hints(layout: OutputLayout, markers: dict, damaged: set[str], incomplete: bool) -> list[str]:
+    """The command that repairs what was found: a plain rerun regenerates the shards whose files
+    are missing or of another size than their markers say (the check every run makes); changed
+    bytes of the same size only a run with `--check full` finds."""
+    plain = set(damaged_shards(layout, {n: m for n, m in markers.items() if n in damaged}))
+    content_only = sorted((damaged & set(markers)) - plain)  # an invalid marker: a plain rerun regenerates it
+    if content_only:
+        return [FULL_REPAIR_HINT.format(shards=", ".join(content_only))]
+    return [REPAIR_HINT] if incomplete else []
 
 
 def _check_shard(layout: OutputLayout, name: str, marker: dict, full: bool) -> tuple[list, list, list, list]:

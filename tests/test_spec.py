@@ -280,3 +280,32 @@ def test_the_driver_makes_local_relative_paths_absolute_and_leaves_names_and_url
                                           ["data.urls=[enc, s3://bucket/enc]", "init_weights=~/w.safetensors"]))
     assert train.data.urls == [str(tmp_path / "enc"), "s3://bucket/enc"]
     assert train.init_weights == os.path.expanduser("~/w.safetensors")
+
+
+def test_a_set_of_one_of_two_exclusive_fields_replaces_the_other(tmp_path):
+    video = f"{REPO}/jobs/examples/video-quickstart.yaml"  # input: {builtin: 8}
+    spec = load_spec(video, [f"input.url={tmp_path}"])
+    assert (spec.input.url, spec.input.builtin) == (str(tmp_path), None)
+    (tmp_path / "p.txt").write_text("a fox\n")
+    spec = parse(spec_dict(tmp_path / "o"), [f"prompts.file={tmp_path}/p.txt"])  # the spec has prompts.inline
+    assert spec.prompts.file == f"{tmp_path}/p.txt" and spec.prompts.inline is None
+    with pytest.raises(ConfigError, match="give exactly one of input.builtin or input.url"):
+        load_spec(video, [f"input.url={tmp_path}", "input.builtin=2"])
+    assert load_spec(video, ["input.builtin=2"]).input.builtin == 2
+
+
+@pytest.mark.parametrize("example", sorted(os.listdir(os.path.join(REPO, "jobs", "examples"))))
+def test_every_example_dry_runs_cleanly(tmp_path, example):
+    """From a fresh checkout: a plan (exit 0), or, for the examples that read another example's
+    output (encode, redecode, train-decoder), one line naming that missing input (exit 2).
+    tests/test_readme.py dry-runs them all again once their inputs exist."""
+    os.symlink(os.path.join(REPO, "jobs"), tmp_path / "jobs")
+    done = subprocess.run([sys.executable, "-m", "jobs.cli", "run", f"jobs/examples/{example}", "--dry-run"],
+                          capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": REPO})
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    if done.returncode == 0:
+        assert done.stdout.startswith(f"job {yaml.safe_load(open(os.path.join(REPO, 'jobs', 'examples', example)))['name']!r}")
+    else:
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2 and len(lines) == 1 and "./latentmill-output/" in lines[0], done.stderr
+        assert example in ("encode.yaml", "redecode.yaml", "train-decoder.yaml")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -74,6 +75,21 @@ def test_each_worker_streams_its_own_shuffled_part_and_a_resume_continues_it_exa
     # A worker resumed at position 5 (or in a later epoch) reads what the uninterrupted one read there.
     whole = latents(0, 0, 40)
     assert latents(0, 5, 35) == whole[5:] and latents(0, 30, 10) == whole[30:]
+
+
+def test_dry_run_makes_the_pre_training_checks_and_describes_the_run(encoded, tmp_path, capsys):
+    example = os.path.join(REPO, "jobs/examples/train-decoder.yaml")
+    out_url = tmp_path / "out"
+    assert cli_main(["run", example, "--dry-run", "--set", f"data.urls=[{encoded}]", "--set", "optim.steps=40",
+                     "--set", "data.held_out_fraction=0.25", "--set", f"output.url={out_url}"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"job 'train-lean' (train-decoder) -> {out_url}"
+    assert out[1].startswith("  train: lean from scratch, target image; model sdxl tiny")
+    split = re.fullmatch(rf"  data: {encoded}: (\d+) training and (\d+) held-out samples in \d+ shards \(held out 0.25\)",
+                         out[2])
+    assert split and int(split[1]) + int(split[2]) == 32 and int(split[2]) > 0, out[2]
+    assert "optim: 40 steps" in out[3] and out[-1].startswith("  checkpoints: every 50 steps to ")
+    assert not out_url.exists()  # a dry run writes nothing
 
 
 def test_encode_output_without_latents_is_refused_before_training(ray_cluster, tmp_path):
@@ -261,3 +277,10 @@ def test_a_killed_training_driver_rerun_resumes_from_the_last_checkpoint(encoded
     assert any(n.startswith("took over the expired lease of run " + killed["run_id"]) for n in report.get("notes", []))
     assert OutputLease(OutputLayout(str(out)), "probe", LEASE_TTL_S).current()[1]["released"]
     assert_resumed_and_finished(report, out, at_kill, STEPS)
+    # Once more on the finished output: nothing to do, without Ray (no cluster answers at that
+    # address), and the report with its record of the resume is left as it was.
+    before = {name: (out / name).read_bytes() for name in ("report.json", "report.md", "loss.png")}
+    again = subprocess.run(command[:5] + ["--address", "127.0.0.1:1", "--quiet"], cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "nothing to do" in again.stdout, again.stdout[-2000:] + again.stderr[-2000:]
+    assert {name: (out / name).read_bytes() for name in before} == before

@@ -5,12 +5,14 @@ from __future__ import annotations
 import sys
 
 from jobs.cli.common import CHECKS
-from jobs.dry_run import describe
+from jobs.dry_run import dry_run
 from jobs.kinds import kind_of
 from jobs.local import run_job
 from jobs.ops.nightly import run_with_upkeep
+from jobs.preflight import check_output_location
 from jobs.spec import load_spec
 from pipelines.faults import Fault
+from pipelines.verify import failed_samples
 
 
 def add_parser(commands) -> None:
@@ -36,11 +38,12 @@ def add_parser(commands) -> None:
 
 def run_command(args) -> int:
     spec = load_spec(args.spec, args.overrides, date=args.date)
+    faults = tuple(Fault.parse(text) for text in args.inject_fault)
+    check_output_location(spec.output.url)  # before Ray starts, with or without --dry-run
     if args.dry_run:
-        print(describe(spec))
+        print(dry_run(spec, faults))
         return 0
     kind = kind_of(spec)
-    faults = tuple(Fault.parse(text) for text in args.inject_fault)
 
     def run() -> dict:
         return run_job(spec, address=args.address, progress=not args.quiet, start_timeout_s=args.start_timeout,
@@ -50,20 +53,23 @@ def run_command(args) -> int:
     if kind.summary is not None:
         print(kind.summary(spec, report))
         return 0
-    _print_shard_summary(spec, report)
-    return 0
+    return _print_shard_summary(spec, report)
 
 
-def _print_shard_summary(spec, report: dict) -> None:
+def _print_shard_summary(spec, report: dict) -> int:
+    """The run's summary; exit 1 while the output holds failed samples (as `verify` counts them)."""
     print(
         f"{spec.name}: generated {report['generated']} samples in {report['wall_s']:.1f} s "
         f"({report['samples_per_s'] or 0:.2f}/s); {report['already_committed']} were already committed; "
         f"output {spec.output.url}"
     )
     print(f"throughput, bottleneck and cost: {spec.output.url}/report.md (or `latentmill report {spec.output.url}`)")
-    if report["failed"]:
+    failed = failed_samples(spec.output.url, spec.output.storage)  # the output's, as verify counts them
+    if failed:
         print(
-            f"warning: {report['failed']} samples failed after their retries and are recorded as failed in the "
-            f"shard manifests; `latentmill verify` lists them; rerun with --retry-failed to try them again",
+            f"error: {failed} samples failed after their retries and are recorded as failed in the shard "
+            f"manifests; `latentmill verify` lists them; rerun with --retry-failed to try them again",
             file=sys.stderr,
         )
+        return 1
+    return 0

@@ -19,13 +19,22 @@ def check(spec: TrainDecoderSpec) -> None:
 
 
 def describe(spec: TrainDecoderSpec) -> list[str]:
+    """Its `--dry-run` lines, after the checks a run makes before Ray (they read the data: the split's sizes)."""
+    from jobs.train.driver import check_before_training  # torch (via its data module): not for other commands
+
+    prepared = check_before_training(spec)
     o, s = spec.optim, spec.scaling
     return [
         f"  train: {spec.architecture}{' (tiny)' if spec.tiny else ''} from {spec.init_weights or 'scratch'}, "
         f"target {spec.target}; model {spec.model.family} {spec.model.reference}",
-        f"  data: {', '.join(spec.data.urls)} (held out {spec.data.held_out_fraction:g})",
-        f"  optim: {o.steps} steps, batch {o.batch_size} per worker, lr {o.lr:g}; workers: {s.num_workers} "
-        f"(use_gpu {s.use_gpu}, {s.cpus_per_worker:g} CPUs each)",
+        f"  data: {', '.join(spec.data.urls)}: {prepared['train_samples']} training and "
+        f"{prepared['held_out_samples']} held-out samples in {len(prepared['shards'])} shards "
+        f"(held out {spec.data.held_out_fraction:g})",
+        f"  optim: {o.steps} steps, batch {o.batch_size} per worker, lr {o.lr:g}, precision {o.precision}; "
+        f"workers: {s.num_workers} (use_gpu {s.use_gpu}, {s.cpus_per_worker:g} CPUs each)",
+        f"  loss: {spec.loss.pixel} x{spec.loss.pixel_weight:g}, lpips x{spec.loss.lpips_weight:g}, "
+        f"adversarial x{spec.loss.adversarial_weight:g}",
+        f"  checkpoints: every {spec.checkpoints.every_steps} steps to {spec.checkpoint_url}",
     ]
 
 

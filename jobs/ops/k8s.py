@@ -32,6 +32,11 @@ STORAGE_SECRET = "latentmill-storage"  # optional: S3 keys etc. as environment v
 RAY_TOKEN_SECRET = "latentmill-ray-token"  # optional: key `token`, when the cluster uses Ray token auth
 CPU_POD_CPUS = 4
 GPU_POD_MEMORY_GI_PER_GPU = 32
+FINISHED_CLUSTER_TTL_S = 60
+AUTOSCALER_IDLE_S = 60  # a worker pod with nothing to do for this long is removed (in-tree autoscaling)
+# Ray's object store lives in /dev/shm; a container's default /dev/shm is 64 MiB, so it gets a
+# memory-backed emptyDir of the size Ray would pick for its store (30% of the pod's memory).
+OBJECT_STORE_MEMORY_FRACTION = 0.3
 CRON_FIELD = re.compile(r"^[\d*/,\-A-Za-z?]+$")
 
 
@@ -53,8 +58,10 @@ def render(spec_path: str, image: str, schedule: str | None = None, overrides: l
     cluster_spec = cluster_spec_for(spec, image, config_name)
     job_spec = {
         "entrypoint": f"latentmill run {SPEC_DIR}/spec.yaml",
+        # The job's cluster (its GPU pods) goes soon after the job ends; its driver log stays in the
+        # RayJob's status and `kubectl logs` of the submitter pod until then.
         "shutdownAfterJobFinishes": True,
-        "ttlSecondsAfterFinished": 3600,  # keep the finished cluster an hour for its logs
+        "ttlSecondsAfterFinished": FINISHED_CLUSTER_TTL_S,
         "backoffLimit": 2,  # a retried job resumes from the committed shards
         "rayClusterSpec": cluster_spec,
     }
@@ -120,39 +127,49 @@ def cluster_spec_for(spec, image: str, spec_configmap: str | None) -> dict:
         low = sum(s.min_actors * s.gpus_per_actor(True) for s in gpu_stages)
         high = sum(s.max_actors * s.gpus_per_actor(True) for s in gpu_stages)
         groups.append(_group("gpu", image, cpus, math.ceil(low / gpus), math.ceil(high / gpus),
-                             {"nvidia.com/gpu": str(gpus)}, f"{GPU_POD_MEMORY_GI_PER_GPU * gpus}Gi"))
+                             {"nvidia.com/gpu": str(gpus)}, GPU_POD_MEMORY_GI_PER_GPU * gpus))
     write = stages.write
     cpu_low = write.concurrency * write.num_cpus + sum(s.min_actors * s.num_cpus for s in cpu_stages)
     cpu_high = write.concurrency * write.num_cpus + sum(s.max_actors * s.num_cpus for s in cpu_stages)
     pod_cpus = max(CPU_POD_CPUS, math.ceil(max([write.num_cpus, *(s.num_cpus for s in cpu_stages)])))
     groups.append(_group("cpu", image, pod_cpus, max(1, math.ceil(cpu_low / pod_cpus)),
-                         max(1, math.ceil(cpu_high / pod_cpus)), {}, f"{4 * pod_cpus}Gi"))
-    head_container = _container("ray-head", image, 2, {}, "8Gi")
-    head_pod = {"containers": [head_container]}
+                         max(1, math.ceil(cpu_high / pod_cpus)), {}, 4 * pod_cpus))
+    head_pod = _pod(_container("ray-head", image, 2, {}, 8), 8)
     if spec_configmap:
-        head_container["volumeMounts"] = [{"name": "spec", "mountPath": SPEC_DIR, "readOnly": True}]
-        head_pod["volumes"] = [{"name": "spec", "configMap": {"name": spec_configmap}}]
-    return {
+        head_pod["containers"][0]["volumeMounts"].append({"name": "spec", "mountPath": SPEC_DIR, "readOnly": True})
+        head_pod["volumes"].append({"name": "spec", "configMap": {"name": spec_configmap}})
+    cluster = {
         # The head runs the driver and the dashboard; stage actors and writes go to workers.
         "headGroupSpec": {"rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
                           "template": {"spec": head_pod}},
         "workerGroupSpecs": groups,
     }
+    if any(g["maxReplicas"] > g["minReplicas"] for g in groups):  # otherwise nothing could scale
+        cluster["enableInTreeAutoscaling"] = True
+        cluster["autoscalerOptions"] = {"idleTimeoutSeconds": AUTOSCALER_IDLE_S}
+    return cluster
 
 
-def _group(name: str, image: str, cpus: int, low: int, high: int, extra: dict, memory: str) -> dict:
+def _group(name: str, image: str, cpus: int, low: int, high: int, extra: dict, memory_gi: int) -> dict:
     return {
         "groupName": name,
         "replicas": low,
         "minReplicas": low,
         "maxReplicas": max(low, high),
         "rayStartParams": {},
-        "template": {"spec": {"containers": [_container("ray-worker", image, cpus, extra, memory)]}},
+        "template": {"spec": _pod(_container("ray-worker", image, cpus, extra, memory_gi), memory_gi)},
     }
 
 
-def _container(name: str, image: str, cpus: int, extra: dict, memory: str) -> dict:
-    resources = {"cpu": str(cpus), "memory": memory, **extra}
+def _pod(container: dict, memory_gi: int) -> dict:
+    """A Ray pod: its container and the memory-backed /dev/shm for the object store."""
+    shm = f"{math.ceil(memory_gi * OBJECT_STORE_MEMORY_FRACTION)}Gi"
+    container["volumeMounts"] = [{"name": "dshm", "mountPath": "/dev/shm"}]
+    return {"containers": [container], "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": shm}}]}
+
+
+def _container(name: str, image: str, cpus: int, extra: dict, memory_gi: int) -> dict:
+    resources = {"cpu": str(cpus), "memory": f"{memory_gi}Gi", **extra}
     return {
         "name": name,
         "image": image,

@@ -23,7 +23,7 @@ import urllib.parse
 import urllib.request
 from typing import Callable
 
-from jobs.dates import LATEST_FILE, DatedOutputs
+from jobs.dates import DATE_FORMAT, LATEST_FILE, DatedOutputs
 from pipelines.errors import LatentmillError, OutputError
 
 # -- after a run ------------------------------------------------------------------------------
@@ -81,17 +81,30 @@ def _publish(spec, result: dict) -> dict:
 
     outputs = DatedOutputs(spec.run_date.output_template)
     fs, root_path = open_output(outputs.root, spec.output.storage)
-    write_json(fs, f"{root_path}/{LATEST_FILE}", {
-        "job": spec.name,
-        "date": spec.run_date.date,
-        "url": spec.output.url,
-        "samples": result["samples"],
-        "updated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-    })  # atomic: readers see the previous pointer or this one
+    latest = _latest_date(fs, f"{root_path}/{LATEST_FILE}")
+    if latest is not None and latest > spec.run_date.date:  # a backfill: latest.json stays on the newer date
+        print(f"latest.json stays on {latest}: this run's date {spec.run_date.date} is older", file=sys.stderr)
+    else:
+        write_json(fs, f"{root_path}/{LATEST_FILE}", {
+            "job": spec.name,
+            "date": spec.run_date.date,
+            "url": spec.output.url,
+            "samples": result["samples"],
+            "updated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        })  # atomic: readers see the previous pointer or this one
     removed, kept = [], []
     if spec.output.retention is not None:
         removed, kept = apply_retention(spec, outputs, fs, root_path)
     return {"latest": _public_url(outputs.latest_url()), "removed": removed, "kept": kept}
+
+
+def _latest_date(fs, path: str) -> str | None:
+    """The date latest.json points to; None when there is none (or it is unreadable: it is rewritten)."""
+    try:
+        date = json.loads(fs.cat_file(path)).get("date")
+    except (FileNotFoundError, ValueError, AttributeError):
+        return None
+    return date if isinstance(date, str) and DATE_FORMAT.match(date) else None
 
 
 def apply_retention(spec, outputs: DatedOutputs, fs, root_path: str) -> tuple[list[str], list[str]]:

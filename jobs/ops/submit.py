@@ -26,6 +26,7 @@ from pathlib import Path
 
 import fsspec
 
+from jobs.ops.entrypoint import job_entrypoint
 from pipelines.errors import ConfigError, LatentmillError
 
 CONNECT_TIMEOUT_S = (5.0, 10.0)  # (connect, read): an unreachable address fails within seconds
@@ -156,7 +157,7 @@ def submit(spec_path: str, *, address: str | None, overrides: list[str] = (), da
             return Submission(submission_id, False, existing[submission_id])
         try:
             client.submit_job(
-                entrypoint=f"latentmill run {SPEC_FILE} --date {date}",
+                entrypoint=job_entrypoint(["run", SPEC_FILE, "--date", date]),
                 submission_id=submission_id,
                 # `stop` sends SIGTERM; the driver then lets shard writes finish and releases its
                 # output lease. Ray's default 3 s before SIGKILL is too short for that.

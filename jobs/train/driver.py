@@ -27,7 +27,7 @@ import posixpath
 import time
 import uuid
 
-from jobs.train.checkpoint import public_config
+from jobs.train.checkpoint import DECODER_DIR, public_config
 from jobs.train.data import first_sample, latent_statistics, scan
 from jobs.train.spec import TrainDecoderSpec
 from pipelines.errors import ConfigError
@@ -126,6 +126,9 @@ def train_decoder(spec: TrainDecoderSpec, *, progress: bool = True, connect=None
     Like a generation job, training holds its output's lease while it runs (`wait`: wait for a
     driver that holds it instead of refusing), so two drivers never write the same checkpoints.
     """
+    finished = finished_report(spec)
+    if finished is not None:  # a rerun of a finished training: no Ray, and the report stays as it is
+        return {**finished, "nothing_to_do": True}
     prepared = check_before_training(spec)
     layout = OutputLayout(spec.output.url, spec.output.storage)
     run_id = f"{run_name(spec)}-{uuid.uuid4().hex[:6]}"
@@ -136,6 +139,28 @@ def train_decoder(spec: TrainDecoderSpec, *, progress: bool = True, connect=None
             report["notes"] = [f"took over the expired lease of {describe_holder(lease.taken_over)}"]
             write_json(layout.fs, layout.path("report.json"), {k: v for k, v in report.items() if k != "driver_wall_s"})
     return report
+
+
+def finished_report(spec: TrainDecoderSpec) -> dict | None:
+    """The report of this spec's training where its output holds the finished result (the decoder's
+    saved training spec has this spec's identity, and report.json, written last, exists); else None."""
+    import yaml
+
+    fs, root = open_output(spec.output.url, spec.output.storage)
+    saved_spec, report = posixpath.join(root, DECODER_DIR, "training_spec.yaml"), posixpath.join(root, "report.json")
+    try:
+        saved = yaml.safe_load(fs.cat_file(saved_spec))
+        finished = json.loads(fs.cat_file(report))
+    except (FileNotFoundError, ValueError, yaml.YAMLError):
+        return None
+    identity = spec.identity()
+    if not isinstance(saved, dict) or _canonical({k: saved.get(k) for k in identity}) != _canonical(identity):
+        return None
+    return finished
+
+
+def _canonical(value) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
 
 
 def _train(spec: TrainDecoderSpec, prepared: dict, progress: bool, connect) -> dict:

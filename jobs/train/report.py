@@ -8,7 +8,8 @@ import posixpath
 
 from pipelines.sinks.storage import open_output
 
-LOSS_TERMS = ("pixel", "lpips", "adversarial", "discriminator", "total")
+# lpips_test_only: the LPIPS term computed with trunk weights that are not the published ones (decoders/metrics.py).
+LOSS_TERMS = ("pixel", "lpips", "lpips_test_only", "adversarial", "discriminator", "total")
 
 
 def summarize(spec, config: dict, history: list[dict], metrics: dict, resumed_from: int | None) -> dict:
@@ -105,6 +106,10 @@ def write_report(spec, config: dict, history: list[dict], metrics: dict, resumed
 
 def summary_line(report: dict, output_url: str) -> str:
     held = report["held_out"]
+    if report.get("nothing_to_do"):
+        return (f"{report['name']}: nothing to do: {output_url.rstrip('/')} holds this training, finished "
+                f"({report['steps']} steps; held-out PSNR {held['psnr']:.2f} dB); report "
+                f"{output_url.rstrip('/')}/report.md")
     return (
         f"{report['name']}: trained {report['architecture']} for {report['steps']} steps "
         f"({report['images_per_s']:.1f} images/s); held-out PSNR {held['psnr']:.2f} dB, SSIM {held['ssim']:.4f}; "

@@ -12,7 +12,7 @@ import torch
 from jobs.schema import build as build_spec
 from jobs.train.checkpoint import DECODER_DIR, STATE_JSON, STATE_TENSORS, same_decoder, temporary_dir, write_tree
 from jobs.train.data import batches, held_out_samples, shards_from, units, worker_stream
-from jobs.train.report import write_report
+from jobs.train.report import LOSS_TERMS, write_report
 from jobs.train.spec import TrainDecoderSpec
 from pipelines.worker_setup import collector_paused
 
@@ -107,7 +107,7 @@ def train_loop(config: dict) -> None:
         history.append(metrics)
         if rank == 0 and config["progress"] and (time.time() - last_print >= spec.progress_every_s or step == o.steps):
             last_print = time.time()
-            terms = ", ".join(f"{k} {metrics[k]:.4f}" for k in ("pixel", "lpips", "adversarial", "discriminator") if k in metrics)
+            terms = ", ".join(f"{k} {metrics[k]:.4f}" for k in LOSS_TERMS[:-1] if k in metrics)
             print(f"[train-decoder] step {step}/{o.steps}: loss {metrics['total']:.4f} ({terms}), "
                   f"{metrics['images_per_s']:.1f} images/s", flush=True)
         if step % spec.checkpoints.every_steps == 0 or step == o.steps:

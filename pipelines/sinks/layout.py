@@ -18,6 +18,7 @@ driver killed between the two loses nothing.
 
 from __future__ import annotations
 
+import json
 import posixpath
 from typing import Callable, TypeVar
 
@@ -44,9 +45,21 @@ INDEX_FILE = "index.json"
 SHARD_DIR = "shards"
 MARKER_SUFFIX = ".done.json"
 FORMAT_VERSION = 1
+# What every commit marker holds (pipelines/sinks/webdataset_writer.py writes more).
+MARKER_FIELDS = {"samples": int, "tar_bytes": int, "tar_sha256": str}
 PLAN_ROWS_PER_GROUP = 8192  # also bounds the memory writing the plan takes
 
 T = TypeVar("T")
+
+
+class InvalidJobRecord(OutputConflict):
+    """latentmill.json cannot be read: the output's job is unknown, so nothing may be added to it."""
+
+    def __init__(self, url: str, why: str):
+        super().__init__(
+            f"{url.rstrip('/')}/{JOB_FILE}, the job record that says which job this output holds, {why}; without it "
+            "the output cannot be resumed or verified. Restore the file from a copy, or run the spec with "
+            "--set output.mode=overwrite to delete this output and generate it again, or choose another output.url")
 
 
 def shard_files(name: str, revision: int = 0) -> dict[str, str]:
@@ -93,12 +106,27 @@ class OutputLayout:
     # -- the job -------------------------------------------------------------------------------
 
     def read_job(self) -> dict | None:
+        """The job record, or None where there is none; InvalidJobRecord (exit 2) where it is damaged."""
         path = self.path(JOB_FILE)
-        return self.retrying("reading the job record", lambda: read_json(self.fs, path)) if self._exists(path) else None
+        if not self._exists(path):
+            return None
+        data = self.retrying("reading the job record", lambda: self.fs.cat_file(path))
+        try:
+            record = json.loads(data)
+        except ValueError as exc:
+            raise InvalidJobRecord(self.url, f"is not valid JSON ({len(data)} bytes; {exc})") from None
+        if not isinstance(record, dict):
+            raise InvalidJobRecord(self.url, f"holds a JSON {type(record).__name__}, not a job record's mapping")
+        return record
 
     def claim(self, job_record: dict, plan: Plan, mode: str) -> str:
         """Make this output this job's, per `mode`; returns what happened: new, resume, extend or overwrite."""
-        existing = self.read_job()
+        try:
+            existing = self.read_job()
+        except InvalidJobRecord:
+            if mode != "overwrite":
+                raise
+            existing = {}  # what the output held cannot be known: mode overwrite deletes it
         if existing is None:
             self.refuse_foreign_data()
             outcome = "new"
@@ -116,8 +144,8 @@ class OutputLayout:
             raise OutputConflict(
                 f"{self.url} already holds a different job ({existing.get('name')!r}, planned "
                 f"{existing.get('planned')} samples); what differs from this spec: "
-                f"{identity_changes(existing.get('identity', {}), job_record['identity'])}. Choose another "
-                "output.url, or set output.mode to overwrite (delete it) or extend (add samples to it)"
+                f"{identity_changes(existing.get('identity', {}), job_record['identity'])}. "
+                + _remedies(existing.get("identity", {}), job_record["identity"])
             )
         # The job record first: a run killed before the plan is written finds its job and writes it.
         self.retrying("writing the job record", lambda: write_json(self.fs, self.path(JOB_FILE), job_record))
@@ -127,8 +155,11 @@ class OutputLayout:
     def refuse_foreign_data(self) -> None:
         """Refuse a prefix holding files that are not a latentmill job (checked before the lease is
         taken too, so that a refused run leaves no lease behind in someone else's folder)."""
-        if self.read_job() is not None:
-            return
+        try:
+            if self.read_job() is not None:
+                return
+        except InvalidJobRecord:
+            return  # a latentmill output, damaged: claim() refuses it unless output.mode is overwrite
         ours = (JOB_FILE, PLAN_FILE, INDEX_FILE, SHARD_DIR, LEASE_DIR)
         foreign = [f for f in self._listing(self.root) if f.split(".tmp-")[0] not in ours]
         if foreign:
@@ -200,12 +231,25 @@ class OutputLayout:
     # -- shards --------------------------------------------------------------------------------
 
     def committed_markers(self) -> dict[str, dict]:
-        """name -> marker, for every shard whose commit marker exists. Lists the shard folder once."""
+        """name -> marker, for every shard whose commit marker exists and is whole. Lists the shard folder once."""
+        return self.read_markers()[0]
+
+    def read_markers(self) -> tuple[dict[str, dict], dict[str, str]]:
+        """(name -> marker of every committed shard, name -> why for every marker that is not one).
+
+        A marker that is truncated or not a marker (a torn copy, an edit) commits nothing: its
+        shard is generated again by the next run, whose debris sweep removes the bad file."""
         names = sorted(f[: -len(MARKER_SUFFIX)] for f in self._listing(self.path(SHARD_DIR)) if f.endswith(MARKER_SUFFIX))
-        return {
-            name: self.retrying(f"reading marker {name}", lambda name=name: read_json(self.fs, self.shard_paths(name)["marker"]))
-            for name in names
-        }
+        markers, invalid = {}, {}
+        for name in names:
+            path = self.shard_paths(name)["marker"]
+            data = self.retrying(f"reading marker {name}", lambda path=path: self.fs.cat_file(path))
+            marker, why = parse_marker(data)
+            if why:
+                invalid[name] = why
+            else:
+                markers[name] = marker
+        return markers, invalid
 
     def uncommit(self, name: str) -> None:
         self.retrying(f"uncommitting shard {name}", lambda: self.fs.rm(self.shard_paths(name)["marker"]))
@@ -248,6 +292,22 @@ class OutputLayout:
         self.retrying("writing the run report", lambda: write_json(self.fs, path, report))
 
 
+def parse_marker(data: bytes) -> tuple[dict | None, str | None]:
+    """(marker, None) for a whole commit marker, else (None, why it is not one)."""
+    try:
+        marker = json.loads(data)
+    except ValueError as exc:  # also UnicodeDecodeError
+        return None, f"not valid JSON ({len(data)} bytes; {exc})"
+    if not isinstance(marker, dict):
+        return None, f"holds a JSON {type(marker).__name__}, not a commit marker's mapping"
+    for field, kind in MARKER_FIELDS.items():
+        if not isinstance(marker.get(field), kind) or isinstance(marker.get(field), bool):
+            return None, f"has no valid {field!r} field"
+    if marker.get("failed") and not isinstance(marker.get("failed_keys"), list):
+        return None, "counts failed samples but lists no failed_keys"
+    return marker, None
+
+
 def committed_files(name: str, marker: dict) -> dict[str, str]:
     default = shard_files(name)
     return {kind: marker.get(kind, default[kind]) for kind in ("tar", "manifest")}
@@ -265,6 +325,15 @@ def identity_changes(old: dict, new: dict, prefix: str = "") -> str:
         else:
             changes.append(f"{prefix}{key} ({_short(a)} -> {_short(b)})")
     return ", ".join(changes)
+
+
+def _remedies(old: dict, new: dict) -> str:
+    """Only what would be accepted: extend only where nothing but the plan differs (_check_extends)."""
+    if {k: v for k, v in old.items() if k != "plan_sha256"} == {k: v for k, v in new.items() if k != "plan_sha256"}:
+        return ("Choose another output.url, or set output.mode to overwrite (delete it) or extend (add samples "
+                "to it, if this spec only adds prompts or images)")
+    weights = " (or restore the weights it was made with)" if old.get("weights") != new.get("weights") else ""
+    return f"Choose another output.url, or set output.mode to overwrite (delete it){weights}"
 
 
 def _short(value) -> str:

@@ -13,7 +13,7 @@ import yaml
 
 from jobs.cli import main as cli_main
 from jobs.dates import DatedOutputs, parse_date
-from jobs.ops.nightly import post_summary
+from jobs.ops.nightly import _publish, post_summary
 from jobs.spec import load_spec, parse_spec
 from pipelines.config import NotifyConfig
 from pipelines.errors import ConfigError
@@ -164,3 +164,15 @@ def test_date_templates_and_bad_dates(tmp_path):
 def test_run_with_an_invalid_date_is_a_usage_error(tmp_path, capsys):
     assert cli_main(["run", NIGHTLY, "--date", "2026-11-31", "--set", f"output.url={tmp_path}/{{date}}"]) == 2
     assert "--date '2026-11-31'" in capsys.readouterr().err
+
+
+def test_a_backfill_never_moves_latest_json_back(tmp_path):
+    def publish(date: str) -> dict:
+        spec = load_spec(NIGHTLY, [f"output.url={tmp_path}/{{date}}"], date=date)
+        _publish(spec, {"samples": 4})
+        return json.loads((tmp_path / "latest.json").read_text())
+
+    assert publish("2026-11-21")["date"] == "2026-11-21"
+    assert publish("2026-11-19")["date"] == "2026-11-21"  # a backfill of an older date
+    assert publish("2026-11-22")["date"] == "2026-11-22"
+    assert publish("2026-11-22")["url"] == f"{tmp_path}/2026-11-22"  # a rerun of the newest date rewrites it

@@ -186,3 +186,30 @@ def test_attempt_ids_recognise_retries():
     assert next_attempt(base, {base: "FAILED", f"{base}-r2": "RUNNING", "other": "FAILED"}, False) == (f"{base}-r2", False)
     # Another job whose name extends this one's is not an attempt of it.
     assert next_attempt(base, {f"{base}-extra": "RUNNING"}, again=False) == (base, True)
+
+
+def test_a_job_runs_on_a_head_started_from_the_venv_by_absolute_path(cache_dir, tmp_path, capsys, monkeypatch):
+    """`/venv/bin/ray start` with the venv's bin/ not on PATH: no `latentmill` there (the job used to
+    fail with exit 127, `latentmill: not found`); the entrypoint finds the Python that runs Ray."""
+    import os
+    import shutil
+    import sys
+
+    from infra.local_ray import LocalRayHead
+
+    venv_bin = os.path.dirname(sys.executable)
+    path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if p and p != venv_bin)
+    assert shutil.which("latentmill", path=path) is None, "the test needs a PATH without latentmill"
+    head = LocalRayHead(num_cpus=2, env={"PYTHONPATH": REPO}, venv_on_path=False)
+    try:
+        monkeypatch.setenv("RAY_AUTH_TOKEN", head.token)
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+        out = tmp_path / "out"
+        code, stdout, err = cli(capsys, "submit", QUICKSTART, "--set", f"output.url={out}", "--set", "num_images=4",
+                                *SMALL, "--date", DATE, "--address", head.address)
+        assert code == 0, err
+        submission = stdout.strip()
+        assert wait_for(capsys, head.address, submission, ("SUCCEEDED",)) == "SUCCEEDED"
+        assert verify_output(str(out))["ok"]
+    finally:
+        head.close()
