@@ -1,0 +1,58 @@
+"""What a test left running on the session's shared Ray cluster: actors and drivers.
+
+A job's actors are killed asynchronously when it ends, so what is still alive after a test is
+given `grace_s` to exit on its own; then it is ended. Read from the GCS tables (the state API
+needs the dashboard, which the test cluster does without).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import psutil
+import ray
+from ray._private import state
+from ray._raylet import ActorID
+
+from tests.support.slowness import slack
+
+_ENDED_ACTOR_STATES = {"DEAD"}
+
+
+def live_actors() -> dict[str, str]:
+    """actor id -> 'ClassName (name)' of every actor not dead yet."""
+    return {actor_id: f"{info['ActorClassName']}{' ' + repr(info['Name']) if info['Name'] else ''}"
+            for actor_id, info in state.actors().items() if info["State"] not in _ENDED_ACTOR_STATES}
+
+
+def live_drivers() -> dict[str, int]:
+    """job id -> driver pid of every driver connected to the cluster, this process's excepted."""
+    own = ray.get_runtime_context().get_job_id()
+    return {job["JobID"]: job["DriverPid"] for job in state.jobs() if not job["IsDead"] and job["JobID"] != own}
+
+
+def end_leftovers(actors_before: set[str], grace_s: float | None = None) -> list[str]:
+    """End the actors alive now that were not alive in `actors_before`, and every driver started
+    from this process; returns what had to be ended (after the grace time)."""
+    deadline = time.monotonic() + (slack(5.0) if grace_s is None else grace_s)  # idle: under a second
+    while True:
+        actors = {a: name for a, name in live_actors().items() if a not in actors_before}
+        drivers = live_drivers()
+        if not (actors or drivers) or time.monotonic() >= deadline:
+            break
+        time.sleep(0.2)
+    ended = []
+    descendants = {p.pid for p in psutil.Process().children(recursive=True)}
+    for job_id, pid in drivers.items():
+        if pid in descendants:  # never another user's process
+            os.kill(pid, signal.SIGKILL)
+            ended.append(f"driver of job {job_id} (pid {pid})")
+        else:
+            ended.append(f"driver of job {job_id} (pid {pid}, not started here: left alone)")
+    worker = ray._private.worker.global_worker
+    for actor_id, name in actors.items():
+        worker.core_worker.kill_actor(ActorID.from_hex(actor_id), True)  # no restart
+        ended.append(f"actor {name}")
+    return ended
