@@ -35,14 +35,9 @@ def live_drivers() -> dict[str, int]:
 
 def end_leftovers(actors_before: set[str], grace_s: float | None = None) -> list[str]:
     """End the actors alive now that were not alive in `actors_before`, and every driver started
-    from this process; returns what had to be ended (after the grace time)."""
-    deadline = time.monotonic() + (slack(5.0) if grace_s is None else grace_s)  # idle: under a second
-    while True:
-        actors = {a: name for a, name in live_actors().items() if a not in actors_before}
-        drivers = live_drivers()
-        if not (actors or drivers) or time.monotonic() >= deadline:
-            break
-        time.sleep(0.2)
+    from this process, and wait until the cluster has them dead; returns what had to be ended
+    (what was still there after the grace time)."""
+    actors, drivers = _wait_gone(actors_before, slack(5.0) if grace_s is None else grace_s)  # idle: under a second
     ended = []
     descendants = {p.pid for p in psutil.Process().children(recursive=True)}
     for job_id, pid in drivers.items():
@@ -55,4 +50,17 @@ def end_leftovers(actors_before: set[str], grace_s: float | None = None) -> list
     for actor_id, name in actors.items():
         worker.core_worker.kill_actor(ActorID.from_hex(actor_id), True)  # no restart
         ended.append(f"actor {name}")
+    if ended:
+        _wait_gone(actors_before, slack(10.0))  # the GCS marks them dead a moment after they are
     return ended
+
+
+def _wait_gone(actors_before: set[str], wait_s: float) -> tuple[dict[str, str], dict[str, int]]:
+    """The new actors and the drivers still alive after at most `wait_s` seconds."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        actors = {a: name for a, name in live_actors().items() if a not in actors_before}
+        drivers = live_drivers()
+        if not (actors or drivers) or time.monotonic() >= deadline:
+            return actors, drivers
+        time.sleep(0.2)
