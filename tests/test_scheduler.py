@@ -19,6 +19,7 @@ from pipelines.inprocess import Done as Ref
 from pipelines.inprocess import InProcessPool
 from pipelines.plan import build_plan
 from pipelines.scheduler import ShardScheduler
+from tests.support.slowness import slack
 
 
 class ActorDied(Exception):
@@ -214,7 +215,7 @@ def test_a_stage_that_lost_every_actor_fails_the_run_after_the_timeout_but_a_slo
         plan, pools, FakeRuntime(), accounting, batch_size=3, max_retries=2, write_concurrency=2, write_cpus=0.25,
         committed=0, on_commit=lambda name, marker: None, stall_timeout_s=0.3,
     )
-    stopper = threading.Timer(1.5, scheduler.stop)  # the slow stage's run ends only when stopped
+    stopper = threading.Timer(slack(1.5), scheduler.stop)  # the slow stage's run ends only when stopped
     stopper.start()
     try:
         if alive:
