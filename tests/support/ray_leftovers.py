@@ -27,6 +27,24 @@ def live_actors() -> dict[str, str]:
             for actor_id, info in state.actors().items() if info["State"] not in _ENDED_ACTOR_STATES}
 
 
+def _kill_actor(actor_id: str) -> None:
+    """Kill an actor for good, whoever created it: by handle where this process has one or can
+    look it up by name (Ray restarts none then), else its worker process (a descendant: this
+    process started the cluster)."""
+    worker = ray._private.worker.global_worker
+    try:
+        worker.core_worker.kill_actor(ActorID.from_hex(actor_id), True)  # no restart
+        return
+    except ray.exceptions.ActorHandleNotFoundError:  # another job's actor
+        pass
+    info = state.actors(actor_id)
+    named = {a["name"]: a["namespace"] for a in ray.util.list_named_actors(all_namespaces=True)}
+    if info["Name"] in named:
+        ray.kill(ray.get_actor(info["Name"], namespace=named[info["Name"]]), no_restart=True)
+    elif info["Pid"] in {p.pid for p in psutil.Process().children(recursive=True)}:
+        os.kill(info["Pid"], signal.SIGKILL)
+
+
 def live_drivers() -> dict[str, int]:
     """job id -> driver pid of every driver connected to the cluster, this process's excepted."""
     own = ray.get_runtime_context().get_job_id()
@@ -46,9 +64,11 @@ def end_leftovers(actors_before: set[str], grace_s: float | None = None) -> list
             ended.append(f"driver of job {job_id} (pid {pid})")
         else:
             ended.append(f"driver of job {job_id} (pid {pid}, not started here: left alone)")
-    worker = ray._private.worker.global_worker
     for actor_id, name in actors.items():
-        worker.core_worker.kill_actor(ActorID.from_hex(actor_id), True)  # no restart
+        try:
+            _kill_actor(actor_id)
+        except (ray.exceptions.RayError, ValueError, psutil.Error, OSError):
+            pass  # exited meanwhile
         ended.append(f"actor {name}")
     if ended:
         _wait_gone(actors_before, slack(10.0))  # the GCS marks them dead a moment after they are
