@@ -55,7 +55,7 @@ def end_leftovers(actors_before: set[str], grace_s: float | None = None) -> list
     """End the actors alive now that were not alive in `actors_before`, and every driver started
     from this process, and wait until the cluster has them dead; returns what had to be ended
     (what was still there after the grace time)."""
-    actors, drivers = _wait_gone(actors_before, slack(5.0) if grace_s is None else grace_s)  # idle: under a second
+    actors, drivers = _wait_gone(actors_before, slack(2.0) if grace_s is None else grace_s)  # idle: a job's actors exit in a second
     ended = []
     descendants = {p.pid for p in psutil.Process().children(recursive=True)}
     for job_id, pid in drivers.items():
