@@ -19,12 +19,16 @@ from ray._raylet import ActorID
 from tests.support.slowness import slack
 
 _ENDED_ACTOR_STATES = {"DEAD"}
+# Ray Data's cluster-wide singletons: created by the first Dataset, they serve every later one
+# (which finds them by name), so they are the cluster's, not a test's.
+RAY_SERVICES = {"_StatsActor", "_AutoscalingCoordinatorActor"}
 
 
 def live_actors() -> dict[str, str]:
     """actor id -> 'ClassName (name)' of every actor not dead yet."""
     return {actor_id: f"{info['ActorClassName']}{' ' + repr(info['Name']) if info['Name'] else ''}"
-            for actor_id, info in state.actors().items() if info["State"] not in _ENDED_ACTOR_STATES}
+            for actor_id, info in state.actors().items()
+            if info["State"] not in _ENDED_ACTOR_STATES and info["ActorClassName"] not in RAY_SERVICES}
 
 
 def _kill_actor(actor_id: str) -> None:
