@@ -1,5 +1,5 @@
 """More than one Ray node, and a full object store: each scenario runs in its own process
-(tests/multinode_scenario.py), since this pytest process holds the session's Ray."""
+(tests/support/multinode_scenario.py), since this pytest process holds the session's Ray."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pipelines.readers import webdataset
 from tests.support.processes import Processes
 from tests.support.slowness import slack
 
-SCENARIO = os.path.join(os.path.dirname(__file__), "multinode_scenario.py")
+SCENARIO = os.path.join(os.path.dirname(__file__), "support", "multinode_scenario.py")
 # A scenario starts a Ray cluster of its own and runs two jobs: the longest tests of the suite. The
 # scenario's own limit (with its stderr in the failure) comes before the test's.
 TEST_TIMEOUT_S = 840
