@@ -6,14 +6,20 @@ which is how GPU pinning is tested on machines without GPUs (torch then runs on 
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import sys
+import warnings
 
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
+
+from tests.support.processes import Processes  # noqa: E402
+
+pytest_plugins = ("pytester",)  # tests/test_suite_hygiene.py runs small test sessions of its own
 
 
 # `make test` runs the files on two pytest-xdist workers, a file at a time each, handed out in
@@ -29,6 +35,54 @@ LONGEST_FILES = (
 def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(LONGEST_FILES)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order within a file kept
+
+
+@pytest.fixture
+def processes():
+    """Start a test's processes with `processes.start(command, **popen_kwargs)` or
+    `processes.run(command, timeout=...)`: each is ended (its whole process group) when the test
+    ends, passed, failed or timed out."""
+    started = Processes()
+    try:
+        yield started
+    finally:
+        started.end_all()
+
+
+@pytest.fixture(autouse=True)
+def ray_left_clean():
+    """No actor or driver of a test outlives it on the session's shared Ray cluster: what is left
+    (a failed test's driver, an actor a test kept) is ended, with a warning naming it, before the
+    next test starts (a leftover driver holding the cluster's CPUs once made every later test wait
+    for its actors until the 900 s start timeout)."""
+    ray = sys.modules.get("ray")  # only where a test has imported Ray: the check needs it running
+    if ray is None or not ray.is_initialized():
+        yield
+        return
+    from tests.support import ray_leftovers
+
+    before = set(ray_leftovers.live_actors())
+    yield
+    if ray.is_initialized():
+        ended = ray_leftovers.end_leftovers(before)
+        if ended:
+            warnings.warn(f"ended what this test left on the shared Ray cluster: {'; '.join(ended)}", stacklevel=1)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """A backstop behind pytest-timeout's signal method (which fails the test, with every
+    thread's stack, and runs its teardown): should a test be stuck where no signal handler runs, dump
+    the stacks and exit 2 minutes after its timeout; what it started dies with this process."""
+    from pytest_timeout import _get_item_settings  # the timeout as pytest-timeout reads it: ini, option, marker
+
+    timeout = _get_item_settings(item).timeout
+    if timeout:
+        faulthandler.dump_traceback_later(timeout + 120, exit=True)
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import random
 import re
-import subprocess
 import sys
 
 import yaml
@@ -39,12 +38,12 @@ def test_steady_rate_follows_the_bottleneck_not_the_bursts_or_the_drain():
     assert abs(steady_rate(events) / 400 - 1) < 0.03
 
 
-def test_bench_scheduler_command_prints_the_table(tmp_path):
+def test_bench_scheduler_command_prints_the_table(processes, tmp_path):
     profiles = tmp_path / "profiles.yaml"
     profiles.write_text(yaml.safe_dump({"profiles": {"tiny": PROFILE}}, sort_keys=False))  # chain order
     command = [sys.executable, "-m", "jobs.cli", "bench", "scheduler", "--gpus", "4", "--profiles", str(profiles),
                "--seconds", "2", "--time-scale", "1", "--cpus", "2", "--workdir", str(tmp_path), "--json"]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=400, check=False)
+    done = processes.run(command, cwd=REPO, timeout=400)  # it starts Ray clusters of its own
     assert done.returncode == 0, done.stderr[-3000:]
     table, result = done.stdout.split("\n[")[0], json.loads("[" + done.stdout.split("\n[", 1)[1])[0]
     assert "| tiny | 4 | 3/1 |" in table and "largest GPU count with steady efficiency >= 0.95" in table

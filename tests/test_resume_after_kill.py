@@ -26,6 +26,7 @@ from pipelines.verify import verify_output
 from tests.conftest import s3_storage
 from tests.support.jobspecs import SLOW_SAMPLES, kind_spec_dict
 from tests.support.running import run_in_thread, wait_for_commit
+from tests.support.slowness import slack
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -37,11 +38,13 @@ def committed(spec) -> dict[str, str]:
 
 def job_spec(kind, target, output, s3_server, photos) -> dict:
     # Slow enough (about 1 s per shard here) that the kill lands between the first and the last
-    # commit; the killed driver's lease expires 4 s after its last renewal, and the rerun waits.
+    # commit; the killed driver's lease expires 4 s (stretched on a loaded machine) after its last
+    # renewal, and the rerun waits.
+    ttl = round(slack(4), 1)
     if target == "local":
-        return kind_spec_dict(kind, output, photos, slow=True, output__lease_ttl_s=4)
+        return kind_spec_dict(kind, output, photos, slow=True, output__lease_ttl_s=ttl)
     url = f"s3://latentmill/kill-{kind}-{output.parent.name}-{output.name}"
-    data = kind_spec_dict(kind, url, photos, slow=True, output__lease_ttl_s=4)
+    data = kind_spec_dict(kind, url, photos, slow=True, output__lease_ttl_s=ttl)
     data["output"]["storage"] = s3_storage(s3_server)
     return data
 
@@ -59,14 +62,14 @@ def actors_killed(ray_cluster, s3_server, photos, tmp_path_factory):
             output = tmp_path_factory.mktemp(f"actors-killed-{kind}") / "out"
             spec = parse_spec(yaml.safe_dump(job_spec(kind, "s3", output, s3_server, photos)))
             thread, outcome = run_in_thread(spec)
-            wait_for_commit(spec, thread, timeout=300)
+            wait_for_commit(spec, thread, timeout=300)  # stretched by slack() inside
             # This test process started the Ray cluster: its stage actors are its descendants.
             actors = [p for p in psutil.Process().children(recursive=True) if "StageActor" in " ".join(p.cmdline())]
             assert len(actors) >= 2  # the job's stage actors (a finished job's may still be exiting)
             at_kill = committed(spec)
             for process in actors:
                 process.send_signal(signal.SIGKILL)
-            thread.join(timeout=600)
+            thread.join(timeout=slack(600))
             runs[kind] = spec, outcome, at_kill
         return runs[kind]
 
@@ -89,19 +92,19 @@ def test_killed_actor_processes_are_restarted_and_nothing_is_lost(actors_killed,
 # start, a kill and a rerun: about a minute of the 2-core test machine).
 @pytest.mark.parametrize("kind, target", [("generate", "s3"), ("encode", "local"), ("generate-video", "local")])
 def test_driver_killed_mid_run_resumes_to_the_same_output(
-    ray_cluster, s3_server, photos, actors_killed, tmp_path, kind, target
+    ray_cluster, s3_server, photos, actors_killed, processes, tmp_path, kind, target
 ):
     spec_path = tmp_path / "job.yaml"
     spec_path.write_text(yaml.safe_dump(job_spec(kind, target, tmp_path / "killed", s3_server, photos)))
     spec = parse_spec(spec_path.read_text(), source=str(spec_path))
     layout = OutputLayout(spec.output.url, spec.output.storage)
-    driver = subprocess.Popen(
+    driver = processes.start(
         [sys.executable, "-m", "jobs.cli", "run", str(spec_path), "--address", ray_cluster, "--quiet"],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + slack(300)
     try:
         while layout.read_job() is None or not committed(spec):
             assert driver.poll() is None, driver.stdout.read().decode()[-3000:]

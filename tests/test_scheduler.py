@@ -17,6 +17,7 @@ from pipelines.errors import OutputError, StageStalled
 from pipelines.inprocess import Done as Ref
 from pipelines.scheduler import ShardScheduler
 from tests.support.fake_engine import ActorDied, FakePool, FakeRuntime, add, first, plan_of
+from tests.support.slowness import slack
 
 
 def run(plan, pools, todo, max_retries=2):
@@ -139,7 +140,7 @@ def test_a_stage_that_lost_every_actor_fails_the_run_after_the_timeout_but_a_slo
         plan, pools, FakeRuntime(), accounting, batch_size=3, max_retries=2, write_concurrency=2, write_cpus=0.25,
         committed=0, on_commit=lambda name, marker: None, stall_timeout_s=0.3,
     )
-    stopper = threading.Timer(1.5, scheduler.stop)  # the slow stage's run ends only when stopped
+    stopper = threading.Timer(slack(1.5), scheduler.stop)  # the slow stage's run ends only when stopped
     stopper.start()
     try:
         if alive:

@@ -31,6 +31,7 @@ from pipelines.sinks.layout import OutputLayout
 from pipelines.sinks.lease import LeaseHeld, OutputLease
 from tests.conftest import REPO
 from tests.support.jobspecs import encode_spec_dict, spec_dict
+from tests.support.slowness import slack
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +166,7 @@ def registered_steps(checkpoints) -> list[int]:
 
 
 def wait_for_checkpoint(out, running, deadline_s=240.0) -> list[int]:
-    deadline = time.monotonic() + deadline_s
+    deadline = time.monotonic() + slack(deadline_s)
     while not (steps := registered_steps(out / "checkpoints")):
         assert running(), "training ended before its first checkpoint"
         assert time.monotonic() < deadline, "no checkpoint in time"
@@ -223,7 +224,7 @@ def test_train_decoder_survives_a_killed_worker_and_writes_a_decoder_metrics_rep
     assert len(workers) == 2, [" ".join(p.cmdline()) for p in workers]
     workers[0].send_signal(signal.SIGKILL)
     assert max(at_kill) < STEPS and not (out / "report.json").exists(), "the kill must land mid-training"
-    thread.join(timeout=600)
+    thread.join(timeout=slack(600))
     assert "error" not in outcome, outcome.get("error")
     report = outcome["report"]
     assert_resumed_and_finished(report, out, at_kill, STEPS)
@@ -244,18 +245,20 @@ def test_train_decoder_survives_a_killed_worker_and_writes_a_decoder_metrics_rep
 
 # Short, so the rerun soon takes the killed driver's lease over; long enough for the second driver's
 # checks before it looks at the lease (about 5 s when its imports are cold), and for a renewal to be
-# late on a loaded machine (at 2 s, with 3 test workers on 2 cores, the rerun lost its own lease).
-LEASE_TTL_S = 10
+# late on a loaded machine (at 2 s, with 3 test workers on 2 cores, the rerun lost its own lease):
+# 10 s on an idle machine, stretched by slack() on a loaded one.
+LEASE_TTL_IDLE_S = 10
 
 
-def test_a_killed_training_driver_rerun_resumes_from_the_last_checkpoint(encoded, ray_cluster, tmp_path):
+def test_a_killed_training_driver_rerun_resumes_from_the_last_checkpoint(encoded, ray_cluster, processes, tmp_path):
+    lease_ttl_s = round(slack(LEASE_TTL_IDLE_S), 1)
     out = tmp_path / "trained"
     spec_path = tmp_path / "train.yaml"
     spec_path.write_text(yaml.safe_dump(train_dict(encoded, out, **RESUME_STEPS,
-                                                   output={"url": str(out), "lease_ttl_s": LEASE_TTL_S})))
+                                                   output={"url": str(out), "lease_ttl_s": lease_ttl_s})))
     command = [sys.executable, "-m", "jobs.cli", "run", str(spec_path), "--address", ray_cluster, "--quiet"]
     env = {**os.environ, **POLL_ENV}
-    driver = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    driver = processes.start(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         at_kill = wait_for_checkpoint(out, lambda: driver.poll() is None)
     finally:
@@ -264,18 +267,18 @@ def test_a_killed_training_driver_rerun_resumes_from_the_last_checkpoint(encoded
     assert max(at_kill) < STEPS and not (out / "report.json").exists(), "the kill must land mid-training"
     assert not (out / "decoder").exists(), output[-3000:]
     # The killed driver's lease outlives it by up to its TTL: a second driver refuses meanwhile.
-    killed = OutputLease(OutputLayout(str(out)), "probe", LEASE_TTL_S).current()[1]
+    killed = OutputLease(OutputLayout(str(out)), "probe", lease_ttl_s).current()[1]
     assert not killed["released"]
     with pytest.raises(LeaseHeld, match=killed["run_id"]):
-        run_job(parse(train_dict(encoded, out, **RESUME_STEPS, output={"url": str(out), "lease_ttl_s": LEASE_TTL_S})))
+        run_job(parse(train_dict(encoded, out, **RESUME_STEPS, output={"url": str(out), "lease_ttl_s": lease_ttl_s})))
     # The same command again: it waits for the lease to expire, then Ray Train finds the run by
     # its name and storage and resumes.
-    rerun = subprocess.run(command + ["--wait"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    rerun = processes.run(command + ["--wait"], cwd=REPO, env=env, timeout=slack(600))
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     assert f"trained lean for {STEPS} steps" in rerun.stdout
     report = json.loads((out / "report.json").read_text())
     assert any(n.startswith("took over the expired lease of run " + killed["run_id"]) for n in report.get("notes", []))
-    assert OutputLease(OutputLayout(str(out)), "probe", LEASE_TTL_S).current()[1]["released"]
+    assert OutputLease(OutputLayout(str(out)), "probe", lease_ttl_s).current()[1]["released"]
     assert_resumed_and_finished(report, out, at_kill, STEPS)
     # Once more on the finished output: nothing to do, without Ray (no cluster answers at that
     # address), and the report with its record of the resume is left as it was.

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
 import sys
 
 import numpy as np
@@ -20,6 +19,7 @@ from pipelines.sinks.layout import OutputLayout
 from pipelines.verify import verify_output
 from tests.conftest import REPO
 from tests.support.jobspecs import encode_spec_dict, spec_dict
+from tests.support.slowness import slack
 
 SIZE = 64
 
@@ -121,7 +121,7 @@ def test_redecode_writes_the_same_keys_with_the_new_decoder_and_no_denoise(gener
         assert after[key]["png"] != before[key]["png"]  # another decoder, other pixels
 
 
-def test_bad_images_in_a_folder_are_rejected_inputs_not_failures(ray_cluster, tmp_path):
+def test_bad_images_in_a_folder_are_rejected_inputs_not_failures(ray_cluster, tmp_path, processes):
     photos = tmp_path / "photos"
     write_photos(photos, count=5)
     (photos / "empty.png").write_bytes(b"")
@@ -144,7 +144,7 @@ def test_bad_images_in_a_folder_are_rejected_inputs_not_failures(ray_cluster, tm
     assert "empty file" in reasons["empty.png"] and "not a readable image" in reasons["notes.png"]
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "jobs.cli", *args], cwd=REPO, capture_output=True, text=True)
+        return processes.run([sys.executable, "-m", "jobs.cli", *args], cwd=REPO, timeout=slack(300))
 
     assert cli("verify", str(out)).returncode == 0
     strict = cli("verify", str(out), "--strict")

@@ -12,8 +12,11 @@ import pytest
 from jobs.cli import main as cli_main
 from jobs.ops.submit import next_attempt, submission_base
 from pipelines.readers import webdataset
+from pipelines.sinks.layout import OutputLayout
+from pipelines.sinks.lease import OutputLease
 from pipelines.verify import verify_output
 from tests.conftest import REPO
+from tests.support.slowness import slack
 
 QUICKSTART = f"{REPO}/jobs/examples/quickstart.yaml"
 # The quickstart, shrunk to seconds: 64x64, 2 steps.
@@ -50,7 +53,7 @@ def cli(capsys, *args) -> tuple[int, str, str]:
 
 
 def wait_for(capsys, address: str, submission_id: str, statuses: tuple[str, ...], timeout_s: float = 300) -> str:
-    deadline = time.monotonic() + timeout_s
+    deadline = time.monotonic() + slack(timeout_s)
     while time.monotonic() < deadline:
         code, out, err = cli(capsys, "status", submission_id, "--address", address)
         assert code == 0, err
@@ -78,18 +81,20 @@ def test_submit_stop_resubmit_logs_verify_and_a_finished_job_is_recognised(clust
     first = stdout.strip()
     assert first == f"latentmill-long-job-{DATE}"
     shards = out / "shards"
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + slack(300)
     while not list(shards.glob("*.done.json")) and time.monotonic() < deadline:
         time.sleep(0.3)
     code, stdout, err = cli(capsys, "stop", first, "--address", cluster.address)
     assert code == 0 and stdout.strip() == f"{first}: STOPPED", err
-    time.sleep(2)
+    # The stopped driver (SIGTERM from Ray's Jobs API) lets go of its output lease as it exits, so
+    # the new attempt need not wait for it to expire.
+    deadline = time.monotonic() + slack(10)
+    lease = OutputLease(OutputLayout(str(out)), "probe", 1)
+    while not (lease.current()[1] or {}).get("released"):
+        assert time.monotonic() < deadline, "the stopped driver did not release its output lease"
+        time.sleep(0.2)
     before = {p.name: p.read_bytes() for p in shards.glob("*.done.json")}
     assert 1 <= len(before) < 12, "the job was stopped mid-run"
-    # The stopped driver (SIGTERM from Ray's Jobs API) let go of its output lease, so the new attempt
-    # need not wait for it to expire.
-    leases = sorted((out / "_lease").glob("*.json"))
-    assert json.loads(leases[-1].read_text())["released"]
 
     code, stdout, err = cli(capsys, "submit", *args, "--address", cluster.address)
     assert code == 0, err

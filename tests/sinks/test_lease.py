@@ -18,10 +18,13 @@ from pipelines.sinks.lease import LeaseHeld, OutputLease
 from pipelines.verify import verify_output
 from tests.conftest import s3_storage
 from tests.support.jobspecs import spec_dict
+from tests.support.slowness import slack
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# 8 shards, about 1 s each here: long enough for other drivers to start while it runs.
-SLOW = {"num_images": 64, "sampler__height": 128, "sampler__width": 128, "sampler__steps": 8, "output__lease_ttl_s": 4}
+# 8 shards, about 1 s each here: long enough for other drivers to start while it runs. No test
+# here waits for a lease to expire (a waiting driver starts when the lease is released), so the TTL
+# can be long, and a renewal late on a loaded machine loses nothing (at 4 s, one did).
+SLOW = {"num_images": 64, "sampler__height": 128, "sampler__width": 128, "sampler__steps": 8, "output__lease_ttl_s": 60}
 
 
 def write_job(tmp_path, target, s3_server, name="job.yaml", **changes):
@@ -35,8 +38,8 @@ def write_job(tmp_path, target, s3_server, name="job.yaml", **changes):
     return str(path), parse_spec(path.read_text())
 
 
-def start_driver(spec_path, ray_address, *extra):
-    return subprocess.Popen(
+def start_driver(processes, spec_path, ray_address, *extra):
+    return processes.start(
         [sys.executable, "-m", "jobs.cli", "run", spec_path, "--address", ray_address, "--quiet", *extra],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
@@ -44,7 +47,7 @@ def start_driver(spec_path, ray_address, *extra):
 
 def wait_for_first_commit(spec, driver, timeout=180):
     layout = OutputLayout(spec.output.url, spec.output.storage)
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + slack(timeout)
     while layout.read_job() is None or not layout.committed_markers():
         assert driver.poll() is None, driver.stdout.read()[-3000:]
         assert time.monotonic() < deadline, "no shard committed in time"
@@ -53,29 +56,29 @@ def wait_for_first_commit(spec, driver, timeout=180):
 
 
 @pytest.mark.parametrize("target", ["local", "s3"])
-def test_second_drivers_refuse_or_wait_while_the_first_runs(ray_cluster, s3_server, tmp_path, target):
+def test_second_drivers_refuse_or_wait_while_the_first_runs(ray_cluster, s3_server, processes, tmp_path, target):
     spec_path, spec = write_job(tmp_path, target, s3_server)
     overwrite_path, _ = write_job(tmp_path, target, s3_server, name="overwrite.yaml", output__mode="overwrite")
-    first = start_driver(spec_path, ray_cluster)
+    first = start_driver(processes, spec_path, ray_cluster)
     layout = wait_for_first_commit(spec, first)
-    holder = OutputLease(layout, "probe", 4).current()[1]
+    holder = OutputLease(layout, "probe", 60).current()[1]
 
-    waiting = start_driver(spec_path, ray_cluster, "--wait")
+    waiting = start_driver(processes, spec_path, ray_cluster, "--wait")
     for path in (spec_path, overwrite_path):  # a plain second driver, and one asking to overwrite
         started = time.monotonic()
-        second = subprocess.run(
+        second = processes.run(
             [sys.executable, "-m", "jobs.cli", "run", path, "--address", ray_cluster, "--quiet"],
-            cwd=REPO, capture_output=True, text=True, timeout=60,
+            cwd=REPO, timeout=slack(60),
         )
         assert second.returncode == 1, second.stderr
-        assert time.monotonic() - started < 30
+        assert time.monotonic() - started < slack(30)
         assert "being written by another latentmill driver" in second.stderr
         assert holder["run_id"] in second.stderr and f"pid {holder['pid']}" in second.stderr and "since" in second.stderr
         assert "Traceback" not in second.stderr
         assert first.poll() is None, "the refused drivers must not stop the first"
 
-    assert first.wait(timeout=300) == 0, first.stdout.read()[-3000:]
-    assert waiting.wait(timeout=120) == 0, waiting.stdout.read()[-3000:]
+    assert first.wait(timeout=slack(300)) == 0, first.stdout.read()[-3000:]
+    assert waiting.wait(timeout=slack(120)) == 0, waiting.stdout.read()[-3000:]
     waited = waiting.stdout.read()
     assert "generated 0 samples" in waited and "64 were already committed" in waited
     result = verify_output(spec.output.url, spec.output.storage)
@@ -108,7 +111,7 @@ def test_drivers_released_at_the_same_instant_end_with_one_holder(s3_server, tmp
     for t in threads:
         t.start()
     for t in threads:
-        t.join(timeout=60)
+        t.join(timeout=slack(60))
     winners = [o for o in outcomes if isinstance(o, OutputLease)]
     assert len(winners) == 1, outcomes
     assert all(isinstance(o, LeaseHeld) and winners[0].run_id in str(o) for o in outcomes if o is not winners[0])

@@ -24,6 +24,7 @@ from pipelines.verify import verify_output
 from tests.conftest import S3_SECRET_ENV, s3_storage
 from tests.support.jobspecs import SLOW, kind_spec_dict, spec_dict
 from tests.support.running import committed_markers, run_in_thread, wait_for_commit
+from tests.support.slowness import slack
 
 
 def s3_spec(server, prefix=None, overrides=(), storage_changes=None, kind="generate", photos=None, **changes):
@@ -75,13 +76,14 @@ def test_credentials_never_reach_saved_spec_or_reports(s3_job, s3_server):
 
 def test_storage_down_past_its_limit_fails_clearly_and_a_rerun_rides_out_a_shorter_outage(ray_cluster, s3_server):
     # Storage calls are retried while storage has been unreachable for less than 10 s; the output
-    # lease outlives a renewal missed in a 3 s outage, and has expired when the first run fails.
-    spec = s3_spec(s3_server, storage_changes={"timeout_s": 10}, output__lease_ttl_s=12, **SLOW["generate"])
+    # lease outlives a renewal missed in a 3 s outage (12 s, stretched on a loaded machine), and the
+    # rerun waits for it to expire.
+    spec = s3_spec(s3_server, storage_changes={"timeout_s": 10}, output__lease_ttl_s=round(slack(12), 1), **SLOW["generate"])
     thread, outcome = run_in_thread(spec)
     wait_for_commit(spec, thread)
     s3_server.stop()
     try:
-        thread.join(timeout=120)
+        thread.join(timeout=slack(120))
     finally:
         s3_server.start()
     assert not thread.is_alive()
@@ -101,7 +103,7 @@ def test_storage_down_past_its_limit_fails_clearly_and_a_rerun_rides_out_a_short
         time.sleep(3)
     finally:
         s3_server.start()
-    thread.join(timeout=300)
+    thread.join(timeout=slack(300))
     assert "error" not in outcome, outcome.get("error")
     assert outcome["report"]["already_committed"] == result["samples"]
     result = verify(spec)

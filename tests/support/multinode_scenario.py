@@ -43,6 +43,7 @@ from jobs.spec import parse_spec  # noqa: E402
 from pipelines.sinks.layout import OutputLayout  # noqa: E402
 from pipelines.verify import verify_output  # noqa: E402
 from tests.support.jobspecs import spec_dict  # noqa: E402
+from tests.support.slowness import slack  # noqa: E402
 
 MB = 1024 * 1024
 STALL_TIMEOUT_S = 10  # lose-node: how long a stage may have no live actor
@@ -118,13 +119,13 @@ def remove_node(cluster, workers: list, out: str, replace: bool) -> dict:
             if replace:
                 workers.append(cluster.add_node(**_node_args(num_cpus=1, num_gpus=1)))
         time.sleep(0.2)
-    job.join(timeout=300)
+    job.join(timeout=slack(300))
     report = outcome.get("report", {})
     return {
         "workers": workers_at_start,
         "placement": placement,
         "removed": removed,
-        "error": outcome.get("error") or ("still running after 300 s" if job.is_alive() else None),
+        "error": outcome.get("error") or ("still running after the timeout" if job.is_alive() else None),
         "generated": report.get("generated"),
         "failures": len(report.get("failures", [])),
         "failed_after_removal_s": outcome["failed_at"] - removed["at"] if "failed_at" in outcome and removed else None,

@@ -7,6 +7,7 @@ import time
 
 from jobs.local import run_job
 from pipelines.sinks.layout import OutputLayout
+from tests.support.slowness import slack
 
 
 def run_in_thread(spec, **kwargs):
@@ -29,9 +30,10 @@ def committed_markers(spec) -> dict[str, dict]:
 
 
 def wait_for_commit(spec, thread, timeout=120.0, beyond: int = 0):
-    """Until the job's output holds more than `beyond` committed shards (the job must be running meanwhile)."""
+    """Until the job's output holds more than `beyond` committed shards (the job must be running
+    meanwhile), for at most `timeout` seconds of an idle machine."""
     layout = OutputLayout(spec.output.url, spec.output.storage)
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + slack(timeout)
     while not (layout.read_job() and len(layout.committed_markers()) > beyond):
         assert thread.is_alive(), f"the job ended before committing more than {beyond} shards"
         assert time.monotonic() < deadline, "no shard committed in time"
