@@ -45,8 +45,8 @@ def memory_dry_run(samples: int, batch_size: int, shard: int) -> dict:
     import tempfile
 
     import pipelines.runner  # noqa: F401  (Ray, pyarrow, the sinks: what a driver process has loaded)
-    from pipelines.accounting import RunAccounting
     from pipelines.inprocess import InProcessPool
+    from pipelines.observe.accounting import RunAccounting
     from pipelines.plan import build_plan
     from pipelines.scheduler import ShardQueue, ShardScheduler
     from pipelines.sinks.layout import OutputLayout

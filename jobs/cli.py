@@ -260,12 +260,12 @@ def _print_quality(q: dict) -> None:
 
 
 def _figure(value, digits: int) -> str:
-    """A mean from pipelines/quality.py: a float, None (nothing monitored) or "inf" (identical images)."""
+    """A mean from pipelines/observe/quality.py: a float, None (nothing monitored) or "inf" (identical images)."""
     return value if isinstance(value, str) else "-" if value is None else f"{value:.{digits}f}"
 
 
 def _report(args) -> int:
-    from pipelines.report import build_job_report, open_job_output, render_markdown, write_job_report
+    from pipelines.observe.report import build_job_report, open_job_output, render_markdown, write_job_report
 
     layout = open_job_output(args.output, _storage(args))
     report = write_job_report(layout) if args.write else build_job_report(layout)

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import ray
 
 from pipelines import faults as fault_injection
-from pipelines.accounting import StageLoad
 from pipelines.errors import SchedulingError
+from pipelines.observe.accounting import StageLoad
 from pipelines.pipeline import stage_class
 from pipelines.scheduler import CALLS_PER_ACTOR, error_cause
 from pipelines.worker_setup import collector_paused

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 
-from pipelines.accounting import task_load
+from pipelines.observe.accounting import task_load
 from pipelines.scheduler import CALLS_PER_ACTOR
 
 

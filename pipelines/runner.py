@@ -19,10 +19,11 @@ from typing import Callable
 import numpy as np
 import ray
 
-from pipelines.accounting import RunAccounting
 from pipelines.actors import RayRuntime, StagePool, check_fits
 from pipelines.autoscale import rebalancer_for
 from pipelines.errors import Interrupted, OutputError
+from pipelines.observe.accounting import RunAccounting
+from pipelines.observe.tracking import run_listeners
 from pipelines.pipeline import Pipeline
 from pipelines.plan import shard_name
 from pipelines.scheduler import ShardQueue, ShardScheduler, ShardWork
@@ -31,7 +32,6 @@ from pipelines.sinks.layout import OutputLayout
 from pipelines.sinks.lease import OutputLease, describe_holder
 from pipelines.sinks.shard_index import ShardIndex
 from pipelines.sinks.webdataset_writer import write_shard
-from pipelines.tracking import run_listeners
 
 
 def run_pipeline(
@@ -148,7 +148,7 @@ def _run_under_lease(pipeline, layout, lease, connect, timeouts, progress, retry
     if interrupts.count:
         return _interrupted(pipeline, layout, accounting, infos)
     layout.remove_debris(layout.committed_markers())  # the files that repairs replaced
-    # Listeners (pipelines/tracking.py) write runs/RUN_ID.json and the job report, and end the live progress.
+    # Listeners (pipelines/observe/tracking.py) write runs/RUN_ID.json and the job report, and end the live progress.
     return accounting.finish(infos)
 
 

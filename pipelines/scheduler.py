@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipelines.accounting import task_load
 from pipelines.errors import OutputError, StageStalled
+from pipelines.observe.accounting import task_load
 
 IDLE_WAIT_S = 0.05
 STALL_CHECK_S = 5.0  # how often stages without progress are looked at (a look may ask Ray for its nodes)

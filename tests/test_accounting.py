@@ -12,9 +12,9 @@ import yaml
 from jobs.cli import main as cli_main
 from jobs.local import run_job
 from jobs.spec import parse_spec
-from pipelines.accounting import bucket_of, exact_percentile, percentiles_from_histogram
 from pipelines.errors import SchedulingError
-from pipelines.report import build_job_report, open_job_output
+from pipelines.observe.accounting import bucket_of, exact_percentile, percentiles_from_histogram
+from pipelines.observe.report import build_job_report, open_job_output
 from pipelines.verify import verify_output
 from tests.jobspecs import spec_dict
 

@@ -9,11 +9,11 @@ import yaml
 
 from jobs.cli import main as cli_main
 from jobs.spec import parse_spec
-from pipelines.accounting import RunAccounting, StageLoad
 from pipelines.errors import ConfigError, OutputError
-from pipelines.metrics import RayMetrics, make_metrics
-from pipelines.progress import LiveProgress
-from pipelines.report import open_job_output
+from pipelines.observe.accounting import RunAccounting, StageLoad
+from pipelines.observe.metrics import RayMetrics, make_metrics
+from pipelines.observe.progress import LiveProgress
+from pipelines.observe.report import open_job_output
 from tests.jobspecs import spec_dict
 
 

@@ -13,10 +13,10 @@ from collections import deque
 
 import pytest
 
-from pipelines.accounting import RunAccounting
 from pipelines.errors import OutputError, StageStalled
 from pipelines.inprocess import Done as Ref
 from pipelines.inprocess import InProcessPool
+from pipelines.observe.accounting import RunAccounting
 from pipelines.plan import build_plan
 from pipelines.scheduler import ShardScheduler
 

@@ -40,7 +40,7 @@ def make_metrics(factory=None) -> dict:
         "committed": counter("latentmill_samples_committed", "samples committed to storage", tag_keys=JOB_TAGS),
         "images_per_s": gauge("latentmill_images_per_second", "committed samples per second so far", tag_keys=JOB_TAGS),
         "eta": gauge("latentmill_eta_seconds", "estimated seconds left", tag_keys=JOB_TAGS),
-        # Set at the end of a run of a job with a quality monitor (pipelines/quality.py), over its committed shards.
+        # Set at the end of a run of a job with a quality monitor (pipelines/observe/quality.py), over its committed shards.
         "quality_flagged": gauge("latentmill_quality_flagged_shards", "shards below the quality monitor's thresholds",
                                  tag_keys=JOB_TAGS),
         "quality_psnr": gauge("latentmill_quality_psnr_db", "mean PSNR of the decoder vs the reference, monitored samples",
@@ -53,7 +53,7 @@ def make_metrics(factory=None) -> dict:
 class RayMetrics:
     """A RunAccounting listener that pushes deltas to Ray's metrics at most every `every_s`.
 
-    `quality` (optional): returns the job's quality monitor summary (pipelines/quality.py) or None;
+    `quality` (optional): returns the job's quality monitor summary (pipelines/observe/quality.py) or None;
     called once at the end of the run, since it reads every committed manifest.
     """
 

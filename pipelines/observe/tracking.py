@@ -1,6 +1,6 @@
 """What watches a run: the run report kept current on storage, live progress, and Ray metrics.
 
-Each is a listener of pipelines.accounting.RunAccounting: `update(acc)` after every driver-loop
+Each is a listener of pipelines.observe.accounting.RunAccounting: `update(acc)` after every driver-loop
 turn (each decides how often it acts), `finish(acc, report)` once at the end, failed runs included.
 """
 
@@ -9,10 +9,10 @@ from __future__ import annotations
 import sys
 import time
 
-from pipelines.metrics import RayMetrics
-from pipelines.progress import LiveProgress
-from pipelines.quality import quality_summary
-from pipelines.report import write_job_report
+from pipelines.observe.metrics import RayMetrics
+from pipelines.observe.progress import LiveProgress
+from pipelines.observe.quality import quality_summary
+from pipelines.observe.report import write_job_report
 
 
 def run_listeners(layout, job_name: str, progress: bool) -> list:

@@ -2,7 +2,7 @@
 
     OUTPUT/report.json   totals, per-stage figures over all runs, one row per run, the bottleneck
     OUTPUT/report.md     the same, readable; its first lines name the bottleneck stage
-    OUTPUT/report.png    per-stage throughput and utilisation over time (pipelines/chart.py)
+    OUTPUT/report.png    per-stage throughput and utilisation over time (pipelines/observe/chart.py)
 
 Rebuilt from the run reports at the end of every run and by `latentmill report OUTPUT`, which
 also works while a job runs: a running run keeps its runs/RUN_ID.json current.
@@ -14,9 +14,9 @@ import json
 import posixpath
 import time
 
-from pipelines.accounting import STAGE_ORDER, percentiles_from_histogram
 from pipelines.errors import OutputConflict, OutputError
-from pipelines.quality import monitor_cost, quality_summary
+from pipelines.observe.accounting import STAGE_ORDER, percentiles_from_histogram
+from pipelines.observe.quality import monitor_cost, quality_summary
 from pipelines.sinks.layout import OutputLayout
 from pipelines.sinks.storage import read_json, write_atomic
 
@@ -228,7 +228,7 @@ def bottleneck(stages: dict) -> dict | None:
 def _num(value, digits: int = 2, unit: str = "") -> str:
     if value is None:
         return "-"
-    if isinstance(value, str):  # "inf": a PSNR of identical images (pipelines/quality.py)
+    if isinstance(value, str):  # "inf": a PSNR of identical images (pipelines/observe/quality.py)
         return value
     if isinstance(value, int):
         return f"{value:,}{unit}"
@@ -348,7 +348,7 @@ def _quality_lines(q: dict | None) -> list[str]:
 
 def write_job_report(layout: OutputLayout) -> dict:
     """Write report.json, report.md and report.png next to the data; returns the report."""
-    from pipelines.chart import render_chart
+    from pipelines.observe.chart import render_chart
 
     report = build_job_report(layout)
     png = render_chart(report)
