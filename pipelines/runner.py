@@ -9,6 +9,7 @@ accounting and report.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import signal
 import sys
@@ -23,6 +24,7 @@ from pipelines.actors import RayRuntime, StagePool, check_fits
 from pipelines.autoscale import rebalancer_for
 from pipelines.errors import Interrupted, OutputError
 from pipelines.observe.accounting import RunAccounting
+from pipelines.observe.run_report import run_report
 from pipelines.observe.tracking import run_listeners
 from pipelines.pipeline import Pipeline
 from pipelines.plan import shard_name
@@ -95,13 +97,16 @@ def _run_under_lease(pipeline, layout, lease, connect, timeouts, progress, retry
         to_generate=to_generate,
         job=pipeline.name,
         prices=vars(pipeline.cost) if pipeline.cost is not None else None,
+        stage_names=pipeline.stage_names,
+        units=dataclasses.asdict(pipeline.units),
         # A run with nothing to do leaves no run report, so checking a finished output changes nothing.
         listeners=run_listeners(layout, pipeline.name, progress) if changed else [],
     )
     for note in notes:
         accounting.note(note)
     if not todo:
-        return accounting.finish([])
+        accounting.finish([])
+        return run_report(accounting)
 
     connect()
     rebalancer = rebalancer_for(pipeline.stages, pipeline.gpus, ray.cluster_resources().get("GPU", 0))
@@ -149,7 +154,8 @@ def _run_under_lease(pipeline, layout, lease, connect, timeouts, progress, retry
         return _interrupted(pipeline, layout, accounting, infos)
     layout.remove_debris(layout.committed_markers())  # the files that repairs replaced
     # Listeners (pipelines/observe/tracking.py) write runs/RUN_ID.json and the job report, and end the live progress.
-    return accounting.finish(infos)
+    accounting.finish(infos)
+    return run_report(accounting)
 
 
 def _shards_to_do(plan, markers: dict, retry_failed: bool) -> tuple[ShardQueue, int]:

@@ -100,7 +100,7 @@ def test_progress_prints_plain_lines_at_intervals_when_not_a_tty():
     for _ in range(50):
         live.update(acc)  # not due yet: nothing
     assert stream.getvalue() == ""
-    live.finish(acc, {})
+    live.finish(acc)
     text = stream.getvalue()
     assert "\x1b" not in text and "j (running): 28/100 committed" in text and "  denoise" in text
 
@@ -165,7 +165,7 @@ def test_metrics_export_gives_the_quality_monitor_flags_at_the_end_of_a_run():
     factory = {"Counter": _Recorder, "Gauge": _Recorder, "Histogram": _Recorder}
     summary = {"flagged": [{"shard": "00001", "why": "mean PSNR 5.7 dB < min_psnr 40"}], "psnr": 5.7, "ssim": "inf"}
     metrics = RayMetrics("j", every_s=0, factory=factory, quality=lambda: summary)
-    metrics.finish(_accounting(), {})
+    metrics.finish(_accounting())
     quality = {c[0]: c[2] for c in _Recorder.calls if c[0].startswith("latentmill_quality")}
     # "inf" (identical images) is no finite figure to export; the others are.
     assert quality == {"latentmill_quality_flagged_shards": 1, "latentmill_quality_psnr_db": 5.7}

@@ -85,7 +85,8 @@ def test_video_quickstart_writes_clips_that_pyav_opens_as_the_manifest_says(ray_
         meta = json.loads(sample["json"])
         assert meta["conditioning_key"] == sample["__key__"] and meta["seed"] == meta["index"]  # seed 0 + index
     report = json.loads((out / "report.json").read_text())
-    assert report["video"]["frames_per_clip"] == 8 and report["video"]["frames_per_s"] > 0
+    assert report["per_item"]["frames"]["per_item"] == 8 and report["per_item"]["frames"]["per_s"] > 0
+    assert report["units"]["plural"] == "clips" and report["stage_names"][-1] == "write"
     assert "frames/s" in (out / "report.md").read_text()
     # The example keeps no latents: there is nothing for `latentmill eval` to decode.
     capsys.readouterr()

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import io
 
-COLOURS = {"encode": "tab:purple", "denoise": "tab:blue", "decode": "tab:orange", "monitor": "tab:red",
-           "write": "tab:green"}
+# A stage's colour is its position in the chain (report["stage_names"]), never its name.
+COLOURS = ("tab:blue", "tab:orange", "tab:purple", "tab:red", "tab:brown", "tab:olive", "tab:cyan")
 
 
 def stage_series(timeline: list[dict], offset: float = 0.0) -> dict[str, dict[str, list]]:
@@ -54,11 +54,13 @@ def render_chart(report: dict) -> bytes | None:
     labelled = set()
     for i, run in enumerate(runs):
         series = stage_series(run["timeline"], offset)
-        for name in sorted(series, key=lambda n: (list(COLOURS) + [n]).index(n)):
+        order = list(report.get("stage_names") or [])
+        order += [n for n in series if n not in order]
+        for name in sorted(series, key=order.index):
             s = series[name]
             label = name if name not in labelled else None
             labelled.add(name)
-            colour = COLOURS.get(name)
+            colour = COLOURS[order.index(name) % len(COLOURS)]
             rate_ax.plot(s["t"], s["rate"], color=colour, label=label, linewidth=1.2, drawstyle="steps-post")
             points = [(t, u) for t, u in zip(s["t"], s["util"]) if u is not None]
             if points:

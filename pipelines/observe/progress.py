@@ -9,6 +9,8 @@ from __future__ import annotations
 import sys
 import time
 
+from pipelines.observe.eta import eta_s
+
 RATE_WINDOW_S = 30.0  # per-stage rates are over the last half minute
 
 
@@ -41,13 +43,14 @@ def render(acc, label: str) -> list[str]:
     done = acc.already_committed + acc.written
     percent = 100 * done / acc.planned if acc.planned else 100.0
     rate = acc.written / elapsed if elapsed > 0 else 0.0
-    eta = acc.eta_s() if acc.status == "running" else 0.0
+    eta = eta_s(acc) if acc.status == "running" else 0.0
+    many = acc.units.get("plural", "samples")
     failed = f" | {acc.failed_samples} failed" if getattr(acc, "failed_samples", 0) else ""
     lines = [
-        f"{label}: {done}/{acc.planned} committed ({percent:.0f}%) | {rate:.2f} img/s | "
+        f"{label}: {done}/{acc.planned} committed ({percent:.0f}%) | {rate:.2f} {many}/s | "
         f"elapsed {format_duration(elapsed)} | ETA {format_duration(eta)}{failed}"
     ]
-    loads = acc._last_loads
+    loads = acc.loads()
     rates = recent_rates(acc.timeline, elapsed, {n: s.items_out for n, s in acc.stages.items()})
     for name, stats in acc.stages.items():
         load = loads.get(name)
@@ -75,7 +78,7 @@ class LiveProgress:
             self._last = now
             self._draw(render(acc, self.label))
 
-    def finish(self, acc, report: dict) -> None:
+    def finish(self, acc) -> None:
         label = f"{self.label} ({acc.status})"
         self._draw(render(acc, label))
         if self.tty:
