@@ -17,6 +17,7 @@ CHECKS = ("size", "full")
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="latentmill", description="Generate image datasets with diffusion models on Ray.")
+    parser.add_argument("--version", action="version", version=f"latentmill {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run a job spec on the current Ray cluster (a local one if none)")
@@ -26,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--dry-run", action="store_true", help="print the resolved plan and run nothing")
     run.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else start a local cluster)")
     run.add_argument("--quiet", action="store_true", help="no progress lines")
+    run.add_argument("--verbose", action="store_true",
+                     help="also show Ray's own lines (its warnings, workers' output, task retries) on the screen")
     run.add_argument("--start-timeout", type=float, default=900.0,
                      help="seconds to wait for stage actors to start, and for a stage that lost every actor to get one back")
     run.add_argument("--retry-failed", action="store_true", help="also regenerate samples recorded as failed")
@@ -173,10 +176,21 @@ def _storage(args):
 
 
 def _run(args) -> int:
+    if args.dry_run or args.quiet:
+        return _run_shown(args, None)
+    from pipelines.observe.progress import LiveProgress
+
+    with LiveProgress("latentmill") as display:  # phase lines from the first second, then the bar
+        return _run_shown(args, display)
+
+
+def _run_shown(args, display) -> int:
     from jobs.local import pipeline_for, run_job
     from jobs.spec import load_spec
     from pipelines.faults import Fault
+    from pipelines.observe.phases import phase
 
+    phase(f"reading {args.spec}")
     spec = load_spec(args.spec, args.overrides, date=args.date)
     if args.dry_run:
         from jobs.dry_run import describe
@@ -185,28 +199,31 @@ def _run(args) -> int:
         return 0
     from jobs.nightly import run_with_upkeep
 
+    if display is not None:
+        display.label = spec.name
+    phase(f"{spec.name}: a {spec.kind} job, planning")
     faults = tuple(Fault.parse(text) for text in args.inject_fault)
     report = run_with_upkeep(spec, lambda: run_job(
         spec,
         address=args.address,
-        progress=not args.quiet,
+        progress=display if display is not None else False,
+        verbose=args.verbose,
         start_timeout_s=args.start_timeout,
         retry_failed=args.retry_failed,
         faults=faults,
         check_full=args.check == "full",
         wait=args.wait,
     ))
+    if display is not None:
+        display.stop()
     if spec.kind == "train-decoder":
         from jobs.train_report import summary_line
 
         print(summary_line(report, spec.output.url))
         return 0
-    print(
-        f"{spec.name}: generated {report['generated']} samples in {report['wall_s']:.1f} s "
-        f"({report['samples_per_s'] or 0:.2f}/s); {report['already_committed']} were already committed; "
-        f"output {spec.output.url}"
-    )
-    print(f"throughput, bottleneck and cost: {spec.output.url}/report.md (or `latentmill report {spec.output.url}`)")
+    print(run_summary(spec.name, report, spec.output.url))
+    if report["generated"] or report["failed"]:
+        print(f"throughput, bottleneck and cost: `latentmill report {spec.output.url}` (or its report.md)")
     if report["failed"]:
         print(
             f"warning: {report['failed']} samples failed after their retries and are recorded as failed in the "
@@ -214,6 +231,27 @@ def _run(args) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+def run_summary(name: str, report: dict, url: str) -> str:
+    """The one line a finished run leaves, in the kind's words (Pipeline.units)."""
+    units = report.get("units") or {}
+    many, verb = units.get("plural", "samples"), units.get("verb", "processed")
+    done = report["already_committed"] + report["generated"]
+    if not report["to_generate"]:
+        return f"{name}: nothing to do: {done}/{report['planned']} {many} already committed; output {url}"
+    return (f"{name}: {report['generated']} {many} {verb} in {report['wall_s']:.1f} s "
+            f"({report['samples_per_s'] or 0:.2f} {many}/s); {report['already_committed']} were already committed; "
+            f"output {url}")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("latentmill")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "0+unknown"
 
 
 def _verify(args) -> int:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 from jobs.kinds import kind_of
+from jobs.ray_logs import ray_logs_aside
 from pipelines.errors import ConfigError
 from pipelines.faults import Fault
+from pipelines.observe.phases import phase
 from pipelines.pipeline import Pipeline
 
 # Libraries' progress bars and notices would drown the job's own progress line.
@@ -29,28 +32,41 @@ def pipeline_for(spec, plan=None, faults: tuple[Fault, ...] = ()) -> Pipeline:
     return kind.pipeline(spec, plan if plan is not None else kind.plan(spec), faults)
 
 
-def connect_ray(address: str | None = None) -> None:
-    """Use the Ray cluster at `address` (or RAY_ADDRESS); with neither, start a local one."""
+def connect_ray(address: str | None = None, verbose: bool = True) -> None:
+    """Use the Ray cluster at `address` (or RAY_ADDRESS); with neither, start a local one.
+
+    `verbose=False` (the command line without --verbose): Ray's own lines (its logger's warnings,
+    workers' output, task-retry notices) go to Ray's logs, not to the screen (jobs/ray_logs.py)."""
     import ray
 
     if ray.is_initialized():
         return
     env = {**QUIET_ENV, **{k: v for k, v in os.environ.items() if k == "LATENTMILL_CACHE"}}
     os.environ.update(QUIET_ENV)
-    ray.init(
-        address=address or os.environ.get("RAY_ADDRESS"),
-        include_dashboard=False,
-        logging_level=logging.WARNING,
-        log_to_driver=True,
-        runtime_env={"env_vars": env, "worker_process_setup_hook": "pipelines.worker_setup.quiet_known_noise"},
-    )
+    address = address or os.environ.get("RAY_ADDRESS")
+    phase(f"connecting to the Ray cluster at {address}" if address else "starting a local Ray")
+    started = time.monotonic()
+    with ray_logs_aside(enabled=not verbose) as aside:
+        ray.init(
+            address=address,
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+            log_to_driver=verbose,
+            runtime_env={"env_vars": env, "worker_process_setup_hook": "pipelines.worker_setup.quiet_known_noise"},
+        )
+    resources = ray.cluster_resources()
+    phase(f"Ray ready in {time.monotonic() - started:.1f} s: {resources.get('CPU', 0):g} CPUs, "
+          f"{resources.get('GPU', 0):g} GPUs, {len(ray.nodes())} node(s)")
+    if aside.path:
+        phase(f"Ray's own lines go to {aside.path} (--verbose shows them here)")
 
 
 def run_job(
     spec,
     *,
     address: str | None = None,
-    progress: bool = True,
+    progress=True,
+    verbose: bool = True,
     start_timeout_s: float = 900.0,
     stall_timeout_s: float | None = None,
     retry_failed: bool = False,
@@ -64,7 +80,7 @@ def run_job(
     if spec.kind == "train-decoder":  # Ray Train, not a shard-writing pipeline
         from jobs.train import train_decoder
 
-        return train_decoder(spec, progress=progress, connect=lambda: connect_ray(address), wait=wait)
+        return train_decoder(spec, progress=progress, connect=lambda: connect_ray(address, verbose), wait=wait)
     from pipelines.runner import run_pipeline  # Ray: not needed to plan or for --dry-run
 
     pipeline = pipeline_for(spec, faults=faults)
@@ -74,7 +90,7 @@ def run_job(
                               f"(its stages: {', '.join(pipeline.stage_names)})")
     return run_pipeline(
         pipeline,
-        connect=lambda: connect_ray(address),
+        connect=lambda: connect_ray(address, verbose),
         progress=progress,
         start_timeout_s=start_timeout_s,
         stall_timeout_s=stall_timeout_s,

@@ -14,6 +14,7 @@ import datetime as dt
 import signal
 import sys
 import threading
+import time
 import uuid
 from typing import Callable
 
@@ -24,6 +25,7 @@ from pipelines.actors import RayRuntime, StagePool, check_fits
 from pipelines.autoscale import rebalancer_for
 from pipelines.errors import Interrupted, OutputError
 from pipelines.observe.accounting import RunAccounting
+from pipelines.observe.phases import phase, warn
 from pipelines.observe.run_report import run_report
 from pipelines.observe.tracking import run_listeners
 from pipelines.pipeline import Pipeline
@@ -76,7 +78,7 @@ def _run_under_lease(pipeline, layout, lease, connect, timeouts, progress, retry
     # A committed shard whose files no longer match its marker is generated again, whole.
     for name, why in damaged_shards(layout, markers, full=check_full).items():
         notes.append(f"shard {name} is generated again: {why}")
-        print(f"latentmill: shard {name} is generated again: {why}", file=sys.stderr)
+        warn(f"shard {name} is generated again: {why}")
         layout.uncommit(name)
         del markers[name]
     debris = layout.remove_debris(markers)
@@ -107,10 +109,13 @@ def _run_under_lease(pipeline, layout, lease, connect, timeouts, progress, retry
     if not todo:
         accounting.finish([])
         return run_report(accounting)
+    phase(_what_runs(pipeline, index.committed_samples, to_generate, len(todo)))
 
     connect()
     rebalancer = rebalancer_for(pipeline.stages, pipeline.gpus, ray.cluster_resources().get("GPU", 0))
     pools = make_pools(pipeline, rebalancer)
+    phase("starting actors and loading models: " + ", ".join(
+        f"{p.name} {p.target or p.min_actors} x ({p.num_cpus:g} CPU, {p.num_gpus:g} GPU)" for p in pools))
     accounting.pools_starting()
     interrupts = _Interrupts()
     infos: list[dict] = []
@@ -118,8 +123,7 @@ def _run_under_lease(pipeline, layout, lease, connect, timeouts, progress, retry
         with interrupts:
             for pool in pools:
                 pool.start()
-            for pool in pools:
-                pool.wait_ready(start_timeout_s)
+            wait_until_ready(pools, start_timeout_s)
             layout.check_devices({pool.name: sorted({i["device"] for i in pool.actor_infos()}) for pool in pools})
 
             def on_commit(name: str, marker: dict) -> None:
@@ -158,6 +162,29 @@ def _run_under_lease(pipeline, layout, lease, connect, timeouts, progress, retry
     return run_report(accounting)
 
 
+def _what_runs(pipeline: Pipeline, committed: int, to_run: int, shards: int) -> str:
+    units, planned = pipeline.units, len(pipeline.plan)
+    if committed:
+        return (f"resuming: {committed}/{planned} {units.plural} already committed; {to_run} to run "
+                f"({shards} shards)")
+    return f"{to_run} {units.plural} to run ({shards} shards) into {pipeline.output.url}"
+
+
+def wait_until_ready(pools: list[StagePool], timeout_s: float) -> None:
+    """Wait for every pool's first actors, saying the ready counts as they change."""
+    deadline = time.monotonic() + timeout_s
+
+    def counts() -> str:
+        return ", ".join(f"{p.name} {p.ready_actors()}/{len(p.members)}" for p in pools)
+
+    said = counts()
+    while not all(p.wait_ready(max(0.0, deadline - time.monotonic()), step_s=0.5) for p in pools):
+        if counts() != said:
+            said = counts()
+            phase(f"loading models: actors ready: {said}")
+    phase(f"actors ready: {counts()}; streaming")
+
+
 def _shards_to_do(plan, markers: dict, retry_failed: bool) -> tuple[ShardQueue, int]:
     """The shards to do (with the keys to regenerate, for repairs), and the samples to generate.
     Work items are built when a shard is activated, so the driver's memory does not grow with the plan."""
@@ -185,7 +212,8 @@ def _interrupted(pipeline: Pipeline, layout: OutputLayout, accounting: RunAccoun
     accounting.finish(infos)
     samples = sum(m["samples"] for m in markers.values())
     raise Interrupted(
-        f"interrupted: {len(markers)}/{pipeline.plan.num_shards} shards ({samples}/{len(pipeline.plan)} samples) "
+        f"interrupted: {len(markers)}/{pipeline.plan.num_shards} shards ({samples}/{len(pipeline.plan)} "
+        f"{pipeline.units.plural}) "
         f"are committed in {pipeline.output.url}; rerun the same command to resume"
     )
 

@@ -16,10 +16,11 @@ from pipelines.observe.report import write_job_report
 from pipelines.observe.run_report import run_report
 
 
-def run_listeners(layout, job_name: str, progress: bool) -> list:
+def run_listeners(layout, job_name: str, progress) -> list:
+    """`progress`: True (a display of its own), False (none) or the caller's LiveProgress."""
     listeners = [RunReportWriter(layout), RayMetrics(job_name, quality=lambda: _quality(layout))]
     if progress:
-        listeners.append(LiveProgress(job_name))
+        listeners.append(progress if isinstance(progress, LiveProgress) else LiveProgress(job_name))
     return listeners
 
 
