@@ -185,12 +185,12 @@ def _run(args) -> int:
 
 
 def _run_shown(args, display) -> int:
+    from pipelines.observe.phases import phase
+
+    phase(f"reading {args.spec}")  # before the imports below (numpy, the kinds: about a second on a busy machine)
     from jobs.local import pipeline_for, run_job
     from jobs.spec import load_spec
     from pipelines.faults import Fault
-    from pipelines.observe.phases import phase
-
-    phase(f"reading {args.spec}")
     spec = load_spec(args.spec, args.overrides, date=args.date)
     if args.dry_run:
         from jobs.dry_run import describe

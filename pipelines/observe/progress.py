@@ -155,7 +155,7 @@ class LiveProgress(logging.Handler):
             from rich.console import Console
             from rich.live import Live
 
-            console = Console(file=self.stream, highlight=False)
+            console = Console(file=self.stream, highlight=False, force_terminal=True)
             self._live = Live(get_renderable=self._view, console=console, refresh_per_second=REFRESH_PER_S,
                               transient=False)  # stray prints go above the live block, not through it
             self._live.start()
@@ -181,6 +181,8 @@ class LiveProgress(logging.Handler):
         self._phase, self._phase_since = text, time.monotonic()
         if not self.tty:
             self._print(f"latentmill: {text}")
+        elif self._live is not None:
+            self._live.refresh()  # at once, not at the next tick
 
     def _end_phase(self) -> None:
         """On a TTY a phase stays as a line, with how long it took, once the next one begins."""
@@ -203,7 +205,7 @@ class LiveProgress(logging.Handler):
             return rich_view(self._snapshot, self.label)
         if self._phase is not None:
             since = format_duration(time.monotonic() - self._phase_since)
-            return Spinner("dots", f"{self._phase} {since}")
+            return Spinner("dots", f"latentmill: {self._phase} {since}")
         return ""
 
     # -- the run's accounting ----------------------------------------------------------------
