@@ -80,17 +80,21 @@ def _accounting() -> RunAccounting:
     return acc
 
 
-def test_progress_redraws_in_place_on_a_tty():
+def test_progress_on_a_tty_draws_a_bar_and_a_row_per_stage_in_chain_order():
     stream = io.StringIO()
     live = LiveProgress("j", stream=stream, tty=True, every_s=0)
     acc = _accounting()
+    acc.stage_names = ("denoise", "decode", "write")
+    acc.units = {"plural": "clips"}
+    acc.listeners = [live]
     live.update(acc)
-    live.update(acc)
+    acc.finish([])
     text = stream.getvalue()
-    first, second = text.split("\x1b[3F")  # the second draw moves up over the 3 lines of the first
-    assert first.count("\n") == 3 and second.count("\n") == 3
-    assert "28/100 committed" in first and "denoise" in first and "decode" in first
-    assert all(line.startswith("\x1b[2K") for line in first.splitlines())
+    assert "\x1b[" in text and "━" in text  # redrawn in place, with a bar
+    final = text[text.rindex("j (finished)"):]
+    assert "20/100 clips (20%)" in final and "28 committed" in final and "clips/s" in final
+    rows = [line.split()[0] for line in final.splitlines()[3:] if line.strip()]
+    assert rows[:2] == ["denoise", "decode"], final
 
 
 def test_progress_prints_plain_lines_at_intervals_when_not_a_tty():
@@ -102,7 +106,7 @@ def test_progress_prints_plain_lines_at_intervals_when_not_a_tty():
     assert stream.getvalue() == ""
     live.finish(acc)
     text = stream.getvalue()
-    assert "\x1b" not in text and "j (running): 28/100 committed" in text and "  denoise" in text
+    assert "\x1b" not in text and "j (running): 20/100 samples (20%) | 28 committed" in text and "  denoise" in text
 
 
 # -- Ray metrics ----------------------------------------------------------------------------------
