@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     report = commands.add_parser("report", help="print the throughput report of a finished or running job")
     report.add_argument("output", help="the job's output URL")
     report.add_argument("--json", action="store_true", help="print report.json instead of the readable report")
+    report.add_argument("--full", action="store_true", help="every per-stage column (wider than 100 columns)")
     report.add_argument("--write", action="store_true", help="also (re)write report.json, report.md and report.png there")
     _add_storage_arguments(report)
 
@@ -303,14 +304,15 @@ def _figure(value, digits: int) -> str:
 
 
 def _report(args) -> int:
-    from pipelines.observe.report import build_job_report, open_job_output, render_markdown, write_job_report
+    from pipelines.observe.report import build_job_report, open_job_output, write_job_report
+    from pipelines.observe.report_text import render_terminal
 
     layout = open_job_output(args.output, _storage(args))
     report = write_job_report(layout) if args.write else build_job_report(layout)
     if args.json:
         print(json.dumps(report, indent=2, sort_keys=True))
     else:
-        print(render_markdown(report, chart=layout.fs.exists(layout.path("report.png"))))
+        print(render_terminal(report, full=args.full))
     return 0
 
 
