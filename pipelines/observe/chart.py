@@ -1,15 +1,24 @@
-"""report.png: per-stage throughput (items/s) and utilisation over time, runs side by side.
+"""report.png: throughput over time, one small panel per stage, and utilisation as one strip per stage.
 
 Drawn from the runs' timelines (cumulative items and busy seconds per stage, sampled by the
-accounting) with matplotlib's Agg backend: no display needed.
+accounting) with matplotlib's Agg backend: no display needed. Reading it:
+  - the top panel is the job's rate: items the last stage finished per second (the kind's unit);
+  - one panel per stage in chain order, each on its own y axis, so a 300/s write burst does not
+    flatten a 3/s stage to a line at zero; rates are averaged over a window (SMOOTH_FRACTION of the
+    runs' time, at least SMOOTH_MIN_S) so batch-sized lumps do not hide the trend;
+  - each run's start-up (Ray, actors loading their models: before the first batch) is shaded and
+    labelled; runs of a resumed job follow each other with a marker, no gap between them;
+  - the bottom strip shows each stage's utilisation (busy / ready actor time) per interval, 0-100 %.
+A stage's colour is its position in the chain, never its name.
 """
 
 from __future__ import annotations
 
 import io
 
-# A stage's colour is its position in the chain (report["stage_names"]), never its name.
-COLOURS = ("tab:blue", "tab:orange", "tab:purple", "tab:red", "tab:brown", "tab:olive", "tab:cyan")
+COLOURS = ("tab:blue", "tab:orange", "tab:purple", "tab:red", "tab:brown", "tab:olive", "tab:cyan", "tab:green")
+SMOOTH_FRACTION = 0.03  # moving-average window, as a fraction of all runs' time ...
+SMOOTH_MIN_S = 5.0  # ... and at least this long: a few batches even in a one-minute run
 
 
 def stage_series(timeline: list[dict], offset: float = 0.0) -> dict[str, dict[str, list]]:
@@ -36,6 +45,28 @@ def stage_series(timeline: list[dict], offset: float = 0.0) -> dict[str, dict[st
     return series
 
 
+def smoothed(t: list[float], rate: list[float], window_s: float) -> list[float]:
+    """Each point's rate averaged (time-weighted) over the `window_s` seconds that end at it."""
+    out = []
+    for i, end in enumerate(t):
+        items = seconds = 0.0
+        j = i
+        while j > 0 and end - t[j - 1] <= window_s:
+            span = t[j] - t[j - 1]
+            items, seconds = items + rate[j - 1] * span, seconds + span
+            j -= 1
+        out.append(items / seconds if seconds > 0 else rate[i])
+    return out
+
+
+def _stream_start(run: dict) -> float:
+    """Timeline seconds at which the run's first batch streamed (its start-up before)."""
+    if run.get("stream_start_t") is not None:
+        return run["stream_start_t"]
+    timeline = run.get("timeline") or []
+    return timeline[0]["t"] if timeline else 0.0
+
+
 def render_chart(report: dict) -> bytes | None:
     """PNG bytes, or None when no run has a timeline yet (or matplotlib is missing)."""
     try:
@@ -48,41 +79,85 @@ def render_chart(report: dict) -> bytes | None:
     runs = [r for r in report.get("runs", []) if len(r.get("timeline") or []) > 1]
     if not runs:
         return None
-    figure = Figure(figsize=(10, 6), dpi=100)
-    rate_ax, util_ax = figure.subplots(2, 1, sharex=True)
+    order = list(report.get("stage_names") or [])
+    order += [n for r in runs for n in r["timeline"][-1]["items"] if n not in order]
+    order = [n for n in order if any(n in r["timeline"][-1]["items"] for r in runs)]
+    figure = Figure(figsize=(10, 1.9 * (len(order) + 1) + 1.4), dpi=100, layout="constrained")
+    axes = figure.subplots(len(order) + 2, 1, sharex=True,
+                           gridspec_kw={"height_ratios": [1.3] + [1] * len(order) + [0.25 * len(order) + 0.3]})
+    total_ax, stage_axes, util_ax = axes[0], axes[1:-1], axes[-1]
+    _draw_runs(runs, order, total_ax, stage_axes, util_ax, report)
+    _titles(figure, report, runs)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def _draw_runs(runs, order, total_ax, stage_axes, util_ax, report) -> None:
+    span = sum(r["timeline"][-1]["t"] for r in runs)
+    window = max(SMOOTH_FRACTION * span, SMOOTH_MIN_S)
+    last = [n for n in order if n != "write"][-1:] or order[-1:]
+    units = report.get("units") or {}
+    many = units.get("plural", "items")
     offset = 0.0
-    labelled = set()
+    strips: dict[str, list] = {n: [] for n in order}
     for i, run in enumerate(runs):
         series = stage_series(run["timeline"], offset)
-        order = list(report.get("stage_names") or [])
-        order += [n for n in series if n not in order]
-        for name in sorted(series, key=order.index):
-            s = series[name]
-            label = name if name not in labelled else None
-            labelled.add(name)
-            colour = COLOURS[order.index(name) % len(COLOURS)]
-            rate_ax.plot(s["t"], s["rate"], color=colour, label=label, linewidth=1.2, drawstyle="steps-post")
-            points = [(t, u) for t, u in zip(s["t"], s["util"]) if u is not None]
-            if points:
-                util_ax.plot([t for t, _ in points], [100 * u for _, u in points], color=colour, linewidth=1.2,
-                             drawstyle="steps-post")
+        start = offset + _stream_start(run)
+        for ax in (total_ax, *stage_axes, util_ax):
+            ax.axvspan(offset, start, color="0.9", zorder=0)
+            if i:
+                ax.axvline(offset, color="0.3", linestyle="--", linewidth=1)
+        total_ax.text((offset + start) / 2, 0.5, f"start-up\n{start - offset:.0f} s",
+                      transform=total_ax.get_xaxis_transform(), ha="center", va="center", fontsize=8, color="0.35")
         if i:
-            for ax in (rate_ax, util_ax):
-                ax.axvline(offset, color="grey", linestyle="--", linewidth=0.8)
+            total_ax.text(offset, 1.02, f" run {i + 1} (resumed)", transform=total_ax.get_xaxis_transform(),
+                          fontsize=8, color="0.3")
+        for name, ax in zip(order, stage_axes):
+            s = series.get(name)
+            if s is None:
+                continue
+            colour = COLOURS[order.index(name) % len(COLOURS)]
+            ax.plot(s["t"], smoothed(s["t"], s["rate"], window), color=colour, linewidth=1.4, drawstyle="steps-post")
+            strips[name] += list(zip(s["t"], s["t"][1:], s["util"]))
+            if name in last:
+                total_ax.plot(s["t"], smoothed(s["t"], s["rate"], window), color="black", linewidth=1.6,
+                              drawstyle="steps-post")
         offset += run["timeline"][-1]["t"]
+    for name, ax in zip(order, stage_axes):
+        ax.set_ylabel(f"{name}\n{many}/s", fontsize=9)
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+    total_ax.set_ylabel(f"job\n{many}/s", fontsize=9)
+    total_ax.set_ylim(bottom=0)
+    total_ax.grid(alpha=0.3)
+    total_ax.set_title(f"{many} finished per second (last stage; moving average over {window:.0f} s); "
+                       "shaded: start-up", fontsize=9, loc="left")
+    _draw_strips(util_ax, order, strips, offset)
+
+
+def _draw_strips(ax, order, strips, end) -> None:
+    """One row per stage: utilisation per interval as a colour (white 0 %, dark 100 %)."""
+    from matplotlib import colormaps
+
+    cmap = colormaps["Greens"]
+    for row, name in enumerate(order):
+        for start, stop, util in strips[name]:
+            if util is not None:
+                ax.broken_barh([(start, stop - start)], (row - 0.4, 0.8), facecolors=cmap(0.1 + 0.9 * util),
+                               linewidth=0)
+    ax.set_yticks(range(len(order)), order, fontsize=8)
+    ax.set_ylim(len(order) - 0.5, -0.5)
+    ax.set_xlim(0, end)
+    ax.set_xlabel("seconds since the first run started (runs one after another)")
+    ax.set_title("utilisation (white 0 %, dark green 100 %)", fontsize=9, loc="left")
+
+
+def _titles(figure, report: dict, runs: list) -> None:
     bottleneck = report.get("bottleneck") or {}
     figure.suptitle(
         f"{report.get('job')}: {report['committed']:,}/{report['planned']:,} committed"
         + (f", bottleneck: {bottleneck['stage']}" if bottleneck else "")
-        + (f" ({len(runs)} runs, dashed lines between)" if len(runs) > 1 else "")
+        + (f" ({len(runs)} runs)" if len(runs) > 1 else ""),
+        fontsize=11,
     )
-    rate_ax.set_ylabel("items/s")
-    rate_ax.legend(loc="upper right")
-    rate_ax.grid(alpha=0.3)
-    util_ax.set_ylabel("utilisation %")
-    util_ax.set_ylim(0, 105)
-    util_ax.set_xlabel("seconds since the run started (runs one after another)")
-    util_ax.grid(alpha=0.3)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    return buffer.getvalue()

@@ -164,7 +164,8 @@ def _run_status(run: dict, now: float) -> dict:
 
 
 def _run_row(run: dict) -> dict:
-    keys = ("run_id", "status", "started", "updated", "wall_s", "startup_s", "already_committed", "generated",
+    keys = ("run_id", "status", "started", "updated", "wall_s", "startup_s", "stream_start_t", "already_committed",
+            "generated",
             "samples_per_s", "gpu_hours", "cpu_hours", "cost", "error")
     row = {k: run.get(k) for k in keys}
     row["failed_samples"] = run.get("failed", run.get("failed_samples", 0))
