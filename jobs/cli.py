@@ -188,7 +188,10 @@ def _run(args) -> int:
 def _run_shown(args, display) -> int:
     from pipelines.observe.phases import phase
 
-    phase(f"reading {args.spec}")  # before the imports below (numpy, the kinds: about a second on a busy machine)
+    # On a terminal the first second already says something (before the imports below: numpy and
+    # the kinds take about a second on a busy machine); in logs a bad spec stays one error line.
+    starting = phase if display is not None and display.tty else lambda text: None
+    starting(f"reading {args.spec}")
     from jobs.local import pipeline_for, run_job
     from jobs.spec import load_spec
     from pipelines.faults import Fault
@@ -202,7 +205,7 @@ def _run_shown(args, display) -> int:
 
     if display is not None:
         display.label = spec.name
-    phase(f"{spec.name}: a {spec.kind} job, planning")
+    starting(f"{spec.name}: a {spec.kind} job, planning")
     faults = tuple(Fault.parse(text) for text in args.inject_fault)
     report = run_with_upkeep(spec, lambda: run_job(
         spec,

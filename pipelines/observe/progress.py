@@ -142,7 +142,11 @@ class LiveProgress(logging.Handler):
         self.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is not None and self._live is not None and self._snapshot is None:
+            # Failed before any progress: the spinner goes, the error line that follows says why.
+            self._phase = None
+            self._live.transient = True
         self.stop()
 
     def start(self) -> None:
