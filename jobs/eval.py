@@ -116,18 +116,55 @@ def render_markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+TERMINAL_COLUMNS = (("PSNR orig", "psnr_vs_original", 2), ("SSIM orig", "ssim_vs_original", 4),
+                    ("LPIPS orig", None, 4), ("PSNR ref", "psnr_vs_reference", 2), ("SSIM ref", "ssim_vs_reference", 4))
+
+
+def render_terminal(result: dict, out_url: str) -> str:
+    """The terminal's table (fits 100 columns); eval.md has every column, eval.json every number."""
+    lpips_key = next((k for k in ("lpips", "lpips_test_only") if f"{k}_vs_original" in result["rows"][0]), None)
+    head = ["decoder", *[h for h, key, _ in TERMINAL_COLUMNS if key or lpips_key], "ms/image", "GFLOP/image"]
+    rows = []
+    for row in result["rows"]:
+        cells = [row["decoder"] + (" (ref)" if row["is_reference"] else "")]
+        for _, key, digits in TERMINAL_COLUMNS:
+            if key or lpips_key:
+                cells.append(format_cell(row.get(key or f"{lpips_key}_vs_original"), digits))
+        cells += [format_cell(row["seconds_per_image"] * 1000), format_cell(row["flops_per_image"] / 1e9, 3)]
+        rows.append(cells)
+    size = result["image_size"]
+    return "\n".join([
+        f"decoder evaluation: {result['samples']} samples at {size[0]}x{size[1]} on {result['device']}",
+        *plain_table(head, rows),
+        f"LPIPS: {result['lpips']}",
+        f"every column: {out_url.rstrip('/')}/eval.md (and eval.json, grid.png)",
+    ])
+
+
+def plain_table(head: list[str], rows: list[list[str]]) -> list[str]:
+    """Columns one space apart, the first left-aligned: for terminals, where Markdown tables wrap."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
+
+    def line(values) -> str:
+        return " ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(values, widths))).rstrip()
+
+    return [line(head), line(["-" * w for w in widths]), *(line(r) for r in rows)]
+
+
 def render_grid(columns: list[tuple[str, torch.Tensor]], count: int = GRID_SAMPLES) -> bytes:
     """Rows of samples; a column per (name, images (B, 3, H, W) in [0, 1]), names on top."""
     from PIL import Image, ImageDraw
 
     n = min(count, len(columns[0][1]))
     h, w = columns[0][1].shape[-2:]
-    cell_w = max(w, 96)
+    # Each column as wide as its whole label needs (a name is never cut), at least the image.
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    cell_w = max(w, 96, *(int(probe.textlength(name)) + 6 for name, _ in columns))
     label_h = 14
     grid = Image.new("RGB", (cell_w * len(columns), label_h + h * n), "white")
     draw = ImageDraw.Draw(grid)
     for c, (name, batch) in enumerate(columns):
-        draw.text((c * cell_w + 2, 1), name[:16], fill="black")
+        draw.text((c * cell_w + 2, 1), name, fill="black")
         pixels = (batch[:n].clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
         for r in range(n):
             grid.paste(Image.fromarray(pixels[r]), (c * cell_w, label_h + r * h))
@@ -194,12 +231,10 @@ def main(argv: list[str] | None = None) -> int:
                               f"latents; {args.input} holds {latents.shape[1]}-channel latents")
     try:
         lpips = LPIPS().to(device)
-    except LPIPSWeightsMissing as exc:
-        print(f"note: {exc}")
+    except LPIPSWeightsMissing:  # said once, on the table's LPIPS line (lpips_status)
         lpips = None
     result = evaluate(chosen, reference, keys, latents, images, lpips, args.batch_size)
     outputs = result.pop("_outputs")
     write_files(args.out, result, render_markdown(result), render_grid([("original", images), *outputs.items()]))
-    print(render_markdown(result))
-    print(f"written: {args.out.rstrip('/')}/eval.json, eval.md, grid.png")
+    print(render_terminal(result, args.out))
     return 0

@@ -189,3 +189,17 @@ def test_lpips_loss_term_trains_with_test_only_weights(lpips_trunk):
     trainer = _trainer(lpips=metrics.LPIPS(), lpips_weight=0.5)
     out = trainer.step(torch.randn(2, 4, 8, 8), torch.rand(2, 3, 64, 64))
     assert out["lpips"] > 0 and out["total"] == pytest.approx(out["pixel"] + out["lpips"], rel=1e-5)
+
+
+def test_grid_columns_are_as_wide_as_their_whole_label():
+    import io as _io
+
+    import torch
+    from PIL import Image, ImageDraw
+
+    from jobs.eval import render_grid
+
+    name = "random:tae-temporal-with-a-long-checkpoint-name"
+    grid = Image.open(_io.BytesIO(render_grid([("original", torch.rand(2, 3, 32, 32)), (name, torch.rand(2, 3, 32, 32))])))
+    needed = ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(name)
+    assert grid.size[0] >= 96 + needed  # the second column holds the whole name (was cut at 16 characters)

@@ -61,7 +61,7 @@ def snapshot(acc) -> dict:
         "committed": acc.already_committed + acc.written,
         "failed": acc.failed_samples,
         "rate": run_rate(acc),
-        "eta": eta_s(acc) if acc.status == "running" else 0.0,
+        "eta": eta_s(acc) if acc.status == "running" else 0.0 if acc.status == "finished" else None,
         "elapsed": acc.elapsed(),
         "plural": units.get("plural", "samples"),
         "status": acc.status,
