@@ -36,7 +36,9 @@ def stage_series(timeline: list[dict], offset: float = 0.0) -> dict[str, dict[st
             s["rate"].append((items - before["items"].get(name, 0)) / span)
             actors = before.get("actors", {}).get(name, 0)
             busy = after["busy_s"].get(name, 0.0) - before["busy_s"].get(name, 0.0)
-            s["util"].append(min(1.0, busy / (actors * span)) if actors else None)
+            # Not capped here: a batch's busy time lands in the interval it ended in, and the
+            # moving average spreads it back; capped per interval, long batches would read idle.
+            s["util"].append(busy / (actors * span) if actors else None)
     if len(timeline) > 1:
         for s in series.values():
             s["t"].append(offset + timeline[-1]["t"])
@@ -111,15 +113,18 @@ def _draw_runs(runs, order, total_ax, stage_axes, util_ax, report) -> None:
         total_ax.text((offset + start) / 2, 0.5, f"start-up\n{start - offset:.0f} s",
                       transform=total_ax.get_xaxis_transform(), ha="center", va="center", fontsize=8, color="0.35")
         if i:
-            total_ax.text(offset, 1.02, f" run {i + 1} (resumed)", transform=total_ax.get_xaxis_transform(),
-                          fontsize=8, color="0.3")
+            total_ax.text(offset, 0.97, f" run {i + 1} (resumed)", transform=total_ax.get_xaxis_transform(),
+                          fontsize=8, color="0.3", va="top")
         for name, ax in zip(order, stage_axes):
             s = series.get(name)
             if s is None:
                 continue
             colour = COLOURS[order.index(name) % len(COLOURS)]
             ax.plot(s["t"], smoothed(s["t"], s["rate"], window), color=colour, linewidth=1.4, drawstyle="steps-post")
-            strips[name] += list(zip(s["t"], s["t"][1:], s["util"]))
+            # Utilisation over the same window: per interval it only says whether a batch ended in it.
+            util = smoothed(s["t"], [u or 0.0 for u in s["util"]], window)
+            strips[name] += [(a, b, min(1.0, u) if raw is not None else None)
+                             for a, b, u, raw in zip(s["t"], s["t"][1:], util, s["util"])]
             if name in last:
                 total_ax.plot(s["t"], smoothed(s["t"], s["rate"], window), color="black", linewidth=1.6,
                               drawstyle="steps-post")
@@ -150,7 +155,7 @@ def _draw_strips(ax, order, strips, end) -> None:
     ax.set_ylim(len(order) - 0.5, -0.5)
     ax.set_xlim(0, end)
     ax.set_xlabel("seconds since the first run started (runs one after another)")
-    ax.set_title("utilisation (white 0 %, dark green 100 %)", fontsize=9, loc="left")
+    ax.set_title("utilisation, same moving average (white 0 %, dark green 100 %)", fontsize=9, loc="left")
 
 
 def _titles(figure, report: dict, runs: list) -> None:
