@@ -205,7 +205,7 @@ def _run_shown(args, display) -> int:
 
     if display is not None:
         display.label = spec.name
-    starting(f"{spec.name}: a {spec.kind} job, planning")
+    starting(f"{spec.name}: a {spec.kind} job; planning, checking its inputs and output")
     faults = tuple(Fault.parse(text) for text in args.inject_fault)
     report = run_with_upkeep(spec, lambda: run_job(
         spec,
