@@ -18,6 +18,7 @@ import io
 import json
 import math
 import posixpath
+import textwrap
 
 import numpy as np
 import torch
@@ -136,9 +137,14 @@ def render_terminal(result: dict, out_url: str) -> str:
     return "\n".join([
         f"decoder evaluation: {result['samples']} samples at {size[0]}x{size[1]} on {result['device']}",
         *plain_table(head, rows),
-        f"LPIPS: {result['lpips']}",
-        f"every column: {out_url.rstrip('/')}/eval.md (and eval.json, grid.png)",
+        *wrapped(f"LPIPS: {result['lpips']}"),
+        *wrapped(f"every column: {out_url.rstrip('/')}/eval.md (and eval.json, grid.png)"),
     ])
+
+
+def wrapped(text: str) -> list[str]:
+    """A note as lines of at most 100 columns (a path is never cut)."""
+    return textwrap.wrap(text, 100, subsequent_indent="  ", break_long_words=False, break_on_hyphens=False)
 
 
 def plain_table(head: list[str], rows: list[list[str]]) -> list[str]:

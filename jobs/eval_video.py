@@ -171,7 +171,7 @@ def _short(metric: str) -> str:
 
 def render_terminal(result: dict, out_url: str) -> str:
     """The terminal's table (fits 100 columns); eval.md has every column, eval.json every number."""
-    from jobs.eval import format_cell, plain_table
+    from jobs.eval import format_cell, plain_table, wrapped
 
     metrics = [c for c in result["rows"][0] if c == "ssim" or c.startswith(("psnr", "lpips", "flicker_excess", "frechet"))]
     rows = [[row["decoder"] + (" (ref)" if row["is_reference"] else ""),
@@ -182,7 +182,7 @@ def render_terminal(result: dict, out_url: str) -> str:
         f"video decoder evaluation: {result['clips']} clips of {result['frames_per_clip']} frames at {h}x{w} "
         f"on {result['device']}",
         *plain_table(["decoder", *map(_short, metrics), "ms/frame", "chunk"], rows),
-        f"LPIPS: {result['lpips']}",
-        f"Fréchet: {result['frechet']}",
-        f"every column: {out_url.rstrip('/')}/eval.md (and eval.json, grid.png)",
+        *wrapped(f"LPIPS: {result['lpips']}"),
+        *wrapped(f"Fréchet: {result['frechet']}"),
+        *wrapped(f"every column: {out_url.rstrip('/')}/eval.md (and eval.json, grid.png)"),
     ])
