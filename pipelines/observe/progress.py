@@ -49,8 +49,11 @@ def snapshot(acc) -> dict:
             actors = f"{load.actors - load.free_slots}/{load.actors} slots"
         else:
             actors = f"{load.actors}/{max(load.actors, round(load.reserved))}"
+        # A stage that has seen every item while the run goes on (a fast read stage): "all", not 0/s.
+        complete = acc.status == "running" and acc.to_generate > 0 and stats.items_out >= acc.to_generate
         rows.append({
-            "stage": name, "done": stats.items_out, "rate": smoothed_rate(points, name), "actors": actors,
+            "stage": name, "done": stats.items_out, "actors": actors, "complete": complete,
+            "rate": None if complete else smoothed_rate(points, name),
             "util": stats.busy_s / stats.actor_s if stats.actor_s > 0 else None,
             "queue": load.queued if load else 0,
         })
@@ -69,7 +72,9 @@ def snapshot(acc) -> dict:
     }
 
 
-def _rate(value: float | None) -> str:
+def _rate(value: float | None, complete: bool = False) -> str:
+    if complete:
+        return "all"  # every item of the run went through: no rate to speak of
     return "-" if value is None else f"{value:.2f}"
 
 
@@ -96,7 +101,7 @@ def plain_lines(s: dict, label: str) -> list[str]:
     """The non-TTY block: the headline, then one line per stage."""
     lines = [f"{label}: {headline(s)}"]
     for r in s["rows"]:
-        lines.append(f"  {r['stage']:<8} {r['done']:>7} done {_rate(r['rate']):>7}/s | actors {r['actors']:>9} | "
+        lines.append(f"  {r['stage']:<8} {r['done']:>7} done {_rate(r['rate'], r['complete']):>7}/s | actors {r['actors']:>9} | "
                      f"util {_util(r['util']):>4} | queued {r['queue']:>3}")
     return lines
 
@@ -114,7 +119,7 @@ def rich_view(s: dict, label: str):
     for column in ("stage", "done", "rate/s", "actors", "util", "queue"):
         stages.add_column(column, justify="left" if column == "stage" else "right")
     for r in s["rows"]:
-        stages.add_row("  " + r["stage"], str(r["done"]), _rate(r["rate"]), r["actors"], _util(r["util"]),
+        stages.add_row("  " + r["stage"], str(r["done"]), _rate(r["rate"], r["complete"]), r["actors"], _util(r["util"]),
                        str(r["queue"]))
     return Group(top, " " * (len(label) + 1) + figures(s), stages)
 
