@@ -75,3 +75,17 @@ def test_no_stage_or_kind_is_named_in_the_observability_code():
         tree = ast.parse(path.read_text())
         named = [s for s in _strings_outside_docstrings(tree) if KIND_WORDS.search(s)]
         assert not named, f"{path.name} names stages or kinds: {named}"
+
+
+def test_a_stage_that_has_seen_every_item_shows_all_not_a_zero_rate():
+    from pipelines.observe.progress import plain_lines, snapshot
+
+    acc = RunAccounting(run_id="r", planned=8, already_committed=0, to_generate=8, stage_names=("read", "work", "write"))
+    loads = {name: _load(0, 1) for name in ("read", "work", "write")}
+    acc.observe(loads)
+    acc.record("read", items=8, busy_s=0.1, started_at=0.0)
+    acc._last_observe -= 3.0
+    acc.observe(loads)
+    lines = plain_lines(snapshot(acc), "j")
+    assert any(line.split()[:4] == ["read", "8", "done", "all/s"] for line in lines), lines
+    assert any(line.split()[:4] == ["work", "0", "done", "-/s"] for line in lines), lines
