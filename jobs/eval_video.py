@@ -183,6 +183,6 @@ def render_terminal(result: dict, out_url: str) -> str:
         f"on {result['device']}",
         *plain_table(["decoder", *map(_short, metrics), "ms/frame", "chunk"], rows),
         *wrapped(f"LPIPS: {result['lpips']}"),
-        *wrapped(f"Fréchet: {result['frechet']}"),
+        *wrapped(f"Fréchet distance: {result['frechet']}"),
         *wrapped(f"every column: {out_url.rstrip('/')}/eval.md (and eval.json, grid.png)"),
     ])
