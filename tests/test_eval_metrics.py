@@ -197,7 +197,7 @@ def test_grid_columns_are_as_wide_as_their_whole_label():
     import torch
     from PIL import Image, ImageDraw
 
-    from jobs.eval import render_grid
+    from jobs.eval.common import render_grid
 
     name = "random:tae-temporal-with-a-long-checkpoint-name"
     grid = Image.open(_io.BytesIO(render_grid([("original", torch.rand(2, 3, 32, 32)), (name, torch.rand(2, 3, 32, 32))])))

@@ -15,7 +15,7 @@ import pexpect
 import pytest
 import yaml
 
-from tests.jobspecs import kind_spec_dict
+from tests.support.jobspecs import kind_spec_dict
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLI = [sys.executable, "-m", "jobs.cli"]
