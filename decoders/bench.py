@@ -18,6 +18,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 
@@ -70,6 +71,8 @@ def parse_args(argv):
     p.add_argument("--in-process", action="store_true",
                    help="time CPU rows in this process (faster start; CPU peak memory less meaningful)")
     p.add_argument("--json", action="store_true", help="one JSON object per decoder, size and device/dtype")
+    p.add_argument("--markdown", metavar="FILE",
+                   help="also write the table with every column (memory, min-max, repeats, ...) as Markdown to FILE")
     args = p.parse_args(argv)
     unknown = set(args.decoders) - set(ARCHITECTURES)
     if unknown:
@@ -373,6 +376,28 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+NARROW_HEAD = ("decoder", "device", "dtype", "size", "frames", "GFLOP", "FLOPs x fewer", "median s", "speed-up", "vs")
+
+
+def format_narrow(rows: list[dict]) -> str:
+    """The terminal's table (fits 100 columns; every column: format_table, --markdown FILE)."""
+    cells = []
+    for r in rows:
+        med = r.get("median_s")
+        cells.append([
+            r["decoder"], r["device"], r.get("compute_dtype", r["dtype"]) if r["dtype"] != "-" else "-",
+            str(r["size"]), str(r["frames"] or "-"), f"{r['gflop']:,.1f}", f"{r['flops_ratio']:.2f}",
+            f"{med:.3f}" if med else (r.get("skipped") or "-")[:12], f"{r['speedup']:.2f}x" if r.get("speedup") else "-",
+            r["baseline"],
+        ])
+    widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(NARROW_HEAD)]
+
+    def line(values) -> str:
+        return " ".join(v.ljust(w) if i < 3 or i == len(widths) - 1 else v.rjust(w) for i, (v, w) in enumerate(zip(values, widths))).rstrip()
+
+    return "\n".join([line(NARROW_HEAD), line(["-" * w for w in widths]), *(line(c) for c in cells)])
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--_worker"]:  # internal: one CPU row in a fresh process
@@ -380,13 +405,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     rows = run(args)
     if not args.json:
-        print(f"machine: {machine()}")
-        print(format_table(rows))
-        print("FLOPs: torch FlopCounterMode on the meta device, per decode of the whole batch/clip. "
-              "Speed-up and FLOPs ratio are against the baseline in the last column, same device/dtype/size/frames "
-              "(the baseline decodes whole clips; chunk = frames decoded at once).")
+        notes = ["FLOPs: torch FlopCounterMode on the meta device, per decode of the whole batch/clip. "
+                 "Speed-up and FLOPs ratio are against the baseline in the last column, same device/dtype/size/frames "
+                 "(the baseline decodes whole clips; chunk = frames decoded at once)."]
         if rows and "mem_method" in rows[-1]:
-            print(f"peak MB: {rows[-1]['mem_method']}")
+            notes.append(f"peak MB: {rows[-1]['mem_method']}")
+        print(f"machine: {machine()}")
+        print(format_narrow(rows))
+        print("\n".join(textwrap.wrap(" ".join(notes), 100)))
+        if args.markdown:
+            with open(args.markdown, "w") as f:
+                f.write(f"machine: {machine()}\n\n{format_table(rows)}\n\n" + "\n\n".join(notes) + "\n")
+            print(f"every column (params, memory, min-max, chunk): {args.markdown}")
+        else:
+            print("every column (params, memory, min-max, chunk): --markdown FILE")
     return 0
 
 

@@ -5,13 +5,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 
 from jobs.kinds import kind_of
 from jobs.ray_connect import connecting
+from jobs.ray_logs import ray_logs_aside
 from jobs.ray_reaper import start_reaper
 from jobs.spec import with_absolute_paths
 from pipelines.errors import ConfigError
 from pipelines.faults import Fault
+from pipelines.observe.phases import phase
 from pipelines.pipeline import Pipeline
 
 # Libraries' progress bars and notices would drown the job's own progress line.
@@ -51,8 +54,11 @@ def check_faults(spec, faults: tuple[Fault, ...], pipeline: Pipeline | None) -> 
                               f"(its stages: {', '.join(pipeline.stage_names)})")
 
 
-def connect_ray(address: str | None = None) -> None:
-    """Use the Ray cluster at `address` (or RAY_ADDRESS); with neither, start a local one."""
+def connect_ray(address: str | None = None, verbose: bool = True) -> None:
+    """Use the Ray cluster at `address` (or RAY_ADDRESS); with neither, start a local one.
+
+    `verbose=False` (the command line without --verbose): Ray's own lines (its logger's warnings,
+    workers' output, task-retry notices) go to Ray's logs, not to the screen (jobs/ray_logs.py)."""
     import ray
 
     if ray.is_initialized():
@@ -62,21 +68,30 @@ def connect_ray(address: str | None = None) -> None:
     address = address or os.environ.get("RAY_ADDRESS")
     if address is None and _reaper is None:  # a local Ray: ended with this driver, even one killed (jobs/ray_reaper.py)
         _keep_reaper(start_reaper())
-    with connecting(address) if address is not None else contextlib.nullcontext():
+    phase(f"connecting to the Ray cluster at {address}" if address else "starting a local Ray")
+    started = time.monotonic()
+    with connecting(address) if address is not None else contextlib.nullcontext(), \
+            ray_logs_aside(enabled=not verbose) as aside:
         ray.init(
             address=address,
             include_dashboard=False,
             logging_level=logging.WARNING,
-            log_to_driver=True,
+            log_to_driver=verbose,
             runtime_env={"env_vars": env, "worker_process_setup_hook": "pipelines.worker_setup.quiet_known_noise"},
         )
+    resources = ray.cluster_resources()
+    phase(f"Ray ready in {time.monotonic() - started:.1f} s: {resources.get('CPU', 0):g} CPUs, "
+          f"{resources.get('GPU', 0):g} GPUs, {len(ray.nodes())} node(s)")
+    if aside.path:
+        phase(f"Ray's own lines go to {aside.path} (--verbose shows them here)")
 
 
 def run_job(
     spec,
     *,
     address: str | None = None,
-    progress: bool = True,
+    progress=True,
+    verbose: bool = True,
     start_timeout_s: float = 900.0,
     stall_timeout_s: float | None = None,
     retry_failed: bool = False,
@@ -88,14 +103,14 @@ def run_job(
     kind = kind_of(spec)
     if kind.run is not None:  # not a shard-writing pipeline (train-decoder: Ray Train)
         check_faults(spec, faults, None)
-        return kind.run(spec, progress=progress, connect=lambda: connect_ray(address), wait=wait)
+        return kind.run(spec, progress=progress, connect=lambda: connect_ray(address, verbose), wait=wait)
     from pipelines.runner import run_pipeline  # Ray: not needed to plan or for --dry-run
 
     pipeline = pipeline_for(spec, faults=faults)
     check_faults(spec, faults, pipeline)
     return run_pipeline(
         pipeline,
-        connect=lambda: connect_ray(address),
+        connect=lambda: connect_ray(address, verbose),
         progress=progress,
         start_timeout_s=start_timeout_s,
         stall_timeout_s=stall_timeout_s,

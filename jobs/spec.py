@@ -81,10 +81,21 @@ def parse_spec(text: str, source: str = "<spec>", overrides: list[str] = (), dat
             spec = dataclasses.replace(spec, run_date=run_date)
         check_references(spec, kind)
     except ConfigError as exc:
+        setter = _override_of(exc.path, overrides)
         line = _line_of(exc.path, lines)
-        where = f"{source}:{line}" if line else source
+        where = f"--set {setter}" if setter else f"{source}:{line}" if line else source
         raise ConfigError("", "", detail=f"{where}: {exc}") from None
     return spec
+
+
+def _override_of(path: str, overrides: list[str]) -> str | None:
+    """The last `--set` that gave the field at `path` (or a field above it) its value: the error is
+    in that argument, not at the file line of its parent section."""
+    for item in reversed(list(overrides)):
+        dotted = item.partition("=")[0].strip()
+        if path and (path == dotted or path.startswith((dotted + ".", dotted + "["))):
+            return item
+    return None
 
 
 # Fields that may name a local file or folder. A relative one means "from where latentmill runs",

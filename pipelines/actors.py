@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import ray
 
 from pipelines import faults as fault_injection
-from pipelines.accounting import StageLoad
 from pipelines.errors import SchedulingError
+from pipelines.observe.accounting import StageLoad
 from pipelines.pipeline import stage_class
 from pipelines.scheduler import CALLS_PER_ACTOR, error_cause
 from pipelines.worker_setup import collector_paused
@@ -71,7 +71,7 @@ class StageActor:
             result["input_facts"] = input_facts
         self.batches_run += 1
         return result, {"items": len(result["keys"]), "busy_s": busy, "started_at": started_at,
-                        "warm": self.batches_run > 1}
+                        "warm": self.batches_run > 1, "pid": os.getpid()}
 
 
 _RemoteStageActor = ray.remote(StageActor)
@@ -120,12 +120,15 @@ class StagePool:
         for _ in range(self.target if self.target is not None else self.min_actors):
             self._new_actor()
 
-    def wait_ready(self, timeout_s: float) -> None:
-        """Block until the first `min_actors` have loaded their models, or say why not."""
+    def wait_ready(self, timeout_s: float, step_s: float | None = None) -> bool:
+        """Block until the first actors have loaded their models, or say why not. `step_s`: return
+        after at most that long (or as soon as one more is ready) with whether all are ready."""
         pending = {m.ready_ref: m for m in self.members if m.info is None}
         deadline = time.monotonic() + timeout_s
         while pending:
-            ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=max(0.0, deadline - time.monotonic()))
+            wait_s = max(0.0, deadline - time.monotonic())
+            ready, _ = ray.wait(list(pending), num_returns=1 if step_s else len(pending),
+                                timeout=wait_s if step_s is None else min(step_s, wait_s))
             if not ready and time.monotonic() >= deadline:
                 raise SchedulingError(
                     f"stage {self.name!r}: {len(pending)} of {len(self.members)} actors did not start within "
@@ -134,6 +137,26 @@ class StagePool:
                 )
             for ref in ready:
                 pending.pop(ref).info = self._get_info(ref)
+            if step_s is not None:
+                return not pending
+        return True
+
+    def note_process(self, member: _Member, pid: int | None) -> str | None:
+        """What to tell the user when a member's call ran in a new process: Ray restarted it."""
+        if pid is None or member.info is None or member.info.get("pid") in (None, pid):
+            return None
+        old, member.info = member.info["pid"], {**member.info, "pid": pid}
+        number = self.members.index(member) + 1 if member in self.members else "?"
+        return (f"stage {self.name}: actor {number} (process {old}) died; Ray restarted it as process {pid} "
+                f"and retried its calls, nothing is lost")
+
+    def describe_death(self, member: _Member) -> str:
+        number = self.members.index(member) + 1 if member in self.members else "?"
+        return (f"stage {self.name}: actor {number} is gone after {self.max_restarts} restarts; "
+                f"its batch goes back to the first stage and a new actor starts")
+
+    def ready_actors(self) -> int:
+        return sum(1 for m in self.members if m.info is not None)
 
     def _get_info(self, ref) -> dict:
         try:

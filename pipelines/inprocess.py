@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 
-from pipelines.accounting import task_load
+from pipelines.observe.accounting import task_load
 from pipelines.scheduler import CALLS_PER_ACTOR
 
 
@@ -46,6 +46,12 @@ class InProcessPool:
 
     def release(self, member, dead: bool = False) -> None:
         self.in_flight -= 1
+
+    def note_process(self, member, pid) -> None:
+        return None  # one process: nothing is ever restarted
+
+    def describe_death(self, member) -> str:
+        return f"stage {self.name}: a call failed as if its actor died; its batch goes back to the first stage"
 
     def live_actors(self) -> int:
         return self.max_actors

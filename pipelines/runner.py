@@ -9,10 +9,12 @@ accounting and report.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import signal
 import sys
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Callable
@@ -20,10 +22,13 @@ from typing import Callable
 import numpy as np
 import ray
 
-from pipelines.accounting import RunAccounting
 from pipelines.actors import RayRuntime, StagePool, check_fits
 from pipelines.autoscale import rebalancer_for
 from pipelines.errors import Interrupted, OutputError
+from pipelines.observe.accounting import RunAccounting
+from pipelines.observe.phases import phase, warn
+from pipelines.observe.run_report import run_report
+from pipelines.observe.tracking import run_listeners
 from pipelines.pipeline import Pipeline
 from pipelines.plan import shard_name
 from pipelines.scheduler import ShardQueue, ShardScheduler, ShardWork
@@ -32,7 +37,6 @@ from pipelines.sinks.layout import OutputLayout
 from pipelines.sinks.lease import OutputLease, describe_holder
 from pipelines.sinks.shard_index import ShardIndex
 from pipelines.sinks.webdataset_writer import write_shard
-from pipelines.tracking import run_listeners
 
 
 @dataclass(frozen=True)
@@ -103,13 +107,17 @@ def _run_under_lease(pipeline: Pipeline, layout: OutputLayout, lease: OutputLeas
         to_generate=recovery.to_generate,
         job=pipeline.name,
         prices=vars(pipeline.cost) if pipeline.cost is not None else None,
+        stage_names=pipeline.stage_names,
+        units=dataclasses.asdict(pipeline.units),
         # A run with nothing to do leaves no run report, so checking a finished output changes nothing.
         listeners=run_listeners(layout, pipeline.name, options.progress) if recovery.changed else [],
     )
     for note in recovery.notes:
         accounting.note(note)
     if not recovery.todo:
-        return accounting.finish([])
+        accounting.finish([])
+        return run_report(accounting)
+    phase(_what_runs(pipeline, recovery.index.committed_samples, recovery.to_generate, len(recovery.todo)))
     options.connect()
     return _stream(pipeline, layout, lease, recovery, accounting, options)
 
@@ -128,7 +136,7 @@ def _recover(pipeline: Pipeline, layout: OutputLayout, lease: OutputLease, optio
                **damaged_shards(layout, markers, full=options.check_full)}
     for name, why in sorted(damaged.items()):
         notes.append(f"shard {name} is generated again: {why}")
-        print(f"latentmill: shard {name} is generated again: {why}", file=sys.stderr)
+        warn(f"shard {name} is generated again: {why}")
         layout.uncommit(name)
         markers.pop(name, None)
     debris = layout.remove_debris(markers)
@@ -146,8 +154,7 @@ def _recover(pipeline: Pipeline, layout: OutputLayout, lease: OutputLease, optio
 def _start_pools(pools: list[StagePool], layout: OutputLayout, start_timeout_s: float) -> None:
     for pool in pools:
         pool.start()
-    for pool in pools:
-        pool.wait_ready(start_timeout_s)
+    wait_until_ready(pools, start_timeout_s)
     layout.check_devices({pool.name: sorted({i["device"] for i in pool.actor_infos()}) for pool in pools})
 
 
@@ -157,6 +164,8 @@ def _stream(pipeline: Pipeline, layout: OutputLayout, lease: OutputLease, recove
     index = recovery.index
     rebalancer = rebalancer_for(pipeline.stages, pipeline.gpus, ray.cluster_resources().get("GPU", 0))
     pools = make_pools(pipeline, rebalancer)
+    phase("starting actors and loading models: " + ", ".join(
+        f"{p.name} {p.target or p.min_actors} x ({p.num_cpus:g} CPU, {p.num_gpus:g} GPU)" for p in pools))
     accounting.pools_starting()
     interrupts = _Interrupts()
     infos: list[dict] = []
@@ -195,8 +204,32 @@ def _stream(pipeline: Pipeline, layout: OutputLayout, lease: OutputLease, recove
     if interrupts.count:
         return _interrupted(pipeline, layout, accounting, infos)
     layout.remove_debris(layout.committed_markers())  # the files that repairs replaced
-    # Listeners (pipelines/tracking.py) write runs/RUN_ID.json and the job report, and end the live progress.
-    return accounting.finish(infos)
+    # Listeners (pipelines/observe/tracking.py) write runs/RUN_ID.json and the job report, and end the live progress.
+    accounting.finish(infos)
+    return run_report(accounting)
+
+
+def _what_runs(pipeline: Pipeline, committed: int, to_run: int, shards: int) -> str:
+    units, planned = pipeline.units, len(pipeline.plan)
+    if committed:
+        return (f"resuming: {committed}/{planned} {units.plural} already committed; {to_run} to run "
+                f"({shards} shards)")
+    return f"{to_run} {units.plural} to run ({shards} shards) into {pipeline.output.url}"
+
+
+def wait_until_ready(pools: list[StagePool], timeout_s: float) -> None:
+    """Wait for every pool's first actors, saying the ready counts as they change."""
+    deadline = time.monotonic() + timeout_s
+
+    def counts() -> str:
+        return ", ".join(f"{p.name} {p.ready_actors()}/{len(p.members)}" for p in pools)
+
+    said = counts()
+    while not all(p.wait_ready(max(0.0, deadline - time.monotonic()), step_s=0.5) for p in pools):
+        if counts() != said:
+            said = counts()
+            phase(f"loading models: actors ready: {said}")
+    phase(f"actors ready: {counts()}; streaming")
 
 
 def _shards_to_do(plan, markers: dict, retry_failed: bool) -> tuple[ShardQueue, int]:
@@ -226,7 +259,8 @@ def _interrupted(pipeline: Pipeline, layout: OutputLayout, accounting: RunAccoun
     accounting.finish(infos)
     samples = sum(m["samples"] for m in markers.values())
     raise Interrupted(
-        f"interrupted: {len(markers)}/{pipeline.plan.num_shards} shards ({samples}/{len(pipeline.plan)} samples) "
+        f"interrupted: {len(markers)}/{pipeline.plan.num_shards} shards ({samples}/{len(pipeline.plan)} "
+        f"{pipeline.units.plural}) "
         f"are committed in {pipeline.output.url}; rerun the same command to resume"
     )
 

@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipelines.accounting import task_load
 from pipelines.errors import OutputError, StageStalled
+from pipelines.observe.accounting import task_load
+from pipelines.observe.phases import warn
 
 IDLE_WAIT_S = 0.05
 STALL_CHECK_S = 5.0  # how often stages without progress are looked at (a look may ask Ray for its nodes)
@@ -189,12 +190,18 @@ class ShardScheduler:
         try:
             stats = self.runtime.get(ref)
         except Exception as exc:
-            pool.release(member, dead=self.runtime.is_actor_death(exc))
+            dead = self.runtime.is_actor_death(exc)
+            if dead and not self.stop_requested:
+                warn(pool.describe_death(member))
+            pool.release(member, dead=dead)
             self.runtime.discard(result_ref)
             self._on_failure(batch, pool.name, exc)
             return
         pool.release(member)
         warm = stats.pop("warm", True)
+        restarted = pool.note_process(member, stats.pop("pid", None))
+        if restarted and not self.stop_requested:
+            warn(restarted)
         self.accounting.record(pool.name, **stats, ref=ref)
         if self.rebalancer is not None:
             self.rebalancer.record(pool.name, stats["items"], stats["busy_s"], warm)

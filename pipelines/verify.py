@@ -12,7 +12,7 @@ import tarfile
 from collections import Counter
 
 from pipelines.errors import ConfigError, OutputConflict
-from pipelines.quality import quality_summary
+from pipelines.observe.quality import quality_summary
 from pipelines.sinks.integrity import damaged_shards
 from pipelines.sinks.layout import MARKER_SUFFIX, SHARD_DIR, OutputLayout
 from pipelines.sinks.video import check_clips
@@ -146,7 +146,7 @@ def _check_shard(layout: OutputLayout, name: str, marker: dict, full: bool) -> t
 
 
 def verify_quality(url: str, storage=None) -> dict:
-    """What `latentmill verify --quality` adds: the quality monitor's summary (pipelines/quality.py)
+    """What `latentmill verify --quality` adds: the quality monitor's summary (pipelines/observe/quality.py)
     with `ok` false when a shard is below the spec's thresholds. A job without a monitor has nothing
     to check: a usage error (exit 2), not a pass."""
     layout = OutputLayout(url, storage)

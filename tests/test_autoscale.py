@@ -10,7 +10,6 @@ from collections import deque
 
 import pytest
 
-from pipelines.accounting import RunAccounting
 from pipelines.autoscale import (
     GpuRebalancer,
     best_split,
@@ -20,6 +19,7 @@ from pipelines.autoscale import (
 from pipelines.config import StageResources
 from pipelines.errors import SchedulingError
 from pipelines.inprocess import Done as Ref
+from pipelines.observe.accounting import RunAccounting
 from pipelines.pipeline import StageDef
 from pipelines.scheduler import ShardScheduler
 from tests.support.fake_engine import FakePool, FakeRuntime, add, first, plan_of

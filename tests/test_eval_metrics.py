@@ -199,3 +199,17 @@ def test_lpips_loss_term_trains_with_test_only_weights(lpips_trunk):
               "final_loss": {k: out[k] for k in LOSS_TERMS if k in out},
               "held_out": {"held_out_samples": 1, "psnr": 10.0, "ssim": 0.5, "lpips_status": "lpips_test_only: ..."}}
     assert "| lpips_test_only |" in render_markdown(report) and "| lpips |" not in render_markdown(report)
+
+
+def test_grid_columns_are_as_wide_as_their_whole_label():
+    import io as _io
+
+    import torch
+    from PIL import Image, ImageDraw
+
+    from jobs.eval.common import render_grid
+
+    name = "random:tae-temporal-with-a-long-checkpoint-name"
+    grid = Image.open(_io.BytesIO(render_grid([("original", torch.rand(2, 3, 32, 32)), (name, torch.rand(2, 3, 32, 32))])))
+    needed = ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(name)
+    assert grid.size[0] >= 96 + needed  # the second column holds the whole name (was cut at 16 characters)

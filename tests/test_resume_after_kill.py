@@ -9,7 +9,9 @@ Parametrised by job kind: the engine's recovery is the same for every kind."""
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,6 +22,7 @@ import yaml
 
 from jobs.local import run_job
 from jobs.spec import parse_spec
+from pipelines.observe.phases import LOGGER_NAME
 from pipelines.sinks.layout import OutputLayout
 from pipelines.sinks.lease import LeaseHeld, OutputLease
 from pipelines.verify import verify_output
@@ -49,6 +52,15 @@ def job_spec(kind, target, output, s3_server, photos) -> dict:
     return data
 
 
+class _PhaseLines(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
 @pytest.fixture(scope="module")
 def actors_killed(ray_cluster, s3_server, photos, tmp_path_factory):
     """kind -> (spec, outcome, shards committed at the kill) of a run on S3 whose stage actor
@@ -61,6 +73,8 @@ def actors_killed(ray_cluster, s3_server, photos, tmp_path_factory):
         if kind not in runs:
             output = tmp_path_factory.mktemp(f"actors-killed-{kind}") / "out"
             spec = parse_spec(yaml.safe_dump(job_spec(kind, "s3", output, s3_server, photos)))
+            said = _PhaseLines()  # what the user is told (pipelines/observe/phases.py)
+            logging.getLogger(LOGGER_NAME).addHandler(said)
             thread, outcome = run_in_thread(spec)
             wait_for_commit(spec, thread, timeout=300)  # stretched by slack() inside
             # This test process started the Ray cluster: its stage actors are its descendants.
@@ -70,6 +84,8 @@ def actors_killed(ray_cluster, s3_server, photos, tmp_path_factory):
             for process in actors:
                 process.send_signal(signal.SIGKILL)
             thread.join(timeout=slack(600))
+            logging.getLogger(LOGGER_NAME).removeHandler(said)
+            outcome["warnings"] = said.lines
             runs[kind] = spec, outcome, at_kill
         return runs[kind]
 
@@ -86,6 +102,10 @@ def test_killed_actor_processes_are_restarted_and_nothing_is_lost(actors_killed,
     result = verify_output(spec.output.url, spec.output.storage)
     assert result["ok"], result["problems"]
     assert (result["unique_keys"], result["duplicates"], result["missing"]) == (total, 0, 0)
+    # Each death is told in one line: the stage, the actor, and what happened next.
+    deaths = [line for line in outcome["warnings"] if re.match(r"stage \w+: actor \d+ .*(died|gone)", line)]
+    assert deaths and all(("restarted" in line and "retried" in line) or "a new actor starts" in line
+                          for line in deaths), outcome["warnings"]
 
 
 # Every kind once, and both stores: generate on S3, the others on local disk (each pair is a driver

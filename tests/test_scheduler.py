@@ -12,9 +12,9 @@ from collections import deque
 
 import pytest
 
-from pipelines.accounting import RunAccounting
 from pipelines.errors import OutputError, StageStalled
 from pipelines.inprocess import Done as Ref
+from pipelines.observe.accounting import RunAccounting
 from pipelines.scheduler import ShardScheduler
 from tests.support.fake_engine import ActorDied, FakePool, FakeRuntime, add, first, plan_of
 from tests.support.slowness import slack

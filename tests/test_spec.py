@@ -62,6 +62,14 @@ def test_set_overrides_fields_with_yaml_types(tmp_path):
     assert (spec.stages.decode.min_actors, spec.stages.decode.max_actors) == (1, 3)
 
 
+def test_an_error_in_a_set_argument_names_the_argument_not_a_file_line(tmp_path):
+    message = error_of(spec_dict(tmp_path / "o"), ["sampler.stepz=3"])
+    assert message.startswith("--set sampler.stepz=3: sampler.stepz: unknown field"), message
+    message = error_of(spec_dict(tmp_path / "o"), ["output.save_latents=true", "prompts.inline=['a fox', '']"])
+    assert message.startswith("--set prompts.inline=['a fox', '']: prompts.inline[1]: expected"), message
+    assert error_of(spec_dict(tmp_path / "o", seed=-1), ["sampler.steps=3"]).startswith("job.yaml:")
+
+
 def test_malformed_yaml_names_its_line():
     with pytest.raises(ConfigError) as info:
         parse_spec("name: x\nsampler:\n  steps: [1, 2\n  width: 64\n", source="bad.yaml")

@@ -45,8 +45,9 @@ def memory_dry_run(samples: int, batch_size: int, shard: int) -> dict:
     import tempfile
 
     import pipelines.runner  # noqa: F401  (Ray, pyarrow, the sinks: what a driver process has loaded)
-    from pipelines.accounting import RunAccounting
     from pipelines.inprocess import InProcessPool
+    from pipelines.observe.accounting import RunAccounting
+    from pipelines.observe.run_report import run_report
     from pipelines.plan import build_plan
     from pipelines.scheduler import ShardQueue, ShardScheduler
     from pipelines.sinks.layout import OutputLayout
@@ -55,9 +56,9 @@ def memory_dry_run(samples: int, batch_size: int, shard: int) -> dict:
     class Reports:  # the report is rebuilt as often as the run report writer would (every 10 s or commit)
         def update(self, acc):
             if acc.written % (shard * 50) == 0:
-                acc.report()
+                run_report(acc)
 
-        def finish(self, acc, report):
+        def finish(self, acc):
             pass
 
     plan = build_plan(["a prompt"], images_per_prompt=1, num_images=samples, seed=0, samples_per_shard=shard)
@@ -78,6 +79,7 @@ def memory_dry_run(samples: int, batch_size: int, shard: int) -> dict:
     scheduler.run(ShardQueue(range(plan.num_shards)))
     report_started = time.perf_counter()
     accounting.finish([])
+    run_report(accounting)
     index.write(layout)
     index_bytes = os.path.getsize(layout.path("index.json"))
     shutil.rmtree(layout.root)

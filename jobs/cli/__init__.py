@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from importlib.metadata import PackageNotFoundError, version
 
 from jobs.cli import bench, cluster, k8s, outputs, run
 from pipelines.errors import Interrupted, LatentmillError
@@ -17,6 +18,7 @@ COMMAND_GROUPS = (run, cluster, k8s, outputs, bench)  # the order of `latentmill
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="latentmill", description="Generate image datasets with diffusion models on Ray.")
+    parser.add_argument("--version", action="version", version=f"latentmill {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     for group in COMMAND_GROUPS:
         group.add_parser(commands)
@@ -35,3 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; committed shards are kept, rerun the same command to resume", file=sys.stderr)
         return 130
+
+
+def _version() -> str:
+    try:
+        return version("latentmill")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "0+unknown"

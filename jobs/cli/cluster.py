@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from jobs.ops.submit import COMMANDS
-
 
 def add_parser(commands) -> None:
     submit = commands.add_parser("submit", help="submit a job spec to a running Ray cluster (Ray Jobs API)")
@@ -28,4 +26,6 @@ def add_parser(commands) -> None:
 
 
 def cluster_command(args) -> int:
+    from jobs.ops.submit import COMMANDS  # fsspec, asyncio: `latentmill run` speaks within a second without them
+
     return COMMANDS[args.command](args)

@@ -7,7 +7,6 @@ import json
 from jobs.cli.common import CHECKS
 from pipelines.config import StorageConfig
 from pipelines.errors import ConfigError
-from pipelines.verify import verify_output, verify_quality
 
 
 def add_parser(commands) -> None:
@@ -27,6 +26,7 @@ def add_parser(commands) -> None:
     report = commands.add_parser("report", help="print the throughput report of a finished or running job")
     report.add_argument("output", help="the job's output URL")
     report.add_argument("--json", action="store_true", help="print report.json instead of the readable report")
+    report.add_argument("--full", action="store_true", help="every per-stage column (wider than 100 columns)")
     report.add_argument("--write", action="store_true", help="also (re)write report.json, report.md and report.png there")
     _add_storage_arguments(report)
     report.set_defaults(func=_report)
@@ -53,6 +53,8 @@ def _storage(args):
 
 
 def _verify(args) -> int:
+    from pipelines.verify import verify_output, verify_quality  # pyarrow: `latentmill run` speaks before it loads
+
     quality = verify_quality(args.output, _storage(args)) if args.quality else None
     result = verify_output(args.output, _storage(args), full=args.check == "full", strict=args.strict)
     ok = result["ok"] and (quality is None or quality["ok"])
@@ -94,18 +96,19 @@ def _print_quality(q: dict) -> None:
 
 
 def _figure(value, digits: int) -> str:
-    """A mean from pipelines/quality.py: a float, None (nothing monitored) or "inf" (identical images)."""
+    """A mean from pipelines/observe/quality.py: a float, None (nothing monitored) or "inf" (identical images)."""
     return value if isinstance(value, str) else "-" if value is None else f"{value:.{digits}f}"
 
 
 def _report(args) -> int:
     # The report module draws charts (matplotlib): loaded only for this command.
-    from pipelines.report import build_job_report, open_job_output, render_markdown, write_job_report
+    from pipelines.observe.report import build_job_report, open_job_output, write_job_report
+    from pipelines.observe.report_text import render_terminal
 
     layout = open_job_output(args.output, _storage(args))
     report = write_job_report(layout) if args.write else build_job_report(layout)
     if args.json:
         print(json.dumps(report, indent=2, sort_keys=True))
     else:
-        print(render_markdown(report, chart=layout.fs.exists(layout.path("report.png"))))
+        print(render_terminal(report, full=args.full))
     return 0

@@ -5,14 +5,8 @@ from __future__ import annotations
 import sys
 
 from jobs.cli.common import CHECKS
-from jobs.dry_run import dry_run
-from jobs.kinds import kind_of
-from jobs.local import run_job
-from jobs.ops.nightly import run_with_upkeep
-from jobs.preflight import check_output_location
-from jobs.spec import load_spec
-from pipelines.faults import Fault
-from pipelines.verify import failed_samples
+from pipelines.observe.phases import phase
+from pipelines.observe.progress import LiveProgress
 
 
 def add_parser(commands) -> None:
@@ -23,6 +17,8 @@ def add_parser(commands) -> None:
     run.add_argument("--dry-run", action="store_true", help="print the resolved plan and run nothing")
     run.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else start a local cluster)")
     run.add_argument("--quiet", action="store_true", help="no progress lines")
+    run.add_argument("--verbose", action="store_true",
+                     help="also show Ray's own lines (its warnings, workers' output, task retries) on the screen")
     run.add_argument("--start-timeout", type=float, default=900.0,
                      help="seconds to wait for stage actors to start, and for a stage that lost every actor to get one back")
     run.add_argument("--retry-failed", action="store_true", help="also regenerate samples recorded as failed")
@@ -37,6 +33,25 @@ def add_parser(commands) -> None:
 
 
 def run_command(args) -> int:
+    if args.dry_run or args.quiet:
+        return _run_shown(args, None)
+    with LiveProgress("latentmill") as display:  # phase lines from the first second, then the bar
+        return _run_shown(args, display)
+
+
+def _run_shown(args, display: LiveProgress | None) -> int:
+    # On a terminal the first second already says something; in logs a bad spec stays one error line.
+    starting = phase if display is not None and display.tty else lambda text: None
+    starting(f"reading {args.spec}")
+    # After the first phase line: the kinds, pyarrow and numpy take a second on a busy machine.
+    from jobs.dry_run import dry_run
+    from jobs.kinds import kind_of
+    from jobs.local import run_job
+    from jobs.ops.nightly import run_with_upkeep
+    from jobs.preflight import check_output_location
+    from jobs.spec import load_spec
+    from pipelines.faults import Fault
+
     spec = load_spec(args.spec, args.overrides, date=args.date)
     faults = tuple(Fault.parse(text) for text in args.inject_fault)
     check_output_location(spec.output.url)  # before Ray starts, with or without --dry-run
@@ -44,12 +59,18 @@ def run_command(args) -> int:
         print(dry_run(spec, faults))
         return 0
     kind = kind_of(spec)
+    if display is not None:
+        display.label = spec.name
+    starting(f"{spec.name}: a {spec.kind} job; planning, checking its inputs and output")
 
     def run() -> dict:
-        return run_job(spec, address=args.address, progress=not args.quiet, start_timeout_s=args.start_timeout,
-                       retry_failed=args.retry_failed, faults=faults, check_full=args.check == "full", wait=args.wait)
+        return run_job(spec, address=args.address, progress=display if display is not None else False,
+                       verbose=args.verbose, start_timeout_s=args.start_timeout, retry_failed=args.retry_failed,
+                       faults=faults, check_full=args.check == "full", wait=args.wait)
 
     report = run_with_upkeep(spec, run) if kind.dated else run()
+    if display is not None:
+        display.stop()
     if kind.summary is not None:
         print(kind.summary(spec, report))
         return 0
@@ -58,12 +79,11 @@ def run_command(args) -> int:
 
 def _print_shard_summary(spec, report: dict) -> int:
     """The run's summary; exit 1 while the output holds failed samples (as `verify` counts them)."""
-    print(
-        f"{spec.name}: generated {report['generated']} samples in {report['wall_s']:.1f} s "
-        f"({report['samples_per_s'] or 0:.2f}/s); {report['already_committed']} were already committed; "
-        f"output {spec.output.url}"
-    )
-    print(f"throughput, bottleneck and cost: {spec.output.url}/report.md (or `latentmill report {spec.output.url}`)")
+    from pipelines.verify import failed_samples  # reads the output's index and manifests (pyarrow)
+
+    print(run_summary(spec.name, report, spec.output.url))
+    if report["generated"] or report["failed"]:
+        print(f"throughput, bottleneck and cost: `latentmill report {spec.output.url}` (or its report.md)")
     failed = failed_samples(spec.output.url, spec.output.storage)  # the output's, as verify counts them
     if failed:
         print(
@@ -73,3 +93,15 @@ def _print_shard_summary(spec, report: dict) -> int:
         )
         return 1
     return 0
+
+
+def run_summary(name: str, report: dict, url: str) -> str:
+    """The one line a finished run leaves, in the kind's words (Pipeline.units)."""
+    units = report.get("units") or {}
+    many, verb = units.get("plural", "samples"), units.get("verb", "processed")
+    done = report["already_committed"] + report["generated"]
+    if not report["to_generate"]:
+        return f"{name}: nothing to do: {done}/{report['planned']} {many} already committed; output {url}"
+    return (f"{name}: {report['generated']} {many} {verb} in {report['wall_s']:.1f} s "
+            f"({report['samples_per_s'] or 0:.2f} {many}/s); {report['already_committed']} were already committed; "
+            f"output {url}")

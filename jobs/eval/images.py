@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from jobs.eval import video as eval_video
-from jobs.eval.common import format_cell, render_grid, write_files
+from jobs.eval.common import format_cell, plain_table, render_grid, wrapped, write_files
 from jobs.eval.video import is_video_output, timed_decode
 from jobs.train.data import held_out_samples, scan
 from pipelines.config import StorageConfig
@@ -104,6 +104,31 @@ def render_markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+TERMINAL_COLUMNS = (("PSNR orig", "psnr_vs_original", 2), ("SSIM orig", "ssim_vs_original", 4),
+                    ("LPIPS orig", None, 4), ("PSNR ref", "psnr_vs_reference", 2), ("SSIM ref", "ssim_vs_reference", 4))
+
+
+def render_terminal(result: dict, out_url: str) -> str:
+    """The terminal's table (fits 100 columns); eval.md has every column, eval.json every number."""
+    lpips_key = next((k for k in ("lpips", "lpips_test_only") if f"{k}_vs_original" in result["rows"][0]), None)
+    head = ["decoder", *[h for h, key, _ in TERMINAL_COLUMNS if key or lpips_key], "ms/image", "GFLOP/image"]
+    rows = []
+    for row in result["rows"]:
+        cells = [row["decoder"] + (" (ref)" if row["is_reference"] else "")]
+        for _, key, digits in TERMINAL_COLUMNS:
+            if key or lpips_key:
+                cells.append(format_cell(row.get(key or f"{lpips_key}_vs_original"), digits))
+        cells += [format_cell(row["seconds_per_image"] * 1000), format_cell(row["flops_per_image"] / 1e9, 3)]
+        rows.append(cells)
+    size = result["image_size"]
+    return "\n".join([
+        f"decoder evaluation: {result['samples']} samples at {size[0]}x{size[1]} on {result['device']}",
+        *plain_table(head, rows),
+        *wrapped(f"LPIPS: {result['lpips']}"),
+        *wrapped(f"every column: {out_url.rstrip('/')}/eval.md (and eval.json, grid.png)"),
+    ])
+
+
 @torch.no_grad()  # not torch.set_grad_enabled(False): a caller in the same process (tests) trains after
 def main(argv: list[str] | None = None) -> int:
     import decoders
@@ -152,12 +177,10 @@ def main(argv: list[str] | None = None) -> int:
                               f"latents; {args.input} holds {latents.shape[1]}-channel latents")
     try:
         lpips = LPIPS().to(device)
-    except LPIPSWeightsMissing as exc:
-        print(f"note: {exc}")
+    except LPIPSWeightsMissing:  # said once, on the table's LPIPS line (lpips_status)
         lpips = None
     result = evaluate(chosen, reference, keys, latents, images, lpips, args.batch_size)
     outputs = result.pop("_outputs")
     write_files(args.out, result, render_markdown(result), render_grid([("original", images), *outputs.items()]))
-    print(render_markdown(result))
-    print(f"written: {args.out.rstrip('/')}/eval.json, eval.md, grid.png")
+    print(render_terminal(result, args.out))
     return 0

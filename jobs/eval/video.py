@@ -20,7 +20,7 @@ import time
 import numpy as np
 import torch
 
-from jobs.eval.common import format_cell, render_grid, write_files
+from jobs.eval.common import format_cell, plain_table, render_grid, wrapped, write_files
 from pipelines.errors import ConfigError
 
 FRECHET_MISSING = ("not computed: FVD needs a video feature network (I3D trained on Kinetics), whose weights "
@@ -154,12 +154,31 @@ def run(args, device: str) -> int:
         chosen.append(decoder)
     try:
         lpips = LPIPS().to(device)
-    except LPIPSWeightsMissing as exc:
-        print(f"note: {exc}")
+    except LPIPSWeightsMissing:  # said once, on the table's LPIPS line (lpips_status)
         lpips = None
     result = evaluate_video(chosen, reference, keys, latents, lpips, features, args.video_features, args.chunk_frames)
     firsts = result.pop("_first_frames")
     write_files(args.out, result, render_markdown(result), render_grid(list(firsts.items())))
-    print(render_markdown(result))
-    print(f"written: {args.out.rstrip('/')}/eval.json, eval.md, grid.png")
+    print(render_terminal(result, args.out))
     return 0
+
+
+def _short(metric: str) -> str:
+    return "Fréchet" if metric.startswith("frechet") else metric.replace("_db", " dB").replace("_", " ")
+
+
+def render_terminal(result: dict, out_url: str) -> str:
+    """The terminal's table (fits 100 columns); eval.md has every column, eval.json every number."""
+    metrics = [c for c in result["rows"][0] if c == "ssim" or c.startswith(("psnr", "lpips", "flicker_excess", "frechet"))]
+    rows = [[row["decoder"] + (" (ref)" if row["is_reference"] else ""),
+             *[format_cell(row.get(c), 2 if c.startswith(("psnr", "frechet")) else 4) for c in metrics],
+             format_cell(row["seconds_per_frame"] * 1000), format_cell(row["chunk_frames"])] for row in result["rows"]]
+    h, w = result["frame_size"]
+    return "\n".join([
+        f"video decoder evaluation: {result['clips']} clips of {result['frames_per_clip']} frames at {h}x{w} "
+        f"on {result['device']}",
+        *plain_table(["decoder", *map(_short, metrics), "ms/frame", "chunk"], rows),
+        *wrapped(f"LPIPS: {result['lpips']}"),
+        *wrapped(f"Fréchet distance: {result['frechet']}"),
+        *wrapped(f"every column: {out_url.rstrip('/')}/eval.md (and eval.json, grid.png)"),
+    ])

@@ -38,7 +38,8 @@ def describe(spec: TrainDecoderSpec) -> list[str]:
     ]
 
 
-def run(spec: TrainDecoderSpec, *, progress: bool, connect, wait: bool) -> dict:
+def run(spec: TrainDecoderSpec, *, progress, connect, wait: bool) -> dict:
+    """`progress`: the live display (a LiveProgress), True for plain lines, or False."""
     from jobs.train.driver import train_decoder  # torch (via its data module): not for other commands
 
     return train_decoder(spec, progress=progress, connect=connect, wait=wait)

@@ -154,7 +154,7 @@ def _not_removable(spec, url: str, fs, verify_output) -> str | None:
 
 def _is_latentmill_file(relpath: str) -> bool:
     """A file a latentmill job writes under its output (see pipelines/sinks/layout.py)."""
-    from pipelines.report import REPORT_JSON, REPORT_MD, REPORT_PNG, RUNS_DIR
+    from pipelines.observe.report import REPORT_JSON, REPORT_MD, REPORT_PNG, RUNS_DIR
     from pipelines.sinks.layout import INDEX_FILE, JOB_FILE, MARKER_SUFFIX, PLAN_FILE, SHARD_DIR
     from pipelines.sinks.lease import LEASE_DIR
 

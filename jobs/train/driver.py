@@ -19,6 +19,7 @@ beside it, and the report.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -29,8 +30,11 @@ import uuid
 
 from jobs.train.checkpoint import DECODER_DIR, public_config
 from jobs.train.data import first_sample, latent_statistics, scan
+from jobs.train.progress import TrainDisplay
 from jobs.train.spec import TrainDecoderSpec
 from pipelines.errors import ConfigError
+from pipelines.observe.phases import phase
+from pipelines.observe.progress import LiveProgress
 from pipelines.sinks.layout import OutputLayout
 from pipelines.sinks.lease import OutputLease, describe_holder
 from pipelines.sinks.storage import open_output, write_json
@@ -120,7 +124,7 @@ def _storage(spec: TrainDecoderSpec):
     return root, PyFileSystem(FSSpecHandler(fs))
 
 
-def train_decoder(spec: TrainDecoderSpec, *, progress: bool = True, connect=None, wait: bool = False) -> dict:
+def train_decoder(spec: TrainDecoderSpec, *, progress=True, connect=None, wait: bool = False) -> dict:
     """Check the spec and data, then (`connect`: join a Ray cluster) train; returns the final report.
 
     Like a generation job, training holds its output's lease while it runs (`wait`: wait for a
@@ -163,10 +167,11 @@ def _canonical(value) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
-def _train(spec: TrainDecoderSpec, prepared: dict, progress: bool, connect) -> dict:
+def _train(spec: TrainDecoderSpec, prepared: dict, progress, connect) -> dict:
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.util.queue import Queue
 
     from jobs.train.worker import train_loop  # torch, DDP: only in Ray Train's workers and when training
 
@@ -176,8 +181,12 @@ def _train(spec: TrainDecoderSpec, prepared: dict, progress: bool, connect) -> d
     if use_gpu == "auto":
         use_gpu = ray.cluster_resources().get("GPU", 0) > 0
     storage_path, storage_fs = _storage(spec)
-    config = {"spec": spec.to_dict(), "prepared": prepared, "use_gpu": use_gpu, "progress": progress,
-              "run_name": run_name(spec)}
+    # Rank 0 tells the driver its steps through a queue; the driver draws the bar (jobs/train/progress.py).
+    queue = Queue(maxsize=1000) if progress else None
+    config = {"spec": spec.to_dict(), "prepared": prepared, "use_gpu": use_gpu, "progress": bool(progress),
+              "run_name": run_name(spec), "progress_queue": queue}
+    phase(f"starting {spec.scaling.num_workers} training worker(s) ({'GPU' if use_gpu else 'CPU'}); "
+          f"{spec.optim.steps} steps")
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=config,
@@ -191,7 +200,10 @@ def _train(spec: TrainDecoderSpec, prepared: dict, progress: bool, connect) -> d
         ),
     )
     started = time.time()
-    result = trainer.fit()
+    if isinstance(progress, LiveProgress):
+        progress.stop()  # one live display at a time: the training bar takes over from the phase lines
+    with TrainDisplay(queue, spec.optim.steps, spec.name) if queue is not None else contextlib.nullcontext():
+        result = trainer.fit()
     if result.error is not None:
         raise result.error
     fs, root = open_output(spec.output.url, spec.output.storage)

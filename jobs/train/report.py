@@ -72,24 +72,26 @@ def render_markdown(report: dict) -> str:
 
 
 def loss_chart(history: list[dict]) -> bytes:
+    """One small panel per loss term, each on its own y axis (log where every value is positive):
+    on one shared axis the total hid the pixel term under it and small terms lay flat at zero."""
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    steps = [h["step"] for h in history]
-    for term in LOSS_TERMS:
-        if any(term in h for h in history):
-            ax.plot([s for s, h in zip(steps, history) if term in h], [h[term] for h in history if term in h], label=term)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (weighted)")
-    ax.set_yscale("log" if all(h["total"] > 0 for h in history) else "linear")
-    ax.legend()
-    fig.tight_layout()
+    terms = [t for t in LOSS_TERMS if any(t in h for h in history)]
+    fig = Figure(figsize=(8, 1.7 * len(terms) + 0.8), dpi=100, layout="constrained")
+    axes = fig.subplots(len(terms), 1, sharex=True, squeeze=False)[:, 0]
+    for i, (term, ax) in enumerate(zip(terms, axes)):
+        points = [(h["step"], h[term]) for h in history if term in h]
+        ax.plot([s for s, _ in points], [v for _, v in points], color=f"C{i}", linewidth=1.2)
+        ax.set_yscale("log" if all(v > 0 for _, v in points) else "linear")
+        ax.set_ylabel(term, fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[-1].set_xlabel("step")
+    fig.suptitle("training loss per term (weighted; own y axis each)", fontsize=10)
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
+    fig.savefig(buffer, format="png")
     return buffer.getvalue()
 
 

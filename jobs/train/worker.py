@@ -12,9 +12,12 @@ import torch
 from jobs.schema import build as build_spec
 from jobs.train.checkpoint import DECODER_DIR, STATE_JSON, STATE_TENSORS, same_decoder, temporary_dir, write_tree
 from jobs.train.data import batches, held_out_samples, shards_from, units, worker_stream
-from jobs.train.report import LOSS_TERMS, write_report
+from jobs.train.progress import tell
+from jobs.train.report import write_report
 from jobs.train.spec import TrainDecoderSpec
 from pipelines.worker_setup import collector_paused
+
+TELL_EVERY_S = 0.5  # how often rank 0 tells the driver its step (a queue put, not a print)
 
 
 def _spec(config: dict) -> TrainDecoderSpec:
@@ -94,7 +97,8 @@ def train_loop(config: dict) -> None:
     data = batches(stream, o.batch_size)
     reference = _reference_decoder(spec, device) if spec.target == "reference" else None
     resource_per_worker = 1.0 if config["use_gpu"] else spec.scaling.cpus_per_worker
-    last_print = time.time()
+    queue = config.get("progress_queue") if rank == 0 else None
+    last_told = 0.0
     while trainer.step_count < o.steps:
         started = time.perf_counter()
         latents, images = next(data)
@@ -105,14 +109,15 @@ def train_loop(config: dict) -> None:
         metrics.update(step=step, seconds=seconds, images_per_s=o.batch_size * world / seconds,
                        resource_s=seconds * world * resource_per_worker)
         history.append(metrics)
-        if rank == 0 and config["progress"] and (time.time() - last_print >= spec.progress_every_s or step == o.steps):
-            last_print = time.time()
-            terms = ", ".join(f"{k} {metrics[k]:.4f}" for k in LOSS_TERMS[:-1] if k in metrics)
-            print(f"[train-decoder] step {step}/{o.steps}: loss {metrics['total']:.4f} ({terms}), "
-                  f"{metrics['images_per_s']:.1f} images/s", flush=True)
+        if queue is not None and (time.time() - last_told >= TELL_EVERY_S or step == o.steps):
+            last_told = time.time()  # the driver draws the bar (jobs/train/progress.py)
+            tell(queue, {"kind": "step", "step": step, "steps": o.steps, "loss": metrics["total"],
+                         "images_per_s": metrics["images_per_s"]})
         if step % spec.checkpoints.every_steps == 0 or step == o.steps:
             _checkpoint(trainer, history, config["prepared"]["decoder"], rank, metrics)
+            tell(queue, {"kind": "checkpoint", "step": step})
     if rank == 0:
+        tell(queue, {"kind": "evaluating", "samples": spec.eval_samples})
         _finish(spec, config, trainer, decoder, history, resumed_from, device)
 
 

@@ -85,7 +85,8 @@ def test_video_quickstart_writes_clips_that_pyav_opens_as_the_manifest_says(ray_
         meta = json.loads(sample["json"])
         assert meta["conditioning_key"] == sample["__key__"] and meta["seed"] == meta["index"]  # seed 0 + index
     report = json.loads((out / "report.json").read_text())
-    assert report["video"]["frames_per_clip"] == 8 and report["video"]["frames_per_s"] > 0
+    assert report["per_item"]["frames"]["per_item"] == 8 and report["per_item"]["frames"]["per_s"] > 0
+    assert report["units"]["plural"] == "clips" and report["stage_names"][-1] == "write"
     assert "frames/s" in (out / "report.md").read_text()
     # The example keeps no latents: there is nothing for `latentmill eval` to decode.
     capsys.readouterr()
@@ -106,6 +107,9 @@ def test_eval_compares_video_decoders_per_frame_and_over_time(ray_cluster, tmp_p
     done = cli("eval", str(out), "--decoder", "random:tae-temporal", "--chunk-frames", "3",
                "--video-features", "tests.test_video:clip_colour_features", "--out", str(tmp_path / "eval"))
     assert done.returncode == 0, done.stderr[-3000:]
+    # The terminal gets a table that fits 100 columns and one LPIPS line; eval.md has every column.
+    assert max(len(line) for line in done.stdout.splitlines()) <= 100, done.stdout
+    assert done.stdout.count("LPIPS") == 1 and "LPIPS" not in done.stderr, done.stdout + done.stderr
     result = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert (result["kind"], result["clips"], result["frames_per_clip"]) == ("video", 4, FRAMES)
     reference, light = result["rows"]

@@ -1,10 +1,11 @@
-"""Throughput accounting for one run: per-stage counts, busy and waiting time, latency, resources, cost.
+"""The facts one run records: per-stage counts, busy and waiting time, latency, resources, timeline.
 
 The driver feeds it three kinds of facts and nothing else:
   - `submitted` / `record`: a batch entered a stage / a stage finished a batch (items, busy seconds);
   - `observe`: once per driver-loop turn, each stage's load (actors, queued batches, free slots);
   - `committed` / `failure` / `note`: shards committed, batches that failed, remarks.
-From those it derives what the report shows. Time integrals (actor-seconds, backlog) are taken
+Readers turn them into figures: pipelines/observe/run_report.py (the run report, cost),
+pipelines/observe/eta.py (smoothed rate, ETA), pipelines/observe/progress.py (the live display). Time integrals (actor-seconds, backlog) are taken
 between consecutive `observe` calls: the driver changes the state only between them, so the
 integrals are exact up to the loop's own bookkeeping time.
 
@@ -25,13 +26,11 @@ resources are held only while a write task runs (reserved_actor_s = summed task 
 
 from __future__ import annotations
 
-import datetime as dt
 import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
 
-STAGE_ORDER = ("read", "encode", "denoise", "decode", "monitor", "write")  # the stage names of every job kind, in chain order
 # Latency histograms: log-spaced buckets 5% wide from 1 ms, so runs merge into job totals.
 _BUCKET_BASE, _BUCKET_RATIO = 1e-3, 1.05
 TIMELINE_POINTS = 600  # at most this many timeline points per run (older ones are thinned)
@@ -116,10 +115,6 @@ class Distribution:
         return {str(k): v for k, v in sorted(self.hist.items())}
 
 
-def _ratio(a: float, b: float, digits: int = 4) -> float | None:
-    return round(a / b, digits) if b > 0 else None
-
-
 @dataclass(frozen=True)
 class StageLoad:
     """A stage's state at one moment, as the driver sees it."""
@@ -199,79 +194,33 @@ class StageStats:
         self.actors_max = max(self.actors_max, load.actors)
         self.observed_s += seconds
 
-    def as_dict(self, wall_s: float) -> dict:
-        reserved = self.task_s if self.is_tasks else self.reserved_actor_s
-        gpu_s = reserved * self.gpus_per_actor
-        cpu_s = reserved * self.cpus_per_actor
-        mean_actors = self.actor_s / self.observed_s if self.observed_s > 0 else float(self.actors_max)
-        return {
-            "items_in": self.items_in,
-            "items_out": self.items_out,
-            "items": self.items_out,  # = items_out (the name older reports used)
-            "batches": self.batches,
-            "failed_batches": self.failed_batches,
-            "busy_s": round(self.busy_s, 4),
-            "actor_s": round(self.actor_s, 4),
-            "reserved_actor_s": round(reserved, 4),
-            "idle_s": round(max(0.0, self.actor_s - self.busy_s), 4),
-            "waiting_for_input_s": round(self.waiting_for_input_s, 3),
-            "input_backlog_s": round(self.input_backlog_s, 3),
-            "queued_batch_s": round(self.queued_batch_s, 3),
-            "backpressured_s": round(self.backpressured_s, 3),
-            "utilisation": _ratio(self.busy_s, self.actor_s),
-            "items_per_s": _ratio(self.items_out, wall_s, 3),
-            "items_per_busy_s": _ratio(self.items_out, self.busy_s, 3),
-            # What the stage could do with its mean actors if never starved: the bottleneck has the lowest.
-            "capacity_items_per_s": _ratio(self.items_out * mean_actors, self.busy_s, 3),
-            "batch_s": self.service.summary(),
-            "latency_s": self.latency.summary(),
-            "actors": {"min": self.actors_min or 0, "max": self.actors_max, "mean": round(mean_actors, 3)},
-            "observed_s": round(self.observed_s, 3),
-            "kind": "tasks" if self.is_tasks else "actors",
-            "cpus_per_actor": self.cpus_per_actor,
-            "gpus_per_actor": self.gpus_per_actor,
-            "gpu_s": round(gpu_s, 4),
-            "cpu_s": round(cpu_s, 4),
-            "gpu_s_per_item": _ratio(gpu_s, self.items_out, 6),
-            "cpu_s_per_item": _ratio(cpu_s, self.items_out, 6),
-            "service_hist": self.service.as_hist(),
-            "latency_hist": self.latency.as_hist(),
-        }
-
-
-def cost_of(gpu_hours: float, cpu_hours: float, prices: dict | None, images: int) -> dict | None:
-    """Money for resource-hours at the spec's prices; None when the spec gives no prices."""
-    if prices is None:
-        return None
-    total = gpu_hours * prices["gpu_hour"] + cpu_hours * prices["cpu_hour"]
-    return {
-        "currency": prices.get("currency", "USD"),
-        "gpu_hour": prices["gpu_hour"],
-        "cpu_hour": prices["cpu_hour"],
-        "total": round(total, 6),
-        "per_1000_images": round(1000 * total / images, 6) if images else None,
-    }
-
 
 @dataclass
 class RunAccounting:
+    """The facts of one run. `stage_names`: the chain's stages in order (Pipeline.stage_names), which
+    says whose backpressure is whose; `units`: how the kind names its items (Pipeline.units, as a dict)."""
+
     run_id: str
     planned: int
     already_committed: int
     to_generate: int
     job: str = ""
     prices: dict | None = None  # {"gpu_hour", "cpu_hour", "currency"} from the spec's cost section
+    stage_names: tuple[str, ...] = ()
+    units: dict = field(default_factory=dict)
     started_at: float = field(default_factory=time.time)
     written: int = 0
     failed_samples: int = 0
     stages: dict[str, StageStats] = field(default_factory=dict)
     failures: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    listeners: list = field(default_factory=list)  # objects with update(acc) and finish(acc, report)
+    listeners: list = field(default_factory=list)  # objects with update(acc) and finish(acc)
     status: str = "running"
     error: str | None = None
+    actors: list[dict] = field(default_factory=list)  # the actors' infos, known at the end
     timeline: list[dict] = field(default_factory=list)
     _clock: float = field(default_factory=time.monotonic)
+    _ended: float | None = None
     _pools_started: float | None = None
     _stream_started: float | None = None
     _last_observe: float | None = None
@@ -326,7 +275,7 @@ class RunAccounting:
             # Actors held while loading their models count as reserved (allocated) time.
             if self._pools_started is not None:
                 for name, load in loads.items():
-                    if name != "write":
+                    if not self.stage(name).is_tasks:
                         self.stage(name).reserved_actor_s += load.reserved * (now - self._pools_started)
         self._last_observe = now
         self._last_loads = dict(loads)
@@ -337,9 +286,7 @@ class RunAccounting:
         """Credit the loads seen at the last observe() with the time since then."""
         if self._last_observe is not None:
             seconds = now - self._last_observe
-            order = [s for s in STAGE_ORDER if s in self._last_loads] + [
-                s for s in self._last_loads if s not in STAGE_ORDER
-            ]
+            order = self.chain_order(self._last_loads)
             for i, name in enumerate(order):
                 load = self._last_loads[name]
                 following = self._last_loads.get(order[i + 1]) if i + 1 < len(order) else None
@@ -347,41 +294,67 @@ class RunAccounting:
                 self.stage(name).integrate(load, seconds, blocked)
             self._last_observe = now
 
-    def fail(self, exc: BaseException, actors: list[dict] | None = None) -> dict:
+    def chain_order(self, names) -> list[str]:
+        """`names` in chain order: the pipeline's stage order, then any it does not name, as given."""
+        names = list(names)
+        return [s for s in self.stage_names if s in names] + [s for s in names if s not in self.stage_names]
+
+    def fail(self, exc: BaseException, actors: list[dict] | None = None) -> None:
         """The run stops with an error: its report is still written, marked failed."""
         self.status = "failed"
         self.error = f"{type(exc).__name__}: {exc}"
-        return self.finish(actors)
+        self.finish(actors)
 
-    # -- derived numbers --------------------------------------------------------------------
+    def finish(self, actors: list[dict] | None = None) -> None:
+        """The run is over: the clock stops, the pools are gone, every listener is told once."""
+        now = time.monotonic()
+        self._integrate(now)
+        self._last_loads = {}  # the pools are gone: nothing more to credit
+        self._ended = now
+        self.actors = list(actors or [])
+        if self.status == "running":
+            self.status = "finished"
+        for listener in self.listeners:
+            listener.finish(self)
+
+    # -- clocks and the timeline ------------------------------------------------------------
+
+    def now(self) -> float:
+        """Monotonic now, or the end of the run once it finished."""
+        return self._ended if self._ended is not None else time.monotonic()
 
     def elapsed(self) -> float:
-        return time.monotonic() - self._clock
+        return self.now() - self._clock
 
-    def eta_s(self) -> float | None:
-        """Remaining samples at the rate seen so far (committed samples, else decoded ones)."""
-        remaining = self.to_generate - self.written
-        if remaining <= 0:
-            return 0.0
-        since = self._stream_started or self._clock
-        elapsed = time.monotonic() - since
-        done = self.written
-        if done == 0 and "decode" in self.stages:
-            done = self.stages["decode"].items_out  # before the first commit, decoded samples
-        if done <= 0 or elapsed <= 0:
-            return None
-        return remaining / (done / elapsed)
+    def startup_s(self) -> float:
+        """From the pools' start to the first batch streamed (models loading)."""
+        if self._stream_started and self._pools_started:
+            return self._stream_started - self._pools_started
+        return 0.0
+
+    def stream_s(self) -> float:
+        """From the first batch submitted to now (or the end)."""
+        return self.now() - self._stream_started if self._stream_started else 0.0
+
+    def stream_start_t(self) -> float | None:
+        """When streaming began, in timeline seconds (None: not yet)."""
+        return self._stream_started - self._clock if self._stream_started else None
+
+    def loads(self) -> dict[str, StageLoad]:
+        """Each stage's load at the last observe (empty once finished)."""
+        return dict(self._last_loads)
 
     def _add_timeline_point(self, now: float) -> None:
         t = now - self._clock
         if self.timeline and t - self.timeline[-1]["t"] < self._timeline_step:
             return
-        self.timeline.append(self._point(t))
+        self.timeline.append(self.point(t))
         if len(self.timeline) > TIMELINE_POINTS:
             self.timeline = self.timeline[::2]
             self._timeline_step *= 2
 
-    def _point(self, t: float) -> dict:
+    def point(self, t: float) -> dict:
+        """The cumulative facts at timeline second `t` (now's counts)."""
         return {
             "t": round(t, 3),
             "committed": self.written,
@@ -391,71 +364,6 @@ class RunAccounting:
             "queued": {n: load.queued for n, load in self._last_loads.items()},
         }
 
-    def report(self, actors: list[dict] | None = None) -> dict:
-        """The run report: everything above, as one JSON-able dict. Valid while running too."""
-        now_wall = time.time()
-        wall = self.elapsed()
-        ordered = sorted(self.stages.items(), key=lambda kv: STAGE_ORDER.index(kv[0]) if kv[0] in STAGE_ORDER else 99)
-        stages = {name: s.as_dict(wall) for name, s in ordered}
-        gpu_hours = sum(s["gpu_s"] for s in stages.values()) / 3600
-        cpu_hours = sum(s["cpu_s"] for s in stages.values()) / 3600
-        timeline = list(self.timeline)
-        if not timeline or timeline[-1]["t"] < wall:
-            timeline.append(self._point(wall))
-        startup = (self._stream_started - self._pools_started) if self._stream_started and self._pools_started else 0.0
-        return {
-            "run_id": self.run_id,
-            "job": self.job,
-            "status": self.status,
-            "error": self.error,
-            "started": dt.datetime.fromtimestamp(self.started_at, dt.timezone.utc).isoformat(),
-            "updated": dt.datetime.fromtimestamp(now_wall, dt.timezone.utc).isoformat(),
-            "updated_unix": round(now_wall, 3),
-            "wall_s": round(wall, 3),
-            "startup_s": round(startup, 3),
-            # From the first batch submitted to now (or the end): wall time minus setup and start-up.
-            "stream_s": round(time.monotonic() - self._stream_started, 3) if self._stream_started else 0.0,
-            "planned": self.planned,
-            "already_committed": self.already_committed,
-            "to_generate": self.to_generate,
-            "generated": self.written,
-            "failed": self.failed_samples,
-            "samples_per_s": _ratio(self.written, wall, 3),
-            "eta_s": None if self.status != "running" else _round(self.eta_s()),
-            "gpu_hours": round(gpu_hours, 8),
-            "cpu_hours": round(cpu_hours, 8),
-            "cost": cost_of(gpu_hours, cpu_hours, self.prices, self.written),
-            "stages": stages,
-            "timeline": timeline,
-            "actors": actors or [],
-            "failures": self.failures,
-            "notes": self.notes,
-        }
-
-    def finish(self, actors: list[dict] | None = None) -> dict:
-        self._integrate(time.monotonic())
-        self._last_loads = {}  # the pools are gone: nothing more to credit
-        if self.status == "running":
-            self.status = "finished"
-        report = self.report(actors)
-        for listener in self.listeners:
-            listener.finish(self, report)
-        return report
-
     def _notify(self) -> None:
         for listener in self.listeners:
             listener.update(self)
-
-    def progress_line(self, label: str) -> str:
-        """One plain line: committed samples, rate, ETA and per-stage items (for logs)."""
-        elapsed = self.elapsed()
-        rate = self.written / elapsed if elapsed > 0 else 0.0
-        eta = self.eta_s()
-        stages = " ".join(f"{name} {s.items_out}" for name, s in self.stages.items())
-        done = self.already_committed + self.written
-        eta_text = "?" if eta is None else f"{eta:.0f}s"
-        return f"[{label}] {done}/{self.planned} samples committed | {rate:.1f}/s | ETA {eta_text} | {stages}"
-
-
-def _round(value: float | None, digits: int = 1) -> float | None:
-    return None if value is None else round(value, digits)

@@ -12,9 +12,9 @@ import yaml
 from jobs.cli import main as cli_main
 from jobs.local import run_job
 from jobs.spec import parse_spec
-from pipelines.accounting import bucket_of, exact_percentile, percentiles_from_histogram
 from pipelines.errors import SchedulingError
-from pipelines.report import build_job_report, open_job_output
+from pipelines.observe.accounting import bucket_of, exact_percentile, percentiles_from_histogram
+from pipelines.observe.report import build_job_report, open_job_output
 from pipelines.verify import verify_output
 from tests.support.jobspecs import spec_dict
 
@@ -139,12 +139,23 @@ def test_reports_are_written_next_to_the_data(finished):
     assert all(a["t"] <= b["t"] for a, b in zip(timeline, timeline[1:]))
 
 
-def test_report_command_names_the_bottleneck_first(finished, capsys):
+def test_report_command_prints_a_narrow_summary_then_a_stage_table(finished, capsys):
     out, _ = finished
     assert cli_main(["report", str(out)]) == 0
     lines = capsys.readouterr().out.splitlines()
     stage = json.loads((out / "report.json").read_text())["bottleneck"]["stage"]
-    assert any(line.startswith(f"**Bottleneck: {stage}**") for line in lines[:3]), lines[:3]
+    summary = lines[: lines.index("")]
+    names = [line.split()[0] for line in summary[1:] if not line.startswith(" " * 14)]
+    assert names == ["status", "wall", "throughput", "bottleneck", "cost", "resources", "problems"], summary
+    assert any(line.startswith(f"  bottleneck  {stage}: lowest capacity") for line in summary), summary
+    assert any(line.startswith("  cost") and "USD per 1,000 images" in line for line in summary), summary
+    assert "complete: 24/24 images committed" in summary[1] and "0 failed, 0 rejected" in summary[-1]
+    header = next(i for i, line in enumerate(lines) if line.startswith("stage "))
+    assert [line.split()[0] for line in lines[header + 2: header + 5]] == ["denoise", "decode", "write"]
+    assert max(len(line) for line in lines) <= 100
+    assert cli_main(["report", str(out), "--full"]) == 0
+    wide = capsys.readouterr().out.splitlines()
+    assert any("backpressured s" in line and "latency s p50/p95" in line for line in wide)
     assert cli_main(["report", str(out), "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["totals"]["generated"] == 24 and printed["bottleneck"]["stage"] == stage

@@ -9,11 +9,11 @@ import yaml
 
 from jobs.cli import main as cli_main
 from jobs.spec import parse_spec
-from pipelines.accounting import RunAccounting, StageLoad
 from pipelines.errors import ConfigError, OutputError
-from pipelines.metrics import RayMetrics, make_metrics
-from pipelines.progress import LiveProgress
-from pipelines.report import open_job_output
+from pipelines.observe.accounting import RunAccounting, StageLoad
+from pipelines.observe.metrics import RayMetrics, make_metrics
+from pipelines.observe.progress import LiveProgress
+from pipelines.observe.report import open_job_output
 from tests.support.jobspecs import spec_dict
 
 
@@ -80,17 +80,21 @@ def _accounting() -> RunAccounting:
     return acc
 
 
-def test_progress_redraws_in_place_on_a_tty():
+def test_progress_on_a_tty_draws_a_bar_and_a_row_per_stage_in_chain_order():
     stream = io.StringIO()
     live = LiveProgress("j", stream=stream, tty=True, every_s=0)
     acc = _accounting()
+    acc.stage_names = ("denoise", "decode", "write")
+    acc.units = {"plural": "clips"}
+    acc.listeners = [live]
     live.update(acc)
-    live.update(acc)
+    acc.finish([])
     text = stream.getvalue()
-    first, second = text.split("\x1b[3F")  # the second draw moves up over the 3 lines of the first
-    assert first.count("\n") == 3 and second.count("\n") == 3
-    assert "28/100 committed" in first and "denoise" in first and "decode" in first
-    assert all(line.startswith("\x1b[2K") for line in first.splitlines())
+    assert "\x1b[" in text and "━" in text  # redrawn in place, with a bar
+    final = text[text.rindex("j (finished)"):]
+    assert "20/100 clips (20%)" in final and "28 committed" in final and "clips/s" in final
+    rows = [line.split()[0] for line in final.splitlines()[3:] if line.strip()]
+    assert rows[:2] == ["denoise", "decode"], final
 
 
 def test_progress_prints_plain_lines_at_intervals_when_not_a_tty():
@@ -100,9 +104,9 @@ def test_progress_prints_plain_lines_at_intervals_when_not_a_tty():
     for _ in range(50):
         live.update(acc)  # not due yet: nothing
     assert stream.getvalue() == ""
-    live.finish(acc, {})
+    live.finish(acc)
     text = stream.getvalue()
-    assert "\x1b" not in text and "j (running): 28/100 committed" in text and "  denoise" in text
+    assert "\x1b" not in text and "j (running): 20/100 samples (20%) | 28 committed" in text and "  denoise" in text
 
 
 # -- Ray metrics ----------------------------------------------------------------------------------
@@ -165,7 +169,7 @@ def test_metrics_export_gives_the_quality_monitor_flags_at_the_end_of_a_run():
     factory = {"Counter": _Recorder, "Gauge": _Recorder, "Histogram": _Recorder}
     summary = {"flagged": [{"shard": "00001", "why": "mean PSNR 5.7 dB < min_psnr 40"}], "psnr": 5.7, "ssim": "inf"}
     metrics = RayMetrics("j", every_s=0, factory=factory, quality=lambda: summary)
-    metrics.finish(_accounting(), {})
+    metrics.finish(_accounting())
     quality = {c[0]: c[2] for c in _Recorder.calls if c[0].startswith("latentmill_quality")}
     # "inf" (identical images) is no finite figure to export; the others are.
     assert quality == {"latentmill_quality_flagged_shards": 1, "latentmill_quality_psnr_db": 5.7}

@@ -1,7 +1,7 @@
 """What watches a run: the run report kept current on storage, live progress, and Ray metrics.
 
-Each is a listener of pipelines.accounting.RunAccounting: `update(acc)` after every driver-loop
-turn (each decides how often it acts), `finish(acc, report)` once at the end, failed runs included.
+Each is a listener of pipelines.observe.accounting.RunAccounting: `update(acc)` after every driver-loop
+turn (each decides how often it acts), `finish(acc)` once at the end, failed runs included.
 """
 
 from __future__ import annotations
@@ -9,16 +9,18 @@ from __future__ import annotations
 import sys
 import time
 
-from pipelines.metrics import RayMetrics
-from pipelines.progress import LiveProgress
-from pipelines.quality import quality_summary
-from pipelines.report import write_job_report
+from pipelines.observe.metrics import RayMetrics
+from pipelines.observe.progress import LiveProgress
+from pipelines.observe.quality import quality_summary
+from pipelines.observe.report import write_job_report
+from pipelines.observe.run_report import run_report
 
 
-def run_listeners(layout, job_name: str, progress: bool) -> list:
+def run_listeners(layout, job_name: str, progress) -> list:
+    """`progress`: True (a display of its own), False (none) or the caller's LiveProgress."""
     listeners = [RunReportWriter(layout), RayMetrics(job_name, quality=lambda: _quality(layout))]
     if progress:
-        listeners.append(LiveProgress(job_name))
+        listeners.append(progress if isinstance(progress, LiveProgress) else LiveProgress(job_name))
     return listeners
 
 
@@ -43,12 +45,12 @@ class RunReportWriter:
         now = time.monotonic()
         committed_more = acc.written != self._written
         if now - self._last >= self.every_s or (committed_more and now - self._last >= self.min_gap_s):
-            self.layout.write_run_report(acc.run_id, acc.report())
+            self.layout.write_run_report(acc.run_id, run_report(acc))
             self._last, self._written = now, acc.written
 
-    def finish(self, acc, report: dict) -> None:
+    def finish(self, acc) -> None:
         try:
-            self.layout.write_run_report(acc.run_id, report)
+            self.layout.write_run_report(acc.run_id, run_report(acc))
         except Exception as exc:
             if acc.status != "failed":
                 raise

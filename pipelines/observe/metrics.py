@@ -11,6 +11,8 @@ from __future__ import annotations
 import sys
 import time
 
+from pipelines.observe.eta import eta_s
+
 STAGE_TAGS = ("job", "stage")
 JOB_TAGS = ("job",)
 LATENCY_BOUNDARIES = [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300]
@@ -40,7 +42,7 @@ def make_metrics(factory=None) -> dict:
         "committed": counter("latentmill_samples_committed", "samples committed to storage", tag_keys=JOB_TAGS),
         "images_per_s": gauge("latentmill_images_per_second", "committed samples per second so far", tag_keys=JOB_TAGS),
         "eta": gauge("latentmill_eta_seconds", "estimated seconds left", tag_keys=JOB_TAGS),
-        # Set at the end of a run of a job with a quality monitor (pipelines/quality.py), over its committed shards.
+        # Set at the end of a run of a job with a quality monitor (pipelines/observe/quality.py), over its committed shards.
         "quality_flagged": gauge("latentmill_quality_flagged_shards", "shards below the quality monitor's thresholds",
                                  tag_keys=JOB_TAGS),
         "quality_psnr": gauge("latentmill_quality_psnr_db", "mean PSNR of the decoder vs the reference, monitored samples",
@@ -53,7 +55,7 @@ def make_metrics(factory=None) -> dict:
 class RayMetrics:
     """A RunAccounting listener that pushes deltas to Ray's metrics at most every `every_s`.
 
-    `quality` (optional): returns the job's quality monitor summary (pipelines/quality.py) or None;
+    `quality` (optional): returns the job's quality monitor summary (pipelines/observe/quality.py) or None;
     called once at the end of the run, since it reads every committed manifest.
     """
 
@@ -74,7 +76,7 @@ class RayMetrics:
             self._last = now
             self.push(acc)
 
-    def finish(self, acc, report: dict) -> None:
+    def finish(self, acc) -> None:
         if self.metrics is not None:
             self.push(acc)
             if self.quality is not None:
@@ -114,7 +116,7 @@ class RayMetrics:
             for value in list(recent)[len(recent) - min(new, len(recent)):]:
                 m["latency"].observe(value, tags=tags)
             self._sent[("latency", name)] = stats.latency.count
-            load = acc._last_loads.get(name)
+            load = acc.loads().get(name)
             m["actors"].set(load.actors if load else 0, tags=tags)
             m["queued"].set(load.queued if load else 0, tags=tags)
             if stats.actor_s > 0:
@@ -122,6 +124,6 @@ class RayMetrics:
         self._inc("committed", (), acc.written, job_tags)
         elapsed = acc.elapsed()
         m["images_per_s"].set(acc.written / elapsed if elapsed > 0 else 0.0, tags=job_tags)
-        eta = acc.eta_s() if acc.status == "running" else 0.0
+        eta = eta_s(acc) if acc.status == "running" else 0.0
         if eta is not None:
             m["eta"].set(eta, tags=job_tags)

@@ -2,7 +2,7 @@
 
     OUTPUT/report.json   totals, per-stage figures over all runs, one row per run, the bottleneck
     OUTPUT/report.md     the same, readable; its first lines name the bottleneck stage
-    OUTPUT/report.png    per-stage throughput and utilisation over time (pipelines/chart.py)
+    OUTPUT/report.png    per-stage throughput and utilisation over time (pipelines/observe/chart.py)
 
 Rebuilt from the run reports at the end of every run and by `latentmill report OUTPUT`, which
 also works while a job runs: a running run keeps its runs/RUN_ID.json current.
@@ -14,9 +14,9 @@ import json
 import posixpath
 import time
 
-from pipelines.accounting import STAGE_ORDER, percentiles_from_histogram
 from pipelines.errors import OutputConflict, OutputError
-from pipelines.quality import monitor_cost, quality_summary
+from pipelines.observe.accounting import percentiles_from_histogram
+from pipelines.observe.quality import monitor_cost, quality_summary
 from pipelines.sinks.layout import OutputLayout
 from pipelines.sinks.storage import read_json, write_atomic
 
@@ -65,7 +65,9 @@ def build_job_report(layout: OutputLayout, now: float | None = None) -> dict:
     index = layout.read_index()
     runs = [_run_status(run, now) for run in load_runs(layout)]
     wall = sum(run.get("wall_s", 0.0) for run in runs)
-    stages = aggregate_stages([run.get("stages", {}) for run in runs], wall)
+    order = stage_order(runs)
+    stages = aggregate_stages([run.get("stages", {}) for run in runs], wall, order)
+    units = job_units(runs)
     generated = sum(run.get("generated", 0) for run in runs)
     gpu_hours = sum(run.get("gpu_hours", 0.0) for run in runs)
     cpu_hours = sum(run.get("cpu_hours", 0.0) for run in runs)
@@ -96,7 +98,9 @@ def build_job_report(layout: OutputLayout, now: float | None = None) -> dict:
             "cpu_hours": round(cpu_hours, 8),
             "cost": job_cost(runs, committed),
         },
-        "video": _video_throughput(record, generated, wall),
+        "stage_names": order,
+        "units": units,
+        "per_item": per_item_throughput(units, generated, wall),
         "stages": stages,
         "quality": quality,
         "runs": [_run_row(run) for run in runs],
@@ -124,14 +128,33 @@ def job_cost(runs: list[dict], committed: int) -> dict | None:
     }
 
 
-def _video_throughput(record: dict, clips: int, wall: float) -> dict | None:
-    """Clips/s and frames/s of a video job (a sample is a clip of `video.frames` frames); None otherwise."""
-    frames = ((record.get("spec") or {}).get("video") or {}).get("frames")
-    if not frames:
-        return None
-    per_s = clips / wall if wall > 0 else None
-    return {"frames_per_clip": frames, "clips_per_s": per_s and round(per_s, 4),
-            "frames_per_s": per_s and round(per_s * frames, 3)}
+DEFAULT_UNITS = {"singular": "sample", "plural": "samples", "verb": "processed", "per_item": {}}
+
+
+def stage_order(runs: list[dict]) -> list[str]:
+    """The chain's stage order as the latest run recorded it (Pipeline.stage_names); runs from
+    before it was recorded list their stages in chain order already."""
+    order: list[str] = []
+    for run in reversed(runs):
+        for name in run.get("stage_names") or list(run.get("stages", {})):
+            if name not in order:
+                order.append(name)
+    return order
+
+
+def job_units(runs: list[dict]) -> dict:
+    """How the job names its items (Pipeline.units, recorded by every run)."""
+    for run in reversed(runs):
+        if run.get("units"):
+            return {**DEFAULT_UNITS, **run["units"]}
+    return dict(DEFAULT_UNITS)
+
+
+def per_item_throughput(units: dict, items: int, wall: float) -> dict:
+    """Figures per item times the item rate: {"frames": {"per_item": 8, "per_s": ...}} for clips."""
+    per_s = items / wall if wall > 0 else None
+    return {name: {"per_item": n, "per_s": None if per_s is None else round(per_s * n, 3)}
+            for name, n in units.get("per_item", {}).items()}
 
 
 def _run_status(run: dict, now: float) -> dict:
@@ -141,7 +164,8 @@ def _run_status(run: dict, now: float) -> dict:
 
 
 def _run_row(run: dict) -> dict:
-    keys = ("run_id", "status", "started", "updated", "wall_s", "startup_s", "already_committed", "generated",
+    keys = ("run_id", "status", "started", "updated", "wall_s", "startup_s", "stream_start_t", "already_committed",
+            "generated",
             "samples_per_s", "gpu_hours", "cpu_hours", "cost", "error")
     row = {k: run.get(k) for k in keys}
     row["failed_samples"] = run.get("failed", run.get("failed_samples", 0))
@@ -149,9 +173,10 @@ def _run_row(run: dict) -> dict:
     return row
 
 
-def aggregate_stages(per_run: list[dict], wall_s: float) -> dict:
-    """Sum per-stage figures over runs; derive ratios and percentiles from the sums."""
-    names = sorted({n for stages in per_run for n in stages}, key=lambda n: (STAGE_ORDER + (n,)).index(n))
+def aggregate_stages(per_run: list[dict], wall_s: float, order: list[str] = ()) -> dict:
+    """Sum per-stage figures over runs, in chain `order`; derive ratios and percentiles from the sums."""
+    seen = {n for stages in per_run for n in stages}
+    names = [n for n in order if n in seen] + sorted(seen - set(order))
     out = {}
     for name in names:
         parts = [stages[name] for stages in per_run if name in stages]
@@ -228,7 +253,7 @@ def bottleneck(stages: dict) -> dict | None:
 def _num(value, digits: int = 2, unit: str = "") -> str:
     if value is None:
         return "-"
-    if isinstance(value, str):  # "inf": a PSNR of identical images (pipelines/quality.py)
+    if isinstance(value, str):  # "inf": a PSNR of identical images (pipelines/observe/quality.py)
         return value
     if isinstance(value, int):
         return f"{value:,}{unit}"
@@ -243,12 +268,14 @@ def render_markdown(report: dict, chart: bool = True) -> str:
     b = report["bottleneck"]
     t = report["totals"]
     cost = t["cost"]
+    units = report.get("units") or DEFAULT_UNITS
+    one, many, verb = units["singular"], units["plural"], units["verb"]
     lines = [
         f"# latentmill report: {report['job']}",
         "",
         f"**Bottleneck: {b['stage']}** ({b['why']})" if b else "**Bottleneck: unknown** (no stage finished a batch yet)",
         "",
-        f"Status: **{report['status']}**: {report['committed']:,}/{report['planned']:,} samples committed "
+        f"Status: **{report['status']}**: {report['committed']:,}/{report['planned']:,} {many} committed "
         f"({report['committed_shards']}/{report['planned_shards']} shards"
         + (f", {report['failed_samples']} failed samples" if report.get("failed_samples") else "")
         + f") over {t['runs']} run(s)"
@@ -257,16 +284,15 @@ def render_markdown(report: dict, chart: bool = True) -> str:
         "",
         "## Totals (all runs)",
         "",
-        "| wall time | images generated | images/s | GPU-hours | CPU-hours | cost | cost per 1,000 images |",
+        f"| wall time | {many} {verb} | {many}/s | GPU-hours | CPU-hours | cost | cost per 1,000 {many} |",
         "| --- | --- | --- | --- | --- | --- | --- |",
         f"| {_num(t['wall_s'], 1, ' s')} | {t['generated']:,} | {_num(t['images_per_s'], 3)} | "
         f"{_num(t['gpu_hours'], 5)} | {_num(t['cpu_hours'], 5)} | "
         + (f"{cost['total']:.4f} {cost['currency']} | {_num(cost['per_1000_images'], 4)} {cost['currency']} |"
            if cost and cost["total"] is not None else "not priced | add `cost: {gpu_hour: ..., cpu_hour: ...}` to the spec |"),
         "",
-        *([f"Video: {_num(report['video']['clips_per_s'], 4)} clips/s, {_num(report['video']['frames_per_s'], 3)} frames/s "
-           f"({report['video']['frames_per_clip']} frames per clip; a sample above is a clip).", ""]
-          if report.get("video") else []),
+        *([", ".join(f"{_num(f['per_s'], 3)} {name}/s ({f['per_item']} per {one})"
+                     for name, f in report["per_item"].items()) + ".", ""] if report.get("per_item") else []),
         "## Stages (all runs)",
         "",
         "| stage | items in | items out | batches | items/s | busy s | idle s | utilisation | capacity items/s | batch s mean / p50 / p95 "
@@ -288,7 +314,7 @@ def render_markdown(report: dict, chart: bool = True) -> str:
         "",
         "## Runs",
         "",
-        "| run | status | started | wall s | already committed | generated | images/s | GPU-hours | CPU-hours | cost |",
+        f"| run | status | started | wall s | already committed | {verb} | {many}/s | GPU-hours | CPU-hours | cost |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in report["runs"]:
@@ -348,7 +374,7 @@ def _quality_lines(q: dict | None) -> list[str]:
 
 def write_job_report(layout: OutputLayout) -> dict:
     """Write report.json, report.md and report.png next to the data; returns the report."""
-    from pipelines.chart import render_chart
+    from pipelines.observe.chart import render_chart
 
     report = build_job_report(layout)
     png = render_chart(report)
