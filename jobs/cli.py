@@ -83,6 +83,21 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("--write", action="store_true", help="also (re)write report.json, report.md and report.png there")
     _add_storage_arguments(report)
 
+    get = commands.add_parser("get", help="extract one sample's files by its key (one range read per file)")
+    get.add_argument("output", help="the job's output URL")
+    get.add_argument("key", help="the sample's key, e.g. 000000042")
+    get.add_argument("--out", default=".", help="local folder to write KEY.png, KEY.txt, KEY.json, ... to (default: .)")
+    _add_storage_arguments(get)
+
+    browse = commands.add_parser("browse", help="a local web page over an output: overview, thumbnails, samples")
+    browse.add_argument("output", help="the job's output URL")
+    browse.add_argument("--port", type=int, default=8000, help="port to serve on (default: 8000)")
+    browse.add_argument("--host", default="127.0.0.1",
+                        help="address to bind (default: 127.0.0.1; the page has no authentication)")
+    browse.add_argument("--export", metavar="DIR", help="write static HTML and thumbnails to DIR instead of serving")
+    browse.add_argument("--limit", type=int, default=100, help="with --export: how many samples (default: 100)")
+    _add_storage_arguments(browse)
+
     commands.add_parser("eval", help="decode held-out latents with several decoders: PSNR, SSIM, LPIPS, speed",
                         add_help=False)
 
@@ -106,6 +121,12 @@ def main(argv: list[str] | None = None) -> int:
             return _verify(args)
         if args.command == "report":
             return _report(args)
+        if args.command == "get":
+            return _get(args)
+        if args.command == "browse":
+            from jobs.browse.command import browse_command
+
+            return browse_command(args, _storage(args))
         if args.command == "eval":
             from jobs.eval import main as evaluate
 
@@ -273,6 +294,26 @@ def _report(args) -> int:
         print(json.dumps(report, indent=2, sort_keys=True))
     else:
         print(render_markdown(report, chart=layout.fs.exists(layout.path("report.png"))))
+    return 0
+
+
+def _get(args) -> int:
+    import os
+
+    from pipelines.report import open_job_output
+    from pipelines.sample_access import key_file, manifest_row, read_files
+
+    layout = open_job_output(args.output, _storage(args))
+    row = manifest_row(layout, args.key)
+    if row.get("status", "ok") != "ok":
+        print(f"error: sample {args.key} is {row['status']}: {row.get('error')}", file=sys.stderr)
+        return 1
+    os.makedirs(args.out, exist_ok=True)
+    for ext, data in read_files(layout, row).items():
+        path = os.path.join(args.out, key_file(args.key, ext))
+        with open(path, "wb") as f:
+            f.write(data)
+        print(path)
     return 0
 
 

@@ -26,6 +26,7 @@ from pipelines import faults as fault_injection
 from pipelines.config import StorageConfig
 from pipelines.sinks.layout import OutputLayout, shard_files
 from pipelines.sinks.storage import json_safe, read_table, streaming_writer, write_atomic, write_json
+from pipelines.sinks.tar_offsets import TarSpans
 from pipelines.tables import table_to_bytes
 
 
@@ -128,6 +129,7 @@ def write_shard(
 
     def write_tar():
         rows.clear()
+        spans = TarSpans()
         with streaming_writer(layout.fs, paths["tar"]) as raw:
             counted = _HashingWriter(raw)
             with tarfile.open(fileobj=counted, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
@@ -154,7 +156,7 @@ def write_shard(
                         continue
                     for name, data in members:
                         _add(tar, name, data)
-                    rows.append(row)
+                    rows.append({**row, **spans.add(members)})
         return counted
 
     counted = layout.retrying(f"writing shard {shard_name}", write_tar)
