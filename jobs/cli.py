@@ -97,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     browse.add_argument("--export", metavar="DIR", help="write static HTML and thumbnails to DIR instead of serving")
     browse.add_argument("--limit", type=int, default=100, help="with --export: how many samples (default: 100)")
     _add_storage_arguments(browse)
+    browse.add_argument("--timeout", type=float, default=120.0,
+                        help="seconds to keep retrying unreachable storage before giving up (default: 120)")
 
     commands.add_parser("eval", help="decode held-out latents with several decoders: PSNR, SSIM, LPIPS, speed",
                         add_help=False)
@@ -126,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "browse":
             from jobs.browse.command import browse_command
 
-            return browse_command(args, _storage(args))
+            return browse_command(args, _storage(args, timeout_s=args.timeout))
         if args.command == "eval":
             from jobs.eval import main as evaluate
 
@@ -183,12 +185,12 @@ def _add_storage_arguments(parser) -> None:
     group.add_argument("--session-token-env", metavar="VAR", help="environment variable holding a session token")
 
 
-def _storage(args):
+def _storage(args, **more):
     from pipelines.config import StorageConfig
 
     fields = ("endpoint_url", "region", "profile", "access_key_id_env", "secret_access_key_env", "session_token_env")
     try:
-        return StorageConfig(**{name: getattr(args, name) for name in fields})
+        return StorageConfig(**{name: getattr(args, name) for name in fields}, **more)
     except ConfigError as exc:
         raise ConfigError("", "", detail=f"storage options: {exc}") from None
 
