@@ -51,9 +51,10 @@ def read_files(layout: OutputLayout, row: dict) -> dict[str, bytes]:
     """extension -> bytes of a manifest row's files: one range read each (rows before byte spans
     were recorded, and failed or rejected rows, have none: an empty dict)."""
     path = row["tar_path"]
+    # start and end by name: s3fs's cat_file takes a version id second.
     return {
         ext: layout.retrying(f"reading {key_file(row['key'], ext)} from {posixpath.basename(path)}",
-                             lambda offset=offset, size=size: layout.fs.cat_file(path, offset, offset + size))
+                             lambda offset=offset, size=size: layout.fs.cat_file(path, start=offset, end=offset + size))
         for ext, (offset, size) in file_spans(row).items()
     }
 

@@ -28,10 +28,10 @@ class Links:
     overview = "index.html"
     report_png = "report.png"
 
-    def grid(self, page: int = 1, filters: Filters = NO_FILTERS) -> str:
+    def grid(self, page: int = 1, filters: Filters = NO_FILTERS, per: int = PAGE_SIZE) -> str:
         if self.static:
             return f"grid-{page}.html"
-        return "grid.html?" + urlencode({**filters.query(), "page": page})
+        return "grid.html?" + urlencode({**filters.query(), "page": page, **({"per": per} if per != PAGE_SIZE else {})})
 
     def sample(self, key: str) -> str:
         return f"sample-{quote(key, safe='')}.html"
@@ -105,17 +105,17 @@ def overview_page(job: dict, report: dict, counts: dict, damaged: dict, has_char
 
 # -- grid ----------------------------------------------------------------------------------------
 
-def grid_page(rows: list[dict], total: int, page: int, filters: Filters, shards: list[str], output: str,
+def grid_page(rows: list[dict], total: int, page: int, per: int, filters: Filters, shards: list[str], output: str,
               links: Links) -> str:
-    pages = max(1, -(-total // PAGE_SIZE))
+    pages = max(1, -(-total // per))
     cells = "\n".join(cell(row, links) for row in rows)
     pager = [f'<span>page {page} of {pages} ({total} samples)</span>']
     if page > 1:
-        pager.insert(0, f'<a rel="prev" href="{escape(links.grid(page - 1, filters))}">previous</a>')
+        pager.insert(0, f'<a rel="prev" href="{escape(links.grid(page - 1, filters, per))}">previous</a>')
     if page < pages:
-        pager.append(f'<a rel="next" href="{escape(links.grid(page + 1, filters))}">next</a>')
+        pager.append(f'<a rel="next" href="{escape(links.grid(page + 1, filters, per))}">next</a>')
     pager_html = f'<div class="pager">{"".join(pager)}</div>'
-    form = "" if links.static else filter_form(filters, shards)
+    form = "" if links.static else filter_form(filters, shards, per)
     body = f'{form}{pager_html}<div class="grid" id="grid">{cells}</div>{pager_html}'
     return render("samples", body, output, links)
 
@@ -132,7 +132,7 @@ def cell(row: dict, links: Links) -> str:
             f'title="{hover}">{picture}{label}</a>')
 
 
-def filter_form(filters: Filters, shards: list[str]) -> str:
+def filter_form(filters: Filters, shards: list[str], per: int) -> str:
     options = "".join(f'<option value="{s}"{" selected" if filters.status == s else ""}>{s}</option>'
                       for s in ("", *STATUSES))
     shard_options = "".join(f'<option value="{escape(s)}"{" selected" if filters.shard == s else ""}>{escape(s)}</option>'
@@ -145,7 +145,7 @@ def filter_form(filters: Filters, shards: list[str]) -> str:
             f'<label>monitor PSNR below <input name="psnr_below" size="5" value="{psnr}"></label>'
             f'<label>prompt <input name="q" value="{escape(filters.text or "")}"></label>'
             f'<label>shard <select name="shard">{shard_options}</select></label>'
-            f'<button type="submit">filter</button></form>')
+            f'<input type="hidden" name="per" value="{per}"><button type="submit">filter</button></form>')
 
 
 # -- sample --------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from pipelines.report import build_job_report
 from pipelines.sinks.layout import OutputLayout
 
 HTML = "text/html; charset=utf-8"
+MAX_PAGE = 1000  # thumbnails on one grid page
 
 
 @dataclass
@@ -52,7 +53,9 @@ class Site:
                                                  self.has_chart, links))
         if path == "grid.html" or (path.startswith("grid-") and path.endswith(".html")):
             number = query.get("page") or path[len("grid-"):-len(".html")] or "1"
-            return self.grid(int(number) if number.isdigit() else 1, filters_from(query), links)
+            per = query.get("per", "")
+            per = min(max(int(per), 1), MAX_PAGE) if per.isdigit() else pages.PAGE_SIZE
+            return self.grid(int(number) if number.isdigit() else 1, per, filters_from(query), links)
         if path.startswith("sample-") and path.endswith(".html"):
             return self.sample(path[len("sample-"):-len(".html")], links)
         if path.startswith("static/"):
@@ -70,9 +73,10 @@ class Site:
             return Response(200, content_type(ext), read_file(self.layout, row, ext))
         return Response(200, "image/png", self.compare_image(row))
 
-    def grid(self, number: int, filters: Filters, links: pages.Links) -> Response:
-        rows, total = self.catalog.page(filters, number, pages.PAGE_SIZE)
-        return self.html(pages.grid_page(rows, total, number, filters, sorted(self.catalog.shards), self.layout.url, links))
+    def grid(self, number: int, per: int, filters: Filters, links: pages.Links) -> Response:
+        rows, total = self.catalog.page(filters, number, per)
+        return self.html(pages.grid_page(rows, total, number, per, filters, sorted(self.catalog.shards),
+                                         self.layout.url, links))
 
     def sample(self, key: str, links: pages.Links) -> Response:
         row = self.catalog.row(key)
