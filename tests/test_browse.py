@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tarfile
 import threading
 import urllib.error
 import urllib.request
@@ -30,7 +31,7 @@ from pipelines.faults import Fault
 from pipelines.sinks.layout import OutputLayout
 from tests.browser import chromium_page
 from tests.conftest import S3_KEY_ENV, S3_SECRET_ENV, s3_storage
-from tests.jobspecs import VIDEO_BASE, changed, spec_dict
+from tests.jobspecs import VIDEO_BASE, changed, encode_spec_dict, spec_dict
 
 REPO = __import__("os").path.dirname(__import__("os").path.dirname(__import__("os").path.abspath(__file__)))
 MONITOR = {"fraction": 0.5, "min_psnr": 40.0}
@@ -226,3 +227,27 @@ def test_a_non_local_host_is_warned_about_and_the_url_printed(images):
         process.terminate()
         process.wait(timeout=30)
     assert "the page has no authentication" in process.stderr.read()
+
+
+def test_encode_and_redecode_samples_show_the_image_they_are_compared_with(images, photos, tmp_path):
+    encoded = tmp_path / "encoded"
+    run_job(parse(encode_spec_dict(photos, encoded, output__samples_per_shard=32)), progress=False)
+    with serving(str(encoded)) as base, chromium_page() as page:
+        key = OutputLayout(str(encoded)).read_plan_table().column("key")[3].as_py()
+        page.goto(base + f"sample-{key}.html")
+        page.wait_for_load_state("networkidle")
+        sizes = page.eval_on_selector_all("#image, #compare", "els => els.map(i => [i.id, i.naturalWidth, i.naturalHeight])")
+        assert sizes == [["image", 64, 64], ["compare", 64, 64]]  # the resized input, its latents decoded by the VAE
+        assert "its latents decoded by the model's VAE" in page.text_content(".media")
+    redecoded = tmp_path / "redecoded"
+    run_job(parse({"name": "test-redecode", "kind": "redecode", "input": {"url": str(images)}, "decoder": "sdxl-vae",
+                   "output": {"url": str(redecoded), "samples_per_shard": 8},
+                   "stages": {"read": {"num_cpus": 0.25, "batch_size": 4},
+                              "decode": {"num_gpus": 0, "num_cpus": 0.5, "batch_size": 4}}}), progress=False)
+    with serving(str(redecoded)) as base:
+        with urllib.request.urlopen(base + "compare/000000002.png") as answer:
+            source = answer.read()
+        with urllib.request.urlopen(base + "files/000000002.png") as answer:
+            new = answer.read()
+    with tarfile.open(images / "shards" / "00000.tar") as tar:
+        assert source == tar.extractfile("000000002.png").read() != new  # the source output's image, then ours
