@@ -110,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     bench_commands.add_parser("sources", help="driver memory and time to plan a 1M-image list", add_help=False)
     bench_commands.add_parser("pipeline", help="each stage alone vs the pipeline vs a naive diffusers loop",
                               add_help=False)
+    bench_commands.add_parser("browse", help="the browser page on a 100K-image output, local and S3, cold and warm",
+                              add_help=False)
     bench_commands.add_parser("scheduler", help="dozens of logical GPUs, synthetic stages: efficiency vs the ideal, "
                               "Ray Data side by side, concurrency auto", add_help=False)
 
@@ -157,6 +159,10 @@ def main(argv: list[str] | None = None) -> int:
             from jobs.bench_scheduler import main as bench_scheduler
 
             return bench_scheduler(rest)
+        if args.command == "bench" and args.bench == "browse":
+            from jobs.bench_browse import main as bench_browse
+
+            return bench_browse(rest)
         if args.command == "bench" and args.bench == "scale":
             from jobs.bench_scale import main as bench_scale
 
