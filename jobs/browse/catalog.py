@@ -40,8 +40,8 @@ class Filters:
 
 
 class Catalog:
-    def __init__(self, layout: OutputLayout, job: dict, flagged: set[str]):
-        self.layout, self.job, self.flagged = layout, job, flagged
+    def __init__(self, layout: OutputLayout, flagged: set[str]):
+        self.layout, self.flagged = layout, flagged
         self.shards = {entry["name"]: entry for entry in layout.read_index()["shards"]}
         self.damaged: dict[str, str] = {}
         self.table = self._load()
@@ -89,8 +89,8 @@ class Catalog:
     # -- queries -------------------------------------------------------------------------------
 
     def counts(self) -> dict[str, int]:
-        status = self.table.column("status").to_pylist()
-        return {name: status.count(name) for name in STATUSES}
+        found = {item["values"]: item["counts"] for item in pc.value_counts(self.table.column("status")).to_pylist()}
+        return {name: found.get(name, 0) for name in STATUSES}
 
     def select(self, filters: Filters) -> pa.Table:
         mask = pa.array([True] * self.table.num_rows)

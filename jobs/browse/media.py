@@ -8,6 +8,7 @@ the output. A file that cannot be read or decoded gives a MediaError whose text 
 from __future__ import annotations
 
 import io
+import json
 import threading
 from collections import OrderedDict
 
@@ -47,8 +48,7 @@ def read_file(layout: OutputLayout, row: dict, ext: str) -> bytes:
 
 
 def _only(row: dict, ext: str) -> str:
-    import json
-
+    """The row's spans narrowed to one file, so that read_files reads only that one."""
     offset, size = file_spans(row)[ext]
     return json.dumps({ext: [offset, size]})
 

@@ -35,7 +35,7 @@ class Site:
         self.kind = (self.job.get("spec") or {}).get("kind", "generate")
         self.report = build_job_report(layout)
         flagged = {f["shard"] for f in (self.report.get("quality") or {}).get("flagged", [])}
-        self.catalog = Catalog(layout, self.job, flagged)
+        self.catalog = Catalog(layout, flagged)
         self.thumbnails = Thumbnails(layout)
         self.decoder = LatentDecoder(self.job) if self.kind == "encode" else None
         self.has_chart = layout.fs.exists(layout.path("report.png"))
