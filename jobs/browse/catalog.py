@@ -19,7 +19,7 @@ from pipelines.sinks.layout import OutputLayout
 from pipelines.sinks.storage import read_table
 from pipelines.sinks.tar_offsets import file_spans
 
-READERS = 16  # manifests fetched at once: S3 latency, not bandwidth, bounds loading thousands of them
+READERS = 32  # manifests fetched at once: S3 latency, not bandwidth, bounds loading thousands of them
 STATUSES = ("ok", "failed", "rejected", "damaged")
 
 
@@ -54,7 +54,9 @@ class Catalog:
         tables = [t for t in tables if t is not None]
         if not tables:
             return pa.table({"key": pa.array([], pa.string()), "status": pa.array([], pa.string())})
-        return pa.concat_tables(tables, promote_options="permissive")
+        # One chunk per column: a slice or filter over thousands of chunks (one per shard) costs
+        # time in proportion to the chunks (measured: 0.7 s a grid page at 100K samples).
+        return pa.concat_tables(tables, promote_options="permissive").combine_chunks()
 
     def _shard_table(self, entry: dict, sizes: dict) -> pa.Table | None:
         name = entry["name"]
@@ -93,6 +95,8 @@ class Catalog:
         return {name: found.get(name, 0) for name in STATUSES}
 
     def select(self, filters: Filters) -> pa.Table:
+        if filters == Filters():
+            return self.table
         mask = pa.array([True] * self.table.num_rows)
         t = self.table
         if filters.status:
