@@ -17,12 +17,12 @@ def browse_command(args, storage: StorageConfig) -> int:
     layout = open_job_output(args.output, storage)
     layout.check_reachable()
     site = Site(layout, storage)
-    if site.catalog.damaged:
-        for name, why in sorted(site.catalog.damaged.items()):
-            print(f"warning: shard {name} is damaged: {why}", file=sys.stderr)
     if args.export:
         from jobs.browse.export import export
 
+        site.catalog.wait()
+        for name, why in sorted(site.catalog.damaged.items()):
+            print(f"warning: shard {name} is damaged: {why}", file=sys.stderr)
         written = export(site, args.export, args.limit)
         print(f"wrote {written} files for the first {min(args.limit, site.catalog.table.num_rows)} samples to "
               f"{args.export} (open {args.export}/index.html)")

@@ -196,5 +196,13 @@ def picture(element_id: str, src: str, caption: str) -> str:
             f'<figcaption>{escape(caption)}</figcaption></figure>')
 
 
+def loading_page(done: int, total: int, output: str, links: Links) -> str:
+    # No script: the page asks again by itself every 2 s until the manifests are in.
+    body = (f'<meta http-equiv="refresh" content="2"><p>Reading the shards\' manifests: {done:,} of {total:,}. '
+            f'This page reloads itself; <a href="{links.grid()}">the samples</a> can be browsed meanwhile '
+            f'(filters and counts need every manifest).</p>')
+    return render("loading", body, output, links)
+
+
 def not_found_page(what: str, output: str, links: Links) -> str:
     return render("not found", f'<p class="problems">{escape(what)}</p>', output, links)

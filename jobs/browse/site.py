@@ -5,6 +5,7 @@ output. The HTTP server and the static export both ask this; neither knows about
 from __future__ import annotations
 
 import json
+import threading
 from dataclasses import dataclass
 from importlib import resources
 from urllib.parse import unquote
@@ -19,6 +20,7 @@ from pipelines.sinks.layout import OutputLayout
 
 HTML = "text/html; charset=utf-8"
 MAX_PAGE = 1000  # thumbnails on one grid page
+WAIT_S = 10.0  # how long a page that needs every manifest waits for them before saying it is loading
 
 
 @dataclass
@@ -33,12 +35,21 @@ class Site:
         self.layout, self.storage = layout, storage
         self.job = layout.read_job() or {}
         self.kind = (self.job.get("spec") or {}).get("kind", "generate")
-        self.report = build_job_report(layout)
-        flagged = {f["shard"] for f in (self.report.get("quality") or {}).get("flagged", [])}
-        self.catalog = Catalog(layout, flagged)
+        self._report: dict | None = None
+        self._report_lock = threading.Lock()
+        self.catalog = Catalog(layout, lambda: {f["shard"] for f in (self.report.get("quality") or {}).get("flagged", [])})
         self.thumbnails = Thumbnails(layout)
         self.decoder = LatentDecoder(self.job) if self.kind == "encode" else None
         self.has_chart = layout.fs.exists(layout.path("report.png"))
+        self.catalog.start_loading()
+
+    @property
+    def report(self) -> dict:
+        """The job report (built once: with a quality monitor it reads every manifest)."""
+        with self._report_lock:
+            if self._report is None:
+                self._report = build_job_report(self.layout)
+            return self._report
 
     def respond(self, path: str, query: dict[str, str], links: pages.Links) -> Response:
         path = unquote(path.lstrip("/"))
@@ -49,6 +60,8 @@ class Site:
 
     def _route(self, path: str, query: dict[str, str], links: pages.Links) -> Response:
         if path in ("", "index.html"):
+            if not self.catalog.wait(WAIT_S):
+                return self.loading(links)
             return self.html(pages.overview_page(self.job, self.report, self.catalog.counts(), self.catalog.damaged,
                                                  self.has_chart, links))
         if path == "grid.html" or (path.startswith("grid-") and path.endswith(".html")):
@@ -74,6 +87,8 @@ class Site:
         return Response(200, "image/png", self.compare_image(row))
 
     def grid(self, number: int, per: int, filters: Filters, links: pages.Links) -> Response:
+        if filters != Filters() and not self.catalog.wait(WAIT_S):
+            return self.loading(links)
         rows, total = self.catalog.page(filters, number, per)
         return self.html(pages.grid_page(rows, total, number, per, filters, sorted(self.catalog.shards),
                                          self.layout.url, links))
@@ -114,6 +129,12 @@ class Site:
         if name != "style.css":
             return Response(404, "text/plain", b"not found")
         return Response(200, "text/css", resources.files("jobs.browse").joinpath("static/style.css").read_bytes())
+
+    def loading(self, links: pages.Links) -> Response:
+        if self.catalog.load_error:
+            return Response(500, "text/plain; charset=utf-8", f"the manifests could not be loaded: {self.catalog.load_error}".encode())
+        done, total = self.catalog.progress
+        return self.html(pages.loading_page(done, total, self.layout.url, links), 503)
 
     def html(self, text: str, status: int = 200) -> Response:
         return Response(status, HTML, text.encode())
