@@ -169,7 +169,7 @@ def timed(operation) -> float:
 
 
 def print_table(rows: list[tuple]) -> None:
-    print("| output | samples | start-up s (manifests loaded) | first grid page + 100 thumbnails s, cold | warm | "
+    print("| output | samples | start-up s (until the URL is printed) | first grid page + 100 thumbnails s, cold | warm | "
           "one sample page + image s, cold | warm |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for where, samples, *times in rows:

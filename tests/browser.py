@@ -28,6 +28,7 @@ def chromium_page(viewport=(1280, 900)):
             context = playwright.chromium.launch_persistent_context(
                 profile, executable_path=CHROMIUM, headless=True, args=FLAGS,
                 viewport={"width": viewport[0], "height": viewport[1]})
+            context.set_default_timeout(120_000)  # shared CI machines can be slow; a hang still fails
             try:
                 yield context.pages[0] if context.pages else context.new_page()
             finally:

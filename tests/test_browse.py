@@ -234,8 +234,9 @@ def test_encode_and_redecode_samples_show_the_image_they_are_compared_with(image
     run_job(parse(encode_spec_dict(photos, encoded, output__samples_per_shard=32)), progress=False)
     with serving(str(encoded)) as base, chromium_page() as page:
         key = OutputLayout(str(encoded)).read_plan_table().column("key")[3].as_py()
-        page.goto(base + f"sample-{key}.html")
-        page.wait_for_load_state("networkidle")
+        # The first comparison loads torch, diffusers and the VAE in the server: allow for a loaded machine.
+        page.goto(base + f"sample-{key}.html", timeout=300_000)
+        page.wait_for_load_state("networkidle", timeout=300_000)
         sizes = page.eval_on_selector_all("#image, #compare", "els => els.map(i => [i.id, i.naturalWidth, i.naturalHeight])")
         assert sizes == [["image", 64, 64], ["compare", 64, 64]]  # the resized input, its latents decoded by the VAE
         assert "its latents decoded by the model's VAE" in page.text_content(".media")
