@@ -104,3 +104,25 @@ def test_get_writes_the_samples_files_and_refuses_an_unknown_key(output, tmp_pat
     assert err == [f"error: {output}: no sample has the key 'nope' (plan.parquet lists every planned key)"]
     assert main(["get", str(output.parent), "000000005"]) == 2  # not an output
     assert "is not a latentmill job output" in capsys.readouterr().err
+
+
+def test_a_repaired_shard_records_the_spans_of_its_new_tar(tmp_path):
+    """A repair rewrites the tar with the old samples copied and the failed one produced: the spans
+    are those of the new tar (the real writer, called as a write task is, without Ray)."""
+    from pipelines.sinks.webdataset_writer import write_shard
+    from pipelines.stages.synthetic import tiny_png
+
+    samples = [{"key": f"{i:09d}", "index": i, "prompt": f"prompt {i}", "seed": i} for i in range(4)]
+
+    def batch(indices):
+        return {"keys": [samples[i]["key"] for i in indices], "files": [{"png": tiny_png(i, 8 + 4 * i)} for i in indices],
+                "fields": [{"height": 8, "width": 8}] * len(indices), "timings": {"decode": 0.0}}
+
+    failed = [{"key": samples[1]["key"], "error": "boom", "stage": "decode", "attempts": 3}]
+    first = write_shard(str(tmp_path), None, "00000", samples, {"job": "t"}, failed, None, (), batch([0, 2, 3]))
+    repaired = write_shard(str(tmp_path), None, "00000", samples, {"job": "t"}, [], first, (), batch([1]))
+    assert repaired["tar"] == "00000.r1.tar" and repaired["failed"] == 0
+    members = tar_members(tmp_path / "shards" / "00000.r1.tar")
+    rows = read_table(OutputLayout(str(tmp_path)).fs, str(tmp_path / "shards" / "00000.r1.parquet")).to_pylist()
+    recorded = {f"{row['key']}.{ext}": span for row in rows for ext, span in file_spans(row).items()}
+    assert recorded == {name: (offset, size) for name, (offset, size, _) in members.items()} and len(recorded) == 12
