@@ -15,7 +15,7 @@ from pipelines.sample_access import manifest_row, read_files
 from pipelines.sinks.layout import OutputLayout
 from pipelines.sinks.storage import read_table
 from pipelines.sinks.tar_offsets import file_spans
-from tests.jobspecs import spec_dict
+from tests.support.jobspecs import spec_dict
 
 
 @pytest.fixture(scope="module")

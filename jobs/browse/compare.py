@@ -1,5 +1,6 @@
-"""The second image a sample page puts beside a sample's own: for an encode output, a decode of the
-sample's latents by the model's VAE; for a redecode output, the source output's image of the same key.
+"""The second image a sample page puts beside a sample's own, as the output's kind declares it
+(`JobKind.comparison`): a decode of the sample's latents by the model's VAE (encode), or the image of
+the same key in the output the job read (redecode).
 """
 
 from __future__ import annotations
@@ -9,12 +10,18 @@ import threading
 import numpy as np
 
 from jobs.browse.media import MediaError, load_latents, png_bytes, read_file
+from jobs.kinds import KINDS
+from jobs.kinds.base import Comparison
 from pipelines.config import MODEL_VAE, StorageConfig
 from pipelines.sample_access import manifest_row
 from pipelines.sinks.layout import OutputLayout
 
-CAPTIONS = {"encode": ("resized input (stored in the tar)", "its latents decoded by the model's VAE"),
-            "redecode": ("the source output's image", "this output's image (the new decoder)")}
+
+def comparison_of(job: dict) -> Comparison | None:
+    """The comparison the kind of the output's job record declares (None: a kind without one, or one
+    this version does not know)."""
+    kind = KINDS.get((job.get("spec") or {}).get("kind", "generate"))
+    return kind.comparison if kind is not None else None
 
 
 class LatentDecoder:
@@ -31,7 +38,7 @@ class LatentDecoder:
         # torch and diffusers load only when a page asks for a decode: the server starts without them.
         import torch
 
-        from pipelines.stages.decode import load_decoder
+        from pipelines.models.decoding import load_decoder
 
         with self._lock:
             if self._vae is None:

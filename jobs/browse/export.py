@@ -28,7 +28,7 @@ def export(site: Site, folder: str, limit: int) -> int:
             continue
         paths.append(links.thumb(key))
         paths += [links.file(key, ext) for ext in media_files(full)]
-        if site.kind in ("encode", "redecode"):
+        if site.comparison is not None:
             paths.append(links.compare(key))
     written = 0
     for path in paths:

@@ -13,6 +13,7 @@ from string import Template
 from urllib.parse import quote, urlencode
 
 from jobs.browse.catalog import STATUSES, Filters
+from jobs.kinds.base import Comparison
 from pipelines.sinks.tar_offsets import file_spans
 
 PAGE_SIZE = 100
@@ -150,8 +151,8 @@ def filter_form(filters: Filters, shards: list[str], per: int) -> str:
 
 # -- sample --------------------------------------------------------------------------------------
 
-def sample_page(row: dict, meta: dict | None, latents: dict | None, neighbours: list[dict], kind: str,
-                compare_caption: tuple[str, str] | None, output: str, links: Links) -> str:
+def sample_page(row: dict, meta: dict | None, latents: dict | None, neighbours: list[dict],
+                comparison: Comparison | None, output: str, links: Links) -> str:
     key = row["key"]
     spans = file_spans(row)
     parts = [table([("prompt", f'<span id="prompt">{text(row.get("prompt"))}</span>'),
@@ -159,7 +160,7 @@ def sample_page(row: dict, meta: dict | None, latents: dict | None, neighbours: 
                     ("status", text(row.get("status"))), ("shard", text(row.get("shard")))])]
     if row.get("status") not in (None, "ok"):
         parts.append(f'<p class="problems" id="error">{text(row.get("error"))}</p>')
-    parts.append(f'<div class="media">{media(row, spans, compare_caption, kind, links)}</div>')
+    parts.append(f'<div class="media">{media(row, spans, comparison, links)}</div>')
     if latents:
         parts += ["<h2>Latents</h2>", table([(name, figure(value, 4) if isinstance(value, float) else text(value))
                                               for name, value in latents.items()])]
@@ -174,7 +175,7 @@ def sample_page(row: dict, meta: dict | None, latents: dict | None, neighbours: 
     return render(f"sample {key}", "\n".join(parts), output, links)
 
 
-def media(row: dict, spans: dict, compare_caption: tuple[str, str] | None, kind: str, links: Links) -> str:
+def media(row: dict, spans: dict, comparison: Comparison | None, links: Links) -> str:
     key = row["key"]
     if "mp4" in spans:
         poster = f' poster="{links.file(key, "poster.png")}"' if "poster.png" in spans else ""
@@ -183,12 +184,12 @@ def media(row: dict, spans: dict, compare_caption: tuple[str, str] | None, kind:
     ext = next((e for e in ("png", "jpg", "jpeg", "webp") if e in spans), None)
     if ext is None:
         return ""
-    if compare_caption is None:
+    if comparison is None:
         return picture("image", links.file(key, ext), f"{key}.{ext}")
-    if kind == "encode":  # the stored (resized) input, then its latents decoded
-        return picture("image", links.file(key, ext), compare_caption[0]) + picture("compare", links.compare(key), compare_caption[1])
-    # redecode: the source output's image, then this output's
-    return picture("compare", links.compare(key), compare_caption[0]) + picture("image", links.file(key, ext), compare_caption[1])
+    pair = [("image", links.file(key, ext)), ("compare", links.compare(key))]
+    if comparison.other_first:
+        pair.reverse()
+    return "".join(picture(element_id, src, caption) for (element_id, src), caption in zip(pair, comparison.captions))
 
 
 def picture(element_id: str, src: str, caption: str) -> str:

@@ -12,7 +12,7 @@ from urllib.parse import unquote
 
 from jobs.browse import pages
 from jobs.browse.catalog import Catalog, Filters
-from jobs.browse.compare import CAPTIONS, LatentDecoder, source_image
+from jobs.browse.compare import LatentDecoder, comparison_of, source_image
 from jobs.browse.media import MediaError, Thumbnails, content_type, latent_stats, read_file
 from pipelines.config import StorageConfig
 from pipelines.report import build_job_report
@@ -39,7 +39,8 @@ class Site:
         self._report_lock = threading.Lock()
         self.catalog = Catalog(layout, lambda: {f["shard"] for f in (self.report.get("quality") or {}).get("flagged", [])})
         self.thumbnails = Thumbnails(layout)
-        self.decoder = LatentDecoder(self.job) if self.kind == "encode" else None
+        self.comparison = comparison_of(self.job)
+        self.decoder = LatentDecoder(self.job) if self.comparison and self.comparison.other == "latents" else None
         self.has_chart = layout.fs.exists(layout.path("report.png"))
         self.catalog.start_loading()
 
@@ -101,9 +102,8 @@ class Site:
         if row.get("status") == "ok":
             meta = self._meta(row)
             latents = self._latents(row)
-        caption = CAPTIONS.get(self.kind) if self.kind in ("encode", "redecode") and row.get("status") == "ok" else None
-        body = pages.sample_page(row, meta, latents, self.catalog.neighbours(row), self.kind, caption,
-                                 self.layout.url, links)
+        comparison = self.comparison if row.get("status") == "ok" else None
+        body = pages.sample_page(row, meta, latents, self.catalog.neighbours(row), comparison, self.layout.url, links)
         return self.html(body)
 
     def _meta(self, row: dict) -> dict | None:
@@ -119,12 +119,11 @@ class Site:
             return {"error": str(exc)}
 
     def compare_image(self, row: dict) -> bytes:
-        if self.kind == "encode":
+        if self.comparison is None:
+            raise MediaError(f"{self.kind} samples have no comparison image")
+        if self.comparison.other == "latents":
             return self.decoder.image_of(self.layout, row)
-        if self.kind == "redecode":
-            return source_image(self.job, self.storage, row["key"])
-        raise MediaError(f"{self.kind} samples have no comparison image")
-
+        return source_image(self.job, self.storage, row["key"])
     def static(self, name: str) -> Response:
         if name != "style.css":
             return Response(404, "text/plain", b"not found")

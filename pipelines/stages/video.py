@@ -14,9 +14,10 @@ from PIL import Image
 
 import decoders
 from pipelines.config import MODEL_VIDEO_VAE, VideoConfig, VideoModelConfig, VideoOutputConfig
+from pipelines.models.decoding import load_decoder
 from pipelines.models.loading import ensure_tiny_svd, load_video_pipeline, resolve_reference, torch_dtype
 from pipelines.sinks.video import CODEC, PIXEL_FORMAT, encode_mp4
-from pipelines.stages.decode import encode_image, load_decoder, npy_bytes
+from pipelines.stages.decode import encode_image, npy_bytes
 from pipelines.stages.device import pick_device
 
 
