@@ -33,6 +33,8 @@ quickstart: $(STAMP)
 	$(BIN)/latentmill verify ./latentmill-output/quickstart
 
 test: $(STAMP)
+	# The browser page's tests drive Debian's Chromium (as root, as CI is); never Playwright's own download.
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 

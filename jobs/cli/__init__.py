@@ -10,10 +10,10 @@ import argparse
 import sys
 from importlib.metadata import PackageNotFoundError, version
 
-from jobs.cli import bench, cluster, k8s, outputs, run
+from jobs.cli import bench, browse, cluster, k8s, outputs, run
 from pipelines.errors import Interrupted, LatentmillError
 
-COMMAND_GROUPS = (run, cluster, k8s, outputs, bench)  # the order of `latentmill --help`
+COMMAND_GROUPS = (run, cluster, k8s, outputs, browse, bench)  # the order of `latentmill --help`
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,10 +14,12 @@ def add_parser(commands) -> None:
     bench_commands.add_parser("sources", help="driver memory and time to plan a 1M-image list", add_help=False)
     bench_commands.add_parser("pipeline", help="each stage alone vs the pipeline vs a naive diffusers loop",
                               add_help=False)
+    bench_commands.add_parser("browse", help="the browser page on a 100K-image output, local and S3, cold and warm",
+                              add_help=False)
     bench_commands.add_parser("scheduler", help="dozens of logical GPUs, synthetic stages: efficiency vs the ideal, "
                               "Ray Data side by side, concurrency auto", add_help=False)
     for name, func in (("decoders", _bench_decoders), ("scale", _bench_scale), ("sources", _bench_sources),
-                       ("pipeline", _bench_pipeline), ("scheduler", _bench_scheduler)):
+                       ("pipeline", _bench_pipeline), ("browse", _bench_browse), ("scheduler", _bench_scheduler)):
         bench_commands.choices[name].set_defaults(func=func, passthrough=True)
 
 
@@ -48,6 +50,12 @@ def _bench_sources(args) -> int:
 
 def _bench_pipeline(args) -> int:
     from jobs.bench.pipeline import main
+
+    return main(args.rest)
+
+
+def _bench_browse(args) -> int:
+    from jobs.bench.browse import main
 
     return main(args.rest)
 

@@ -1,12 +1,12 @@
-"""`latentmill verify` and `latentmill report`: commands that read a job's output."""
+"""`latentmill verify`, `latentmill report` and `latentmill get`: commands that read a job's output."""
 
 from __future__ import annotations
 
 import json
+import os
+import sys
 
-from jobs.cli.common import CHECKS
-from pipelines.config import StorageConfig
-from pipelines.errors import ConfigError
+from jobs.cli.common import CHECKS, add_storage_arguments, storage_config
 
 
 def add_parser(commands) -> None:
@@ -20,7 +20,7 @@ def add_parser(commands) -> None:
     verify.add_argument("--quality", action="store_true",
                         help="also fail (exit 1) when a shard's quality monitor figures are below the spec's "
                              "min_psnr/min_ssim; a job without quality_monitor is a usage error (exit 2)")
-    _add_storage_arguments(verify)
+    add_storage_arguments(verify)
     verify.set_defaults(func=_verify)
 
     report = commands.add_parser("report", help="print the throughput report of a finished or running job")
@@ -28,35 +28,22 @@ def add_parser(commands) -> None:
     report.add_argument("--json", action="store_true", help="print report.json instead of the readable report")
     report.add_argument("--full", action="store_true", help="every per-stage column (wider than 100 columns)")
     report.add_argument("--write", action="store_true", help="also (re)write report.json, report.md and report.png there")
-    _add_storage_arguments(report)
+    add_storage_arguments(report)
     report.set_defaults(func=_report)
 
-
-def _add_storage_arguments(parser) -> None:
-    """How verify and report reach object storage: as output.storage in a spec (names of the
-    environment variables that hold the keys, never the keys)."""
-    group = parser.add_argument_group("object storage (as output.storage in a spec)")
-    group.add_argument("--endpoint-url", help="S3-compatible endpoint, e.g. http://127.0.0.1:9000")
-    group.add_argument("--region")
-    group.add_argument("--profile", help="AWS profile name")
-    group.add_argument("--access-key-id-env", metavar="VAR", help="environment variable holding the access key id")
-    group.add_argument("--secret-access-key-env", metavar="VAR", help="environment variable holding the secret key")
-    group.add_argument("--session-token-env", metavar="VAR", help="environment variable holding a session token")
-
-
-def _storage(args):
-    fields = ("endpoint_url", "region", "profile", "access_key_id_env", "secret_access_key_env", "session_token_env")
-    try:
-        return StorageConfig(**{name: getattr(args, name) for name in fields})
-    except ConfigError as exc:
-        raise ConfigError("", "", detail=f"storage options: {exc}") from None
+    get = commands.add_parser("get", help="extract one sample's files by its key (one range read per file)")
+    get.add_argument("output", help="the job's output URL")
+    get.add_argument("key", help="the sample's key, e.g. 000000042")
+    get.add_argument("--out", default=".", help="local folder to write KEY.png, KEY.txt, KEY.json, ... to (default: .)")
+    add_storage_arguments(get)
+    get.set_defaults(func=_get)
 
 
 def _verify(args) -> int:
     from pipelines.verify import verify_output, verify_quality  # pyarrow: `latentmill run` speaks before it loads
 
-    quality = verify_quality(args.output, _storage(args)) if args.quality else None
-    result = verify_output(args.output, _storage(args), full=args.check == "full", strict=args.strict)
+    quality = verify_quality(args.output, storage_config(args)) if args.quality else None
+    result = verify_output(args.output, storage_config(args), full=args.check == "full", strict=args.strict)
     ok = result["ok"] and (quality is None or quality["ok"])
     if quality is not None:
         result = {**result, "quality": quality}
@@ -105,10 +92,28 @@ def _report(args) -> int:
     from pipelines.observe.report import build_job_report, open_job_output, write_job_report
     from pipelines.observe.report_text import render_terminal
 
-    layout = open_job_output(args.output, _storage(args))
+    layout = open_job_output(args.output, storage_config(args))
     report = write_job_report(layout) if args.write else build_job_report(layout)
     if args.json:
         print(json.dumps(report, indent=2, sort_keys=True))
     else:
         print(render_terminal(report, full=args.full))
+    return 0
+
+
+def _get(args) -> int:
+    from pipelines.observe.report import open_job_output
+    from pipelines.sample_access import key_file, manifest_row, read_files
+
+    layout = open_job_output(args.output, storage_config(args))
+    row = manifest_row(layout, args.key)
+    if row.get("status", "ok") != "ok":
+        print(f"error: sample {args.key} is {row['status']}: {row.get('error')}", file=sys.stderr)
+        return 1
+    os.makedirs(args.out, exist_ok=True)
+    for ext, data in read_files(layout, row).items():
+        path = os.path.join(args.out, key_file(args.key, ext))
+        with open(path, "wb") as f:
+            f.write(data)
+        print(path)
     return 0

@@ -30,6 +30,17 @@ def _image_format(spec) -> str:
 
 
 @dataclass(frozen=True)
+class Comparison:
+    """What `latentmill browse` shows beside a sample's own image. `other` is "latents" (the sample's
+    latents decoded by the model's VAE) or "input" (the same key's image in the output the job read);
+    `captions` name the two images in page order, the other image first when `other_first`."""
+
+    other: str
+    captions: tuple[str, str]
+    other_first: bool = False
+
+
+@dataclass(frozen=True)
 class JobKind:
     name: str
     spec_class: type
@@ -43,6 +54,7 @@ class JobKind:
     file_format: Callable = _image_format  # spec -> the shards' sample format, for `--dry-run`
     # Takes {date} (run_date) and the nightly upkeep after a run: verify, latest.json, retention, notify.
     dated: bool = False
+    comparison: Comparison | None = None  # the second image of `latentmill browse`'s sample page
 
 
 def shard_pipeline(spec, plan, stages: list[StageDef], faults: tuple[Fault, ...], sample_metadata: dict,

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from jobs.checks import check_model, check_protocol
 from jobs.kinds.base import (
+    Comparison,
     JobKind,
     check_chunking,
     check_name,
@@ -103,4 +104,5 @@ def pipeline(spec: EncodeSpec, plan, faults: tuple[Fault, ...] = ()) -> Pipeline
     return shard_pipeline(spec, plan, stages, faults, metadata, Units("image", "images", "encoded"), model_weights(spec))
 
 
-KIND = JobKind("encode", EncodeSpec, plan=input_plan, pipeline=pipeline, check=check_input, describe=describe_input)
+KIND = JobKind("encode", EncodeSpec, plan=input_plan, pipeline=pipeline, check=check_input, describe=describe_input,
+               comparison=Comparison("latents", ("resized input (stored in the tar)", "its latents decoded by the model's VAE")))

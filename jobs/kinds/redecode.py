@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
 from jobs.kinds.base import (
+    Comparison,
     JobKind,
     check_chunking,
     check_name,
@@ -99,4 +100,6 @@ def pipeline(spec: RedecodeSpec, plan, faults: tuple[Fault, ...] = ()) -> Pipeli
                           {**model_weights(spec), **decoder_weights(spec)})
 
 
-KIND = JobKind("redecode", RedecodeSpec, plan=input_plan, pipeline=pipeline, check=check, describe=describe_input)
+KIND = JobKind("redecode", RedecodeSpec, plan=input_plan, pipeline=pipeline, check=check, describe=describe_input,
+               comparison=Comparison("input", ("the source output's image", "this output's image (the new decoder)"),
+                                     other_first=True))

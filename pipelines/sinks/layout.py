@@ -5,6 +5,7 @@
       plan.parquet             every planned sample: key, prompt, seed, shard
       index.json               committed shards; loaders read this instead of listing a bucket
                                (rewritten on a timer during a run: pipelines/sinks/shard_index.py)
+      wids.json                the same shards for webdataset's indexed reader, wids.ShardListDataset
       shards/NNNNN.tar         webdataset shard (NNNNN.rK.tar after its K-th repair)
       shards/NNNNN.parquet     its manifest, one row per sample (failed samples included)
       shards/NNNNN.done.json   commit marker, written last: a shard exists only once this does,
@@ -42,6 +43,7 @@ from pipelines.sinks.storage import (
 JOB_FILE = "latentmill.json"
 PLAN_FILE = "plan.parquet"
 INDEX_FILE = "index.json"
+WIDS_FILE = "wids.json"
 SHARD_DIR = "shards"
 MARKER_SUFFIX = ".done.json"
 FORMAT_VERSION = 1
@@ -160,7 +162,7 @@ class OutputLayout:
                 return
         except InvalidJobRecord:
             return  # a latentmill output, damaged: claim() refuses it unless output.mode is overwrite
-        ours = (JOB_FILE, PLAN_FILE, INDEX_FILE, SHARD_DIR, LEASE_DIR)
+        ours = (JOB_FILE, PLAN_FILE, INDEX_FILE, WIDS_FILE, SHARD_DIR, LEASE_DIR)
         foreign = [f for f in self._listing(self.root) if f.split(".tmp-")[0] not in ours]
         if foreign:
             raise OutputConflict(

@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 from pipelines.plan import shard_name
-from pipelines.sinks.layout import FORMAT_VERSION, INDEX_FILE, SHARD_DIR, OutputLayout, shard_files
+from pipelines.sinks.layout import FORMAT_VERSION, INDEX_FILE, SHARD_DIR, WIDS_FILE, OutputLayout, shard_files
 from pipelines.sinks.storage import streaming_writer
 
 NOT_COMMITTED = -1
@@ -73,9 +73,21 @@ class ShardIndex:
                 f.write((", " if n else "").encode() + json.dumps(entry).encode())
             f.write(b"]}\n")
 
+        def stream_wids(f) -> None:
+            # webdataset's random-access reader (`wids.ShardListDataset(".../wids.json")`) resolves
+            # these URLs against the folder the file is in; nsamples counts the tar's samples only.
+            f.write(b'{"wids_version": 1, "shardlist": [')
+            for n, i in enumerate(committed):
+                tar = shard_files(shard_name(int(i)), int(self.revision[i]))["tar"]
+                entry = {"url": f"{SHARD_DIR}/{tar}", "nsamples": int(self.samples[i])}
+                f.write((", " if n else "").encode() + json.dumps(entry).encode())
+            f.write(b"]}\n")
+
         def write_once() -> None:
             with streaming_writer(layout.fs, layout.path(INDEX_FILE)) as f:
                 stream(f)
+            with streaming_writer(layout.fs, layout.path(WIDS_FILE)) as f:
+                stream_wids(f)
 
         layout.retrying("writing index.json", write_once)
         self.writes += 1

@@ -27,6 +27,7 @@ from pipelines import faults as fault_injection
 from pipelines.config import StorageConfig
 from pipelines.sinks.layout import OutputLayout, shard_files
 from pipelines.sinks.storage import json_safe, read_table, streaming_writer, write_atomic, write_json
+from pipelines.sinks.tar_offsets import TarSpans
 from pipelines.tables import table_to_bytes
 
 
@@ -157,11 +158,12 @@ class ShardOutcome:
 def shard_entries(shard_name: str, samples: list[dict], outcome: ShardOutcome,
                   sample_metadata: dict) -> list[tuple[list[tuple[str, bytes]], dict]]:
     """Pure: per planned sample, in order, its tar members (none for rejected and failed samples)
-    and its manifest row."""
+    and its manifest row; rows with members record where those lie in the tar (`tar_files`)."""
     missing = [s["key"] for s in samples if s["key"] not in outcome.known()]
     if missing:
         raise ValueError(f"shard {shard_name}: no output and no recorded failure for samples {missing[:5]}")
     entries = []
+    spans = TarSpans()  # members follow one another in write_tar's order, so offsets follow from sizes
     for sample in samples:
         key = sample["key"]
         # Nested values of a sample (an input's source location, its original metadata) are JSON text
@@ -173,9 +175,12 @@ def shard_entries(shard_name: str, samples: list[dict], outcome: ShardOutcome,
             primary_ext, primary = next(iter(sample_files.items()))
             row = {**flat, "shard": shard_name, "status": "ok", "error": None, **fields,
                    "format": primary_ext, "bytes": len(primary), **timings}
-            entries.append((sample_members(sample, sample_files, fields, sample_metadata), row))
+            members = sample_members(sample, sample_files, fields, sample_metadata)
+            entries.append((members, {**row, **spans.add(members)}))
         elif key in outcome.old_rows:
-            entries.append((outcome.old_members.get(key, []), outcome.old_rows[key]))
+            # A repair writes a new tar: the kept samples' spans are those of the new one.
+            members = outcome.old_members.get(key, [])
+            entries.append((members, {**outcome.old_rows[key], **spans.add(members)}))
         elif key in outcome.rejected:
             entries.append(([], {**flat, "shard": shard_name, "status": "rejected", "error": outcome.rejected[key]}))
         else:

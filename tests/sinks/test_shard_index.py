@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from pipelines.plan import shard_name
 from pipelines.sinks.layout import OutputLayout
 from pipelines.sinks.shard_index import ShardIndex
@@ -19,6 +21,9 @@ def test_index_json_lists_committed_shards_with_their_repair_revisions(tmp_path)
          "failed": 1},
     ]}
     assert (index.committed, index.committed_samples) == (2, 15)
+    # The same shards for webdataset's indexed reader (wids), URLs relative to the output.
+    assert json.loads((tmp_path / "wids.json").read_text()) == {"wids_version": 1, "shardlist": [
+        {"url": "shards/00000.tar", "nsamples": 7}, {"url": "shards/00003.r2.tar", "nsamples": 8}]}
     assert layout.tar_urls() == [f"{tmp_path}/shards/00000.tar", f"{tmp_path}/shards/00003.r2.tar"]
 
 
