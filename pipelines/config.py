@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Union
 
 from pipelines.errors import ConfigError
-from pipelines.sources.pixels import DEFAULT_MAX_PIXELS, parse_colour
+from pipelines.sources.pixel_rules import DEFAULT_MAX_PIXELS, parse_colour
 
 LATENT_FACTOR = 8  # pixels per latent cell in SDXL-class VAEs
 # `decoder: sdxl-vae` in a job spec is the model's own VAE (the tiny model's tiny one); other

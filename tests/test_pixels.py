@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.sources.pixels import Loaded, PixelRules, load_pixels, parse_colour
+from pipelines.sources.pixel_rules import PixelRules, parse_colour
+from pipelines.sources.pixels import Loaded, load_pixels
 from tests.support.imagefiles import (
     adobe_like_profile,
     adobe_to_srgb,

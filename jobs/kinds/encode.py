@@ -31,7 +31,7 @@ from pipelines.config import (
 from pipelines.faults import Fault
 from pipelines.pipeline import Pipeline, StageDef, Units
 from pipelines.sources.images import plan_images
-from pipelines.sources.pixels import pixels_identity
+from pipelines.sources.pixel_rules import pixels_identity
 
 
 @dataclass(frozen=True)

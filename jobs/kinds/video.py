@@ -34,7 +34,7 @@ from pipelines.errors import ConfigError
 from pipelines.faults import Fault
 from pipelines.pipeline import Pipeline, StageDef, Units
 from pipelines.sources.conditioning import plan_conditioning
-from pipelines.sources.pixels import pixels_identity
+from pipelines.sources.pixel_rules import pixels_identity
 
 
 @dataclass(frozen=True)

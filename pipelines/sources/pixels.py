@@ -24,42 +24,15 @@ import threading
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageCms, ImageColor, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
-DEFAULT_MAX_PIXELS = 64_000_000
+from pipelines.sources.pixel_rules import PixelRules
+
+DEFAULT_RULES = PixelRules()
+
 SRGB = ImageCms.createProfile("sRGB")
 _OPEN_LOCK = threading.Lock()  # Image.MAX_IMAGE_PIXELS is process-wide
 _REPR = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
-
-
-@dataclass(frozen=True)
-class PixelRules:
-    """What a spec decides about inputs: the background transparency sits on, the size limit."""
-
-    background: tuple[int, int, int] = (255, 255, 255)
-    max_pixels: int = DEFAULT_MAX_PIXELS
-
-    @classmethod
-    def of(cls, background: str = "white", max_pixels: int = DEFAULT_MAX_PIXELS) -> PixelRules:
-        return cls(parse_colour(background), max_pixels)
-
-
-def pixels_identity(background: str, max_pixels: int) -> dict:
-    """The input rules that decide a job's pixels, for its identity (so an output is never resumed
-    with other rules): empty for the defaults, so outputs made before these rules resume as before."""
-    r, g, b = parse_colour(background)
-    rules = {"background": f"#{r:02x}{g:02x}{b:02x}", "max_pixels": max_pixels}
-    return {} if rules == {"background": "#ffffff", "max_pixels": DEFAULT_MAX_PIXELS} else {"pixels": rules}
-
-
-def parse_colour(value: str) -> tuple[int, int, int]:
-    """(r, g, b) of a colour name or #rrggbb; ValueError with a readable reason otherwise."""
-    if not isinstance(value, str) or not (re.fullmatch(r"#[0-9a-fA-F]{6}", value) or re.fullmatch(r"[a-zA-Z]+", value)):
-        raise ValueError(f"a colour name (e.g. white) or #rrggbb, got {value!r}")
-    try:
-        return ImageColor.getrgb(value)[:3]
-    except ValueError:
-        raise ValueError(f"a colour name (e.g. white) or #rrggbb, got unknown colour {value!r}") from None
 
 
 @dataclass(frozen=True)
@@ -68,7 +41,7 @@ class Loaded:
     facts: dict
 
 
-def load_pixels(data: bytes, rules: PixelRules = PixelRules()) -> Loaded | str:
+def load_pixels(data: bytes, rules: PixelRules = DEFAULT_RULES) -> Loaded | str:
     """The image in `data` as 8-bit sRGB pixels with its facts, or why it cannot be used."""
     if not data:
         return "empty file (0 bytes)"

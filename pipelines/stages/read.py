@@ -16,7 +16,8 @@ from PIL import Image
 
 from pipelines.config import ImageConfig, StorageConfig
 from pipelines.sources.fetch import read_member, read_members
-from pipelines.sources.pixels import DEFAULT_MAX_PIXELS, PixelRules, load_pixels, readable_reason
+from pipelines.sources.pixel_rules import DEFAULT_MAX_PIXELS, PixelRules
+from pipelines.sources.pixels import load_pixels, readable_reason
 
 
 def fit_image(image: Image.Image, size: ImageConfig) -> Image.Image | str:
