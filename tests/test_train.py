@@ -19,8 +19,9 @@ import yaml
 
 import decoders
 from jobs.cli import main as cli_main
+from jobs.dry_run import dry_run
 from jobs.local import run_job
-from jobs.spec import parse_spec
+from jobs.spec import load_spec, parse_spec
 from jobs.train.checkpoint import same_decoder
 from jobs.train.data import epoch_share, scan, units, worker_stream
 from jobs.train.driver import check_before_training, decoder_identity
@@ -78,12 +79,15 @@ def test_each_worker_streams_its_own_shuffled_part_and_a_resume_continues_it_exa
     assert latents(0, 5, 35) == whole[5:] and latents(0, 30, 10) == whole[30:]
 
 
-def test_dry_run_makes_the_pre_training_checks_and_describes_the_run(encoded, tmp_path, capsys):
+def test_dry_run_makes_the_pre_training_checks_and_describes_the_run(encoded, tmp_path):
+    # dry_run() is what `run --dry-run` prints (the CLI path: tests/test_spec.py, tests/test_readme.py).
+    # Not through cli_main under capsys: diffusers' log handler, made on first use, would keep the
+    # closed capsys stream and fail a later test's logging.
     example = os.path.join(REPO, "jobs/examples/train-decoder.yaml")
     out_url = tmp_path / "out"
-    assert cli_main(["run", example, "--dry-run", "--set", f"data.urls=[{encoded}]", "--set", "optim.steps=40",
-                     "--set", "data.held_out_fraction=0.25", "--set", f"output.url={out_url}"]) == 0
-    out = capsys.readouterr().out.splitlines()
+    spec = load_spec(example, [f"data.urls=[{encoded}]", "optim.steps=40", "data.held_out_fraction=0.25",
+                               f"output.url={out_url}"])
+    out = dry_run(spec).splitlines()
     assert out[0] == f"job 'train-lean' (train-decoder) -> {out_url}"
     assert out[1].startswith("  train: lean from scratch, target image; model sdxl tiny")
     split = re.fullmatch(rf"  data: {encoded}: (\d+) training and (\d+) held-out samples in \d+ shards \(held out 0.25\)",
