@@ -184,6 +184,7 @@ def _run(args) -> int:
         print(describe(spec, pipeline_for(spec)))
         return 0
     from jobs.nightly import run_with_upkeep
+    from pipelines.models.random_models import NOISE_NOTE, is_random_model
 
     faults = tuple(Fault.parse(text) for text in args.inject_fault)
     report = run_with_upkeep(spec, lambda: run_job(
@@ -207,6 +208,8 @@ def _run(args) -> int:
         f"output {spec.output.url}"
     )
     print(f"throughput, bottleneck and cost: {spec.output.url}/report.md (or `latentmill report {spec.output.url}`)")
+    if is_random_model(getattr(getattr(spec, "model", None), "reference", "")):
+        print(f"note: model.reference {spec.model.reference}: {NOISE_NOTE}")
     if report["failed"]:
         print(
             f"warning: {report['failed']} samples failed after their retries and are recorded as failed in the "

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from pipelines.faults import Fault
+from pipelines.models.random_models import NOISE_NOTE, is_random_model
 from pipelines.pipeline import Pipeline, StageDef, Units
 from pipelines.plan import build_plan
 from pipelines.sources.prompts import read_prompts
@@ -33,6 +34,8 @@ def weights_identity(spec) -> dict:
 
 
 def _base(spec, plan, stages, faults, sample_metadata, units: Units) -> Pipeline:
+    if is_random_model(getattr(getattr(spec, "model", None), "reference", "")):
+        sample_metadata = {**sample_metadata, "weights": NOISE_NOTE}  # every sample says it is noise
     return Pipeline(
         name=spec.name, kind=spec.kind, plan=plan, stages=tuple(stages), output=spec.output, write=spec.stages.write,
         identity={**spec.identity(), "weights": weights_identity(spec)}, spec=spec.to_dict(),

@@ -46,6 +46,7 @@ from pipelines.config import (
 )
 from pipelines.errors import ConfigError
 from pipelines.models.loading import TINY_REFERENCE
+from pipelines.models.random_models import RANDOM_MODELS
 from pipelines.plan import MAX_SEED, check_seeds
 
 
@@ -350,14 +351,17 @@ def check_references(spec: AnySpec) -> None:
     for i, url in enumerate(spec.data.urls if spec.kind == "train-decoder" else ()):
         _check_protocol(url, f"data.urls[{i}]")
     reference = spec.model.reference
-    kind = references.kind_of(reference, builtins=(TINY_REFERENCE,))
+    kind = references.kind_of(reference, builtins=(TINY_REFERENCE, *RANDOM_MODELS))
+    if kind == "builtin" and reference in RANDOM_MODELS:
+        _check_random_family(reference, spec.model.family)
     if kind == "path":
         _check_model_dir(reference)
     elif kind is None:
         raise ConfigError(
             "model.reference",
             "",
-            detail=f"{reference!r} is neither 'tiny', a Hugging Face id (org/name) nor an existing directory",
+            detail=f"{reference!r} is neither 'tiny', {' or '.join(RANDOM_MODELS)} (random weights), a Hugging Face "
+            "id (org/name) nor an existing directory",
         )
     if hasattr(spec, "decoder"):
         _check_decoder(spec.decoder, spec.model.family, video=isinstance(spec, VideoSpec))
@@ -365,6 +369,15 @@ def check_references(spec: AnySpec) -> None:
         _check_decode_chunks(spec)
     if getattr(spec, "decoder_tiling", False):
         _check_tiling_support(spec.decoder)
+
+
+def _check_random_family(reference: str, family: str) -> None:
+    """random:sdxl makes images and random:svd-xt clips: each only in its own kind of job."""
+    if RANDOM_MODELS[reference].family != family:
+        fitting = [name for name, m in RANDOM_MODELS.items() if m.family == family]
+        raise ConfigError("model.reference", "", detail=(
+            f"{reference!r} is a {RANDOM_MODELS[reference].family!r} model; this job needs a {family!r} model "
+            f"({', '.join(fitting)} for random weights)"))
 
 
 def _check_tiling_support(decoder: str) -> None:

@@ -16,6 +16,7 @@ import time
 
 from pipelines.accounting import STAGE_ORDER, percentiles_from_histogram
 from pipelines.errors import OutputConflict, OutputError
+from pipelines.models.random_models import NOISE_NOTE, is_random_model
 from pipelines.quality import monitor_cost, quality_summary
 from pipelines.sinks.layout import OutputLayout
 from pipelines.sinks.storage import read_json, write_atomic
@@ -99,9 +100,16 @@ def build_job_report(layout: OutputLayout, now: float | None = None) -> dict:
         "video": _video_throughput(record, generated, wall),
         "stages": stages,
         "quality": quality,
+        "weights": weights_note(record),
         "runs": [_run_row(run) for run in runs],
         "generated_at": round(now, 3),
     }
+
+
+def weights_note(record: dict) -> str | None:
+    """What a report says first when the model's weights are random: its outputs are noise."""
+    reference = (record.get("spec") or {}).get("model", {}).get("reference", "")
+    return f"model.reference {reference}: {NOISE_NOTE}" if is_random_model(reference) else None
 
 
 def job_cost(runs: list[dict], committed: int) -> dict | None:
@@ -246,6 +254,7 @@ def render_markdown(report: dict, chart: bool = True) -> str:
     lines = [
         f"# latentmill report: {report['job']}",
         "",
+        *([f"**Random weights.** {report['weights']}", ""] if report.get("weights") else []),
         f"**Bottleneck: {b['stage']}** ({b['why']})" if b else "**Bottleneck: unknown** (no stage finished a batch yet)",
         "",
         f"Status: **{report['status']}**: {report['committed']:,}/{report['planned']:,} samples committed "

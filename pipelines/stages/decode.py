@@ -11,7 +11,7 @@ from PIL import Image
 import decoders
 from decoders import references
 from pipelines.config import MODEL_VAE
-from pipelines.models.loading import resolve_reference, torch_dtype
+from pipelines.models.loading import load_model_vae, resolve_reference, torch_dtype
 from pipelines.stages.device import pick_device
 
 PIL_FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}
@@ -20,7 +20,7 @@ PIL_FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}
 def load_decoder(decoder: str, model_reference: str, device: str, dtype: str):
     """`sdxl-vae` means the model's own VAE; anything else goes to `decoders.load`."""
     if decoder == MODEL_VAE:
-        return decoders.load(resolve_reference(model_reference), subfolder="vae", device=device, dtype=torch_dtype(dtype))
+        return load_model_vae(model_reference, device, dtype)
     # Remote directories are copied to the local cache once per machine, like models.
     reference = resolve_reference(decoder) if references.is_url(decoder) else decoder
     return decoders.load(reference, device=device, dtype=torch_dtype(dtype))

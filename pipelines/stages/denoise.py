@@ -14,7 +14,7 @@ class Denoise:
     def __init__(self, model: ModelConfig, sampler: SamplerConfig, device: str | None = None):
         self.sampler = sampler
         self.device = device or pick_device()
-        self.pipe = load_denoise_pipeline(model.reference, model.dtype, sampler.scheduler).to(self.device)
+        self.pipe = load_denoise_pipeline(model.reference, model.dtype, sampler.scheduler, self.device).to(self.device)
 
     def __call__(self, batch: dict) -> dict:
         """`batch["samples"]`: dicts with key, prompt and seed. Returns the keys and float32 latents."""

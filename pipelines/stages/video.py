@@ -12,9 +12,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-import decoders
 from pipelines.config import MODEL_VIDEO_VAE, VideoConfig, VideoModelConfig, VideoOutputConfig
-from pipelines.models.loading import ensure_tiny_svd, load_video_pipeline, resolve_reference, torch_dtype
+from pipelines.models.loading import ensure_tiny_svd, load_model_vae, load_video_pipeline
 from pipelines.sinks.video import CODEC, PIXEL_FORMAT, encode_mp4
 from pipelines.stages.decode import encode_image, load_decoder, npy_bytes
 from pipelines.stages.device import pick_device
@@ -25,7 +24,7 @@ class VideoDenoise:
                  device: str | None = None):
         self.video, self.batch_size = video, batch_size
         self.device = device or pick_device()
-        self.pipe = load_video_pipeline(model.reference, model.dtype).to(self.device)
+        self.pipe = load_video_pipeline(model.reference, model.dtype, self.device).to(self.device)
         # Only the VAE's encoder is used here; without its decoder nothing can decode by accident.
         self.pipe.vae.decoder = None
 
@@ -58,8 +57,7 @@ class VideoDenoise:
 def load_video_decoder(decoder: str, model_reference: str, device: str, dtype: str):
     """`svd-vae` means the model's own temporal VAE; anything else goes to `decoders.load`."""
     if decoder == MODEL_VIDEO_VAE:
-        root = resolve_reference(model_reference, tiny=ensure_tiny_svd)
-        return decoders.load(root, subfolder="vae", device=device, dtype=torch_dtype(dtype))
+        return load_model_vae(model_reference, device, dtype, tiny=ensure_tiny_svd)
     return load_decoder(decoder, model_reference, device, dtype)
 
 
