@@ -59,6 +59,9 @@ def decode_kwargs(spec) -> dict:
         "quality": spec.output.quality, "save_latents": spec.output.save_latents, "dtype": spec.model.dtype,
         "tiling": spec.decoder_tiling, "batch_size": spec.stages.decode.batch_size,
         "monitor_fraction": spec.quality_monitor.fraction if spec.quality_monitor else None,
+        "channels_last": spec.model.channels_last, "compile": spec.model.compile,
+        # generate knows its images' size before the first batch; redecode's come from its input
+        "warmup_size": (spec.sampler.height, spec.sampler.width) if hasattr(spec, "sampler") else None,
     }
 
 
@@ -74,7 +77,9 @@ def monitor_stages(spec) -> list[StageDef]:
 def generate_pipeline(spec, plan, faults: tuple[Fault, ...] = ()) -> Pipeline:
     decode = decode_kwargs(spec)
     stages = [
-        StageDef("denoise", "pipelines.stages.denoise:Denoise", {"model": spec.model, "sampler": spec.sampler}, spec.stages.denoise),
+        StageDef("denoise", "pipelines.stages.denoise:Denoise",
+                 {"model": spec.model, "sampler": spec.sampler, "batch_size": spec.stages.denoise.batch_size},
+                 spec.stages.denoise),
         StageDef("decode", "pipelines.stages.decode:Decode", decode, spec.stages.decode),
         *monitor_stages(spec),
     ]
@@ -138,7 +143,8 @@ def video_pipeline(spec, plan, faults: tuple[Fault, ...] = ()) -> Pipeline:
     else:
         read = StageDef("read", "pipelines.stages.read:ReadImages", {"image": image, "storage": spec.input.storage}, spec.stages.read)
     decode = {"decoder": spec.decoder, "model_reference": spec.model.reference, "video": v, "output": spec.output,
-              "dtype": spec.model.dtype, "batch_size": spec.stages.decode.batch_size}
+              "dtype": spec.model.dtype, "batch_size": spec.stages.decode.batch_size,
+              "channels_last": spec.model.channels_last, "compile": spec.model.compile}
     stages = [
         read,
         StageDef("denoise", "pipelines.stages.video:VideoDenoise", {"model": spec.model, "video": v, "batch_size": spec.stages.denoise.batch_size},

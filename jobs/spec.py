@@ -105,7 +105,7 @@ class JobSpec:
         spec = self.to_dict()
         return {
             "kind": self.kind,
-            "model": spec["model"],
+            "model": model_identity(self.model),
             "sampler": spec["sampler"],
             "seed": self.seed,
             "decoder": self.decoder,
@@ -113,6 +113,14 @@ class JobSpec:
             "output": _output_identity(self),
             **_monitor_identity(self),
         }
+
+
+# How fast, not what: left out of the identity, so an output resumes with them switched on or off.
+SPEED_ONLY_MODEL_FIELDS = ("channels_last", "compile")
+
+
+def model_identity(model) -> dict:
+    return {k: v for k, v in dataclasses.asdict(model).items() if k not in SPEED_ONLY_MODEL_FIELDS}
 
 
 def _monitor_identity(spec) -> dict:
@@ -169,7 +177,7 @@ class EncodeSpec:
 
     def identity(self) -> dict[str, Any]:
         spec = self.to_dict()
-        return {"kind": self.kind, "model": spec["model"], "image": spec["image"], "latent_dtype": self.latent_dtype,
+        return {"kind": self.kind, "model": model_identity(self.model), "image": spec["image"], "latent_dtype": self.latent_dtype,
                 "input": self.input.url, "output": _output_identity(self)}
 
 
@@ -198,7 +206,7 @@ class RedecodeSpec:
         return dataclasses.asdict(self)
 
     def identity(self) -> dict[str, Any]:
-        return {"kind": self.kind, "model": dataclasses.asdict(self.model), "decoder": self.decoder,
+        return {"kind": self.kind, "model": model_identity(self.model), "decoder": self.decoder,
                 "decoder_tiling": self.decoder_tiling, "input": self.input.url, "output": _output_identity(self),
                 **_monitor_identity(self)}
 
@@ -230,7 +238,7 @@ class VideoSpec:
 
     def identity(self) -> dict[str, Any]:
         output = dataclasses.asdict(self.output)
-        return {"kind": self.kind, "model": dataclasses.asdict(self.model), "video": dataclasses.asdict(self.video),
+        return {"kind": self.kind, "model": model_identity(self.model), "video": dataclasses.asdict(self.video),
                 "seed": self.seed, "decoder": self.decoder,
                 "input": {"url": self.input.url, "builtin": self.input.builtin},
                 "output": {k: output[k] for k in ("crf", "preset", "poster", "samples_per_shard", "save_latents")}}

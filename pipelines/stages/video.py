@@ -17,6 +17,7 @@ from pipelines.models.loading import ensure_tiny_svd, load_model_vae, load_video
 from pipelines.sinks.video import CODEC, PIXEL_FORMAT, encode_mp4
 from pipelines.stages.decode import encode_image, load_decoder, npy_bytes
 from pipelines.stages.device import pick_device
+from pipelines.stages.gpu_settings import configure_backends, prepare
 
 
 class VideoDenoise:
@@ -27,6 +28,9 @@ class VideoDenoise:
         self.pipe = load_video_pipeline(model.reference, model.dtype, self.device).to(self.device)
         # Only the VAE's encoder is used here; without its decoder nothing can decode by accident.
         self.pipe.vae.decoder = None
+        configure_backends(self.device)
+        # No warm-up: a video job's first batch carries the compile (the clip batch varies less).
+        prepare(self.pipe.unet, channels_last=model.channels_last, compile=model.compile)
 
     def __call__(self, batch: dict) -> dict:
         """`batch`: keys, samples (with their seeds) and uint8 conditioning pixels (B, H, W, 3).
@@ -63,10 +67,15 @@ def load_video_decoder(decoder: str, model_reference: str, device: str, dtype: s
 
 class VideoDecode:
     def __init__(self, decoder: str, model_reference: str, video: VideoConfig, output: VideoOutputConfig,
-                 dtype: str = "float32", batch_size: int | None = None, device: str | None = None):
+                 dtype: str = "float32", batch_size: int | None = None, device: str | None = None,
+                 channels_last: bool = False, compile: bool = False):
         self.video, self.output, self.batch_size = video, output, batch_size
         self.device = device or pick_device()
         self.decoder = load_video_decoder(decoder, model_reference, self.device, dtype)
+        configure_backends(self.device)
+        self.decoder.upcast_if_needed()  # before compiling: a later dtype change would recompile
+        for module in self.decoder.decode_modules():
+            prepare(module, channels_last=channels_last, compile=compile)
         if not self.decoder.is_video:
             raise ValueError(f"decoder: {decoder!r} decodes images; a video job needs a video decoder "
                              f"({MODEL_VIDEO_VAE}, random:tae-temporal or a checkpoint of one)")
