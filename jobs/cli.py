@@ -89,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     bench = commands.add_parser("bench", help="benchmarks that print tables")
     bench_commands = bench.add_subparsers(dest="bench", required=True)
     bench_commands.add_parser("decoders", help="decoder FLOPs, latency and memory", add_help=False)
+    bench_commands.add_parser("gpu", help="every GPU figure: decoders, SDXL denoise, end to end, SVD-XT, a profile",
+                              add_help=False)
     bench_commands.add_parser("scale", help="10K/100K-image runs: throughput and peak memory", add_help=False)
     bench_commands.add_parser("sources", help="driver memory and time to plan a 1M-image list", add_help=False)
     bench_commands.add_parser("pipeline", help="each stage alone vs the pipeline vs a naive diffusers loop",
@@ -134,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
             from jobs.bench_scheduler import main as bench_scheduler
 
             return bench_scheduler(rest)
+        if args.command == "bench" and args.bench == "gpu":
+            from jobs.bench_gpu import main as bench_gpu
+
+            return bench_gpu(rest)
         if args.command == "bench" and args.bench == "scale":
             from jobs.bench_scale import main as bench_scale
 
