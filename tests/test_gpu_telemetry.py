@@ -71,3 +71,12 @@ def test_stage_figures_combine_actors_and_say_no_gpu():
     d = figures["denoise"]
     assert d["compile_s"] == 14.0 and d["gpu"]["gpus"] == ["0", "1"] and d["gpu"]["sm_util_pct"] == 20.0
     assert d["gpu"]["memory_peak_mb"] == 2048 and d["gpu"]["power_peak_w"] == 150.0
+
+
+def test_samples_go_to_ray_metrics(ray_cluster):
+    from pipelines.gpu_telemetry import RayGpuGauges
+
+    gauges = RayGpuGauges()
+    sampler = GpuSampler(open_nvml("tests.fake_nvml"), ["0"], "decode", every_s=3600, gauges=gauges)
+    sampler.sample()  # Ray's gauges take the reading (exported by Ray's metrics agent where one runs)
+    assert gauges.sm.info["name"] == "latentmill_gpu_sm_utilisation_pct" and gauges.sm.info["tag_keys"] == ("stage", "gpu")
