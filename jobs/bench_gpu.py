@@ -101,26 +101,42 @@ def device() -> str:
 # -- part 1: decoders ----------------------------------------------------------------------------------
 
 def decoder_rows(sizes: Sizes) -> list[dict]:
-    import decoders
-
     rows = []
     for dtype in sizes.dtypes:
         for size in sizes.decode_sizes:
             for batch in sizes.decode_batches:
-                base = None
-                for arch in ("sdxl-vae", *LIGHT_DECODERS):
-                    dec = decoders.build(f"random:{arch}" + ("-tiny" if sizes.tiny else ""), device=device(),
-                                         dtype=getattr(torch, dtype))
-                    z = torch.randn(batch, dec.latent_channels, size // 8, size // 8, device=device())
-                    run = partial(dec.decode, z)
-                    _, memory = first_call(run)  # the first call is warm-up too
-                    median = median_s(run, sizes.warmup - 1, sizes.repeats)
-                    base = median if arch == "sdxl-vae" else base
-                    rows.append({"decoder": arch, "size": size, "dtype": f"{dtype}->{str(dec.dtype)[6:]}"
-                                 if str(dec.dtype)[6:] != dtype else dtype, "batch": batch,
-                                 "latency_s": median, "images_per_s": batch / median, "peak_mb": memory,
-                                 "speedup": base / median})
+                group = [decoder_row(arch, size, dtype, batch, sizes) for arch in ("sdxl-vae", *LIGHT_DECODERS)]
+                base = group[0].get("latency_s")
+                for row in group:
+                    row["speedup"] = base / row["latency_s"] if base and row.get("latency_s") else None
+                rows += group
     return rows
+
+
+def decoder_row(arch: str, size: int, dtype: str, batch: int, sizes: Sizes) -> dict:
+    import decoders
+
+    row = {"decoder": arch, "size": size, "dtype": dtype, "batch": batch}
+    try:
+        dec = decoders.build(f"random:{arch}" + ("-tiny" if sizes.tiny else ""), device=device(),
+                             dtype=getattr(torch, dtype))
+        if str(dec.dtype) != f"torch.{dtype}":  # the SDXL VAE's force_upcast
+            row["dtype"] = f"{dtype}->{str(dec.dtype)[6:]}"
+        z = torch.randn(batch, dec.latent_channels, size // 8, size // 8, device=device())
+        run = partial(dec.decode, z)
+        _, row["peak_mb"] = first_call(run)  # the first call is warm-up too
+        row["latency_s"] = median_s(run, sizes.warmup - 1, sizes.repeats)
+        row["images_per_s"] = batch / row["latency_s"]
+    except torch.cuda.OutOfMemoryError:
+        row["note"] = "out of GPU memory"
+    finally:
+        free_cuda()
+    return row
+
+
+def free_cuda() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 # -- part 2: SDXL denoise ------------------------------------------------------------------------------
@@ -136,14 +152,18 @@ def denoise_rows(sizes: Sizes) -> list[dict]:
         pipe = load_denoise_pipeline(sizes.sdxl, dtype, "default", device()).to(device())
         prepare(pipe.unet, channels_last=compiled, compile=compiled)
         for batch in sizes.denoise_batches:
+            row = {"model": sizes.sdxl, "size": sizes.sdxl_size, "steps": sizes.steps, "dtype": dtype, "batch": batch,
+                   "compile": compiled}
             run = partial(pipe, prompt=["a lighthouse"] * batch, num_inference_steps=sizes.steps,
                           height=sizes.sdxl_size, width=sizes.sdxl_size, output_type="latent")
-            first, memory = first_call(run)
-            median = median_s(run, 0, max(1, sizes.repeats // 2))
-            rows.append({"model": sizes.sdxl, "size": sizes.sdxl_size, "steps": sizes.steps, "dtype": dtype,
-                         "batch": batch, "compile": compiled, "s_per_image": median / batch,
-                         "first_call_s": first, "compile_s": max(0.0, first - median) if compiled else None,
-                         "peak_mb": memory})
+            try:
+                first, row["peak_mb"] = first_call(run)
+                median = median_s(run, 0, max(1, sizes.repeats // 2))
+                row.update(s_per_image=median / batch, compile_s=max(0.0, first - median) if compiled else None)
+            except torch.cuda.OutOfMemoryError:
+                row["note"] = "out of GPU memory"
+            free_cuda()
+            rows.append(row)
         pipe = None  # freed before the next build
     return rows
 
@@ -153,8 +173,7 @@ def denoise_rows(sizes: Sizes) -> list[dict]:
 def video_rows(sizes: Sizes) -> list[dict]:
     from PIL import Image
 
-    import decoders
-    from pipelines.models.loading import ensure_tiny_svd, load_model_vae, load_video_pipeline
+    from pipelines.models.loading import load_video_pipeline
 
     dtype = "float16" if torch.cuda.is_available() else "float32"
     pipe = load_video_pipeline(sizes.svd, dtype, device()).to(device())
@@ -170,18 +189,29 @@ def video_rows(sizes: Sizes) -> list[dict]:
     sync()
     denoise_s = time.perf_counter() - started
     pipe = denoise = None  # freed before the decoders load
-    rows = []
-    for name in ("svd-vae", "tae-temporal"):
+    rows = [video_decode_row(name, z, denoise_s, dtype, sizes) for name in ("svd-vae", "tae-temporal")]
+    base = rows[0].get("s_per_clip")
+    for row in rows:
+        row["gain_pct"] = 100 * (base / row["s_per_clip"] - 1) if base and row.get("s_per_clip") else None
+    return rows
+
+
+def video_decode_row(name: str, z: torch.Tensor, denoise_s: float, dtype: str, sizes: Sizes) -> dict:
+    import decoders
+    from pipelines.models.loading import ensure_tiny_svd, load_model_vae
+
+    h, w = sizes.video_size
+    row = {"model": sizes.svd, "frames": sizes.frames, "size": f"{h}x{w}", "decoder": name, "denoise_s": denoise_s}
+    try:
         dec = (load_model_vae(sizes.svd, device(), dtype, tiny=ensure_tiny_svd) if name == "svd-vae"
                else decoders.build("random:tae-temporal" + ("-tiny" if sizes.tiny else ""), device=device(),
                                    dtype=getattr(torch, dtype)))
-        decode_s = median_s(partial(decode_clip, dec, z), 1, max(1, sizes.repeats // 2))
-        rows.append({"model": sizes.svd, "frames": sizes.frames, "size": f"{h}x{w}", "decoder": name,
-                     "denoise_s": denoise_s, "decode_s": decode_s, "s_per_clip": denoise_s + decode_s})
-    base = rows[0]["s_per_clip"]
-    for row in rows:
-        row["gain_pct"] = 100 * (base / row["s_per_clip"] - 1)
-    return rows
+        row["decode_s"] = median_s(partial(decode_clip, dec, z), 1, max(1, sizes.repeats // 2))
+        row["s_per_clip"] = denoise_s + row["decode_s"]
+    except torch.cuda.OutOfMemoryError:
+        row["note"] = "out of GPU memory"
+    free_cuda()
+    return row
 
 
 def decode_clip(dec, z: torch.Tensor) -> None:
@@ -249,26 +279,28 @@ def e2e_rows(sizes: Sizes, address: str | None, workdir: str) -> list[dict]:
 
 def measured_profiles(decode: list[dict], denoise: list[dict], video: list[dict], sizes: Sizes) -> dict:
     """Seconds per item on one GPU, per stage, from the largest batch measured (as a job runs)."""
-    plain = [r for r in denoise if not r["compile"]]
+    plain = [r for r in denoise if not r["compile"] and r.get("s_per_image")]
     best_denoise = min(plain, key=lambda r: r["s_per_image"]) if plain else None
     size, dtype = max(sizes.decode_sizes), sizes.dtypes[0]
 
-    def decode_s(arch):
-        rows = [r for r in decode if r["decoder"] == arch and r["size"] == size and r["dtype"].startswith(dtype)]
+    def decode_stage(arch):
+        """The largest batch that fitted, at the largest size in the first dtype: its seconds per image."""
+        rows = [r for r in decode if r["decoder"] == arch and r["size"] == size and r["dtype"].startswith(dtype)
+                and r.get("latency_s")]
         row = max(rows, key=lambda r: r["batch"], default=None)
-        return row and round(row["latency_s"] / row["batch"], 5)
+        return row and {"per_item_s": round(row["latency_s"] / row["batch"], 5), "batch_size": row["batch"]}
 
     profiles = {}
     if best_denoise:
         for name, arch in (("vae", "sdxl-vae"), ("light", "taesd")):
-            if decode_s(arch):
+            if decode_stage(arch):
                 profiles[f"sdxl-{size}-{name}"] = {
                     "description": f"{sizes.sdxl}, {size}x{size}, {sizes.steps} steps, {arch} decode (measured)",
                     "unit": "image", "samples_per_shard": 32,
                     "stages": {"denoise": {"per_item_s": round(best_denoise["s_per_image"], 4),
                                            "batch_size": best_denoise["batch"]},
-                               "decode": {"per_item_s": decode_s(arch), "batch_size": max(sizes.decode_batches)}}}
-    if video:
+                               "decode": decode_stage(arch)}}
+    if video and video[0].get("decode_s"):  # the SVD VAE fitted: a whole measurement
         h, w = sizes.video_size
         profiles[f"svd-xt-{h}x{w}"] = {
             "description": f"{sizes.svd}, {sizes.frames} frames {h}x{w}, {sizes.video_steps} steps, svd-vae decode "
@@ -309,14 +341,15 @@ def md_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
 TABLES = {
     "decoders": [("decoder", "decoder"), ("size", "px"), ("dtype", "dtype"), ("batch", "batch"),
                  ("latency_s", "median s"), ("images_per_s", "images/s"), ("peak_mb", "peak MB"),
-                 ("speedup", "x sdxl-vae")],
+                 ("speedup", "x sdxl-vae"), ("note", "note")],
     "denoise": [("model", "model"), ("size", "px"), ("steps", "steps"), ("dtype", "dtype"), ("batch", "batch"),
-                ("compile", "compile"), ("s_per_image", "s/image"), ("compile_s", "compile s"), ("peak_mb", "peak MB")],
+                ("compile", "compile"), ("s_per_image", "s/image"), ("compile_s", "compile s"), ("peak_mb", "peak MB"),
+                ("note", "note")],
     "end to end": [("layout", "layout"), ("decoder", "decoder"), ("images_per_s", "images/s"),
                    ("gain_pct", "gain % vs sdxl-vae"), ("skipped", "note")],
     "video": [("model", "model"), ("frames", "frames"), ("size", "size"), ("decoder", "decoder"),
               ("denoise_s", "denoise s/clip"), ("decode_s", "decode s/clip"), ("s_per_clip", "s/clip"),
-              ("gain_pct", "gain % vs svd-vae")],
+              ("gain_pct", "gain % vs svd-vae"), ("note", "note")],
 }
 
 

@@ -32,3 +32,28 @@ def test_bench_gpu_smoke_runs_every_part_and_writes_the_doc_and_profile(ray_clus
     for p in profiles.values():
         assert all(t > 0 for t in scaled_times(p, 1.0).values())
     assert profiles["sdxl-64-vae"]["stages"]["denoise"] == profiles["sdxl-64-light"]["stages"]["denoise"]
+
+
+def test_full_run_needs_a_gpu_and_says_so_in_one_line(capsys):
+    import torch
+
+    if torch.cuda.is_available():  # on a GPU machine the full run is the benchmark itself, not a test
+        return
+    assert main([]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().count("\n") == 0 and "no CUDA GPU here" in err and "--smoke" in err
+
+
+def test_profile_leaves_out_what_did_not_fit_in_memory():
+    from jobs.bench_gpu import SMOKE, measured_profiles
+
+    decode = [{"decoder": "sdxl-vae", "size": 64, "dtype": "float32", "batch": 2, "note": "out of GPU memory"},
+              {"decoder": "sdxl-vae", "size": 64, "dtype": "float32", "batch": 1, "latency_s": 0.5},
+              {"decoder": "taesd", "size": 64, "dtype": "float32", "batch": 2, "latency_s": 0.1}]
+    denoise = [{"compile": False, "batch": 2, "s_per_image": 3.0}, {"compile": False, "batch": 4, "note": "out of GPU memory"}]
+    video = [{"denoise_s": 10.0, "note": "out of GPU memory"}]
+    profiles = measured_profiles(decode, denoise, video, SMOKE)
+    assert set(profiles) == {"sdxl-64-vae", "sdxl-64-light"}  # no video profile from half a measurement
+    assert profiles["sdxl-64-vae"]["stages"]["decode"] == {"per_item_s": 0.5, "batch_size": 1}  # the batch that fitted
+    assert profiles["sdxl-64-light"]["stages"]["decode"]["per_item_s"] == 0.05
+    assert profiles["sdxl-64-vae"]["stages"]["denoise"] == {"per_item_s": 3.0, "batch_size": 2}
