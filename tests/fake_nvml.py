@@ -35,8 +35,8 @@ def nvmlDeviceGetName(handle) -> bytes:
     return b"Fake GPU"
 
 
-def _next(handle) -> int:
-    """The reading number of this device, advanced once per full reading (utilisation comes first)."""
+def _current(handle) -> int:
+    """This device's reading number: utilisation (read first in a sample) advances it."""
     return readings.get(handle, 0)
 
 
@@ -46,8 +46,8 @@ def nvmlDeviceGetUtilizationRates(handle):
 
 
 def nvmlDeviceGetMemoryInfo(handle):
-    return SimpleNamespace(used=(1 + _next(handle)) * GIB, total=80 * GIB, free=0)
+    return SimpleNamespace(used=(1 + _current(handle)) * GIB, total=80 * GIB, free=0)
 
 
 def nvmlDeviceGetPowerUsage(handle) -> int:
-    return (100 + 50 * _next(handle)) * 1000  # mW
+    return (100 + 50 * _current(handle)) * 1000  # mW
