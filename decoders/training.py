@@ -1,6 +1,6 @@
 """Training a decoder on latents: losses, a patch discriminator, EMA, the schedule and one step.
 
-Pure torch (no Ray, no job code): `jobs/train.py` runs `DecoderTrainer.step` inside Ray Train
+Pure torch (no Ray, no job code): `jobs/train/driver.py` runs `DecoderTrainer.step` inside Ray Train
 workers, and anything else can run it in a plain loop. Images are [0, 1] floats (B, 3, H, W);
 latents are diffusion-space latents, as encode outputs store them.
 """

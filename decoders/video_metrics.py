@@ -1,7 +1,7 @@
 """Video quality of a light decoder against a reference decoder: per-frame PSNR/SSIM (those of
 `decoders.metrics`, scikit-image's definitions) and a pluggable perceptual metric such as LPIPS,
 temporal flicker, and a Fréchet distance between feature sets. `latentmill eval` on a video output
-runs these (jobs/eval_video.py).
+runs these (jobs/eval/video.py).
 
     from decoders.video_metrics import compare_decoders, compare_videos, frechet_distance
     compare_decoders(latents, light, reference)           # decode both, then compare_videos

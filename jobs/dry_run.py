@@ -2,38 +2,35 @@
 
 from __future__ import annotations
 
+from jobs.kinds import kind_of
+from jobs.local import pipeline_for
 from pipelines.pipeline import Pipeline
 from pipelines.plan import shard_name
 
 
-def describe(spec, pipeline: Pipeline) -> str:
+def describe(spec, pipeline: Pipeline | None = None) -> str:
+    """`pipeline`: the spec's (built here when not given)."""
+    kind = kind_of(spec)
+    if kind.pipeline is None:  # not a shard pipeline (train-decoder): what the kind says of itself
+        return "\n".join([f"job {spec.name!r} ({spec.kind}) -> {spec.output.url}", *kind.describe(spec)])
+    pipeline = pipeline if pipeline is not None else pipeline_for(spec)
+    lines = [f"job {spec.name!r} ({spec.kind}) -> {spec.output.url} (mode {spec.output.mode})", *kind.describe(spec)]
+    return "\n".join(lines + _plan_lines(pipeline, kind.file_format(spec)) + _stage_lines(pipeline))
+
+
+def _plan_lines(pipeline: Pipeline, file_format: str) -> list[str]:
     plan = pipeline.plan
-    lines = [f"job {spec.name!r} ({spec.kind}) -> {spec.output.url} (mode {spec.output.mode})"]
-    if hasattr(spec, "sampler"):
-        s = spec.sampler
-        lines += [
-            f"  model: {spec.model.family} {spec.model.reference} ({spec.model.dtype}); decoder: {spec.decoder}",
-            f"  sampler: {s.scheduler}, {s.steps} steps, guidance {s.guidance_scale}, {s.width}x{s.height}",
-        ]
-    if hasattr(spec, "video"):
-        v = spec.video
-        lines += [
-            f"  model: {spec.model.family} {spec.model.reference} ({spec.model.dtype}); decoder: {spec.decoder}",
-            f"  clips: {v.frames} frames at {v.fps} fps, {v.width}x{v.height}, {v.steps} steps, motion bucket "
-            f"{v.motion_bucket_id}, decode chunk {v.decode_chunk_size or 'all'} frames",
-        ]
-    if hasattr(spec, "input"):
-        source = spec.input.url if getattr(spec.input, "url", None) is not None else f"builtin: {spec.input.builtin}"
-        lines.append(f"  input: {source} ({spec.input.format})")
-    if len(plan):
-        first, last = plan.sample(0), plan.sample(len(plan) - 1)
-        seeds = f", seeds {first.seed}..{last.seed}" if hasattr(first, "seed") else ""
-        lines.append(f"  samples: {len(plan)} (keys {first.key}..{last.key}{seeds})")
-        lines.append(f"  shards: {plan.num_shards} of up to {plan.samples_per_shard} samples "
-                     f"({shard_name(0)}..{shard_name(plan.num_shards - 1)}, {getattr(spec.output, 'image_format', 'mp4')})")
-    else:
-        lines.append("  samples: 0")
-    lines.append("  stages:")
+    if not len(plan):
+        return ["  samples: 0"]
+    first, last = plan.sample(0), plan.sample(len(plan) - 1)
+    seeds = f", seeds {first.seed}..{last.seed}" if hasattr(first, "seed") else ""  # input plans have no seeds
+    return [f"  samples: {len(plan)} (keys {first.key}..{last.key}{seeds})",
+            f"  shards: {plan.num_shards} of up to {plan.samples_per_shard} samples "
+            f"({shard_name(0)}..{shard_name(plan.num_shards - 1)}, {file_format})"]
+
+
+def _stage_lines(pipeline: Pipeline) -> list[str]:
+    lines = ["  stages:"]
     for stage in pipeline.stages:
         r = stage.resources
         concurrency = ("auto" if r.concurrency == "auto" else r.min_actors if r.min_actors == r.max_actors
@@ -42,4 +39,4 @@ def describe(spec, pipeline: Pipeline) -> str:
                      f"batch_size={r.batch_size}")
     w = pipeline.write
     lines.append(f"    {'write':8s} concurrent shards={w.concurrency} num_cpus={w.num_cpus}")
-    return "\n".join(lines)
+    return lines

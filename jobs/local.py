@@ -6,6 +6,7 @@ import logging
 import os
 
 from jobs.kinds import kind_of
+from jobs.spec import with_absolute_paths
 from pipelines.errors import ConfigError
 from pipelines.faults import Fault
 from pipelines.pipeline import Pipeline
@@ -58,13 +59,10 @@ def run_job(
     check_full: bool = False,
     wait: bool = False,
 ) -> dict:
-    from jobs.spec import with_absolute_paths
-
     spec = with_absolute_paths(spec)
-    if spec.kind == "train-decoder":  # Ray Train, not a shard-writing pipeline
-        from jobs.train import train_decoder
-
-        return train_decoder(spec, progress=progress, connect=lambda: connect_ray(address), wait=wait)
+    kind = kind_of(spec)
+    if kind.run is not None:  # not a shard-writing pipeline (train-decoder: Ray Train)
+        return kind.run(spec, progress=progress, connect=lambda: connect_ray(address), wait=wait)
     from pipelines.runner import run_pipeline  # Ray: not needed to plan or for --dry-run
 
     pipeline = pipeline_for(spec, faults=faults)

@@ -1,7 +1,8 @@
 """Build typed dataclasses from parsed YAML, with errors that name the file, line and field.
 
 One small recursive converter instead of a schema library: the dataclasses in pipelines/config.py
-and jobs/spec.py are the schema, and their __post_init__ checks values.
+and jobs/kinds/ (each kind's spec class and stages section) are the schema, and their __post_init__
+checks values.
 """
 
 from __future__ import annotations

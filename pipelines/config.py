@@ -1,6 +1,7 @@
 """Typed configuration of a generation pipeline. Each dataclass checks its own values.
 
-The job spec (jobs/spec.py) is built from these, so the pipeline never sees an unchecked value.
+A kind's spec class (jobs/kinds/) is built from these, so the pipeline never sees an unchecked value;
+the sections of one kind only (its stages section, say) live in its own file there.
 """
 
 from __future__ import annotations
@@ -251,32 +252,6 @@ class QualityMonitorConfig:
             require(0 <= self.min_ssim <= 1, "min_ssim", "an SSIM from 0 to 1, or null", self.min_ssim)
 
 
-def _monitor_resources() -> StageResources:
-    # Runs only when the spec has a quality_monitor section; decodes only the monitored samples.
-    return StageResources(num_cpus=0.25, batch_size=4)
-
-
-@dataclass(frozen=True)
-class StagesConfig:
-    # Defaults fit a 2-CPU machine with no GPU: 1 + 0.5 + 0.25 CPUs leave room for Ray itself.
-    denoise: StageResources = field(default_factory=lambda: StageResources(num_cpus=1.0, batch_size=4))
-    # The decode stage decodes each denoise batch in chunks of its own batch_size (bounding decode
-    # memory), so its batch_size is at most the denoise batch_size.
-    decode: StageResources = field(default_factory=lambda: StageResources(num_cpus=0.5, batch_size=4))
-    monitor: StageResources = field(default_factory=_monitor_resources)
-    write: WriteResources = field(default_factory=WriteResources)
-    # A failing sample is retried this many times, then recorded as failed.
-    max_retries: int = 2
-    # GPUs the stages with `concurrency: auto` share; default: all the cluster's.
-    gpus: int | None = None
-
-    def __post_init__(self):
-        require(self.max_retries >= 0, "max_retries", "an integer >= 0", self.max_retries)
-        if self.gpus is not None:
-            require(self.gpus > 0, "gpus", "a positive number of GPUs", self.gpus)
-        _check_chunking("denoise", self.denoise.batch_size, "decode", self.decode.batch_size)
-
-
 @dataclass(frozen=True)
 class InputConfig:
     """Where a kind that reads data (encode, redecode) takes its samples from."""
@@ -305,42 +280,6 @@ class ImageConfig:
         for name in ("height", "width"):
             value = getattr(self, name)
             require(value > 0 and value % LATENT_FACTOR == 0, name, f"a positive multiple of {LATENT_FACTOR}", value)
-
-
-def _check_chunking(first: str, first_size: int, later: str, later_size: int) -> None:
-    # Batches are cut by the first stage; a later stage works through each batch in chunks of its
-    # own batch_size (a memory bound), so it cannot be larger.
-    require(
-        later_size <= first_size,
-        f"{later}.batch_size",
-        f"at most stages.{first}.batch_size ({first_size}): each {first} batch is processed in chunks of this size",
-        later_size,
-    )
-
-
-@dataclass(frozen=True)
-class EncodeStages:
-    read: StageResources = field(default_factory=lambda: StageResources(num_gpus=0, num_cpus=0.25, batch_size=8))
-    encode: StageResources = field(default_factory=lambda: StageResources(num_cpus=1.0, batch_size=8))
-    write: WriteResources = field(default_factory=WriteResources)
-    max_retries: int = 2
-
-    def __post_init__(self):
-        require(self.max_retries >= 0, "max_retries", "an integer >= 0", self.max_retries)
-        _check_chunking("read", self.read.batch_size, "encode", self.encode.batch_size)
-
-
-@dataclass(frozen=True)
-class RedecodeStages:
-    read: StageResources = field(default_factory=lambda: StageResources(num_gpus=0, num_cpus=0.25, batch_size=8))
-    decode: StageResources = field(default_factory=lambda: StageResources(num_cpus=1.0, batch_size=8))
-    monitor: StageResources = field(default_factory=_monitor_resources)
-    write: WriteResources = field(default_factory=WriteResources)
-    max_retries: int = 2
-
-    def __post_init__(self):
-        require(self.max_retries >= 0, "max_retries", "an integer >= 0", self.max_retries)
-        _check_chunking("read", self.read.batch_size, "decode", self.decode.batch_size)
 
 
 @dataclass(frozen=True)
@@ -448,19 +387,3 @@ class VideoOutputConfig:
     def __post_init__(self):
         check_output_fields(self)
         require(0 <= self.crf <= 51, "crf", "an integer from 0 to 51", self.crf)
-
-
-@dataclass(frozen=True)
-class VideoStages:
-    # Defaults fit a 2-CPU machine with no GPU, as for images.
-    read: StageResources = field(default_factory=lambda: StageResources(num_gpus=0, num_cpus=0.25, batch_size=2))
-    denoise: StageResources = field(default_factory=lambda: StageResources(num_cpus=1.0, batch_size=2))
-    # Clips per decode call; frames per call are bounded by video.decode_chunk_size.
-    decode: StageResources = field(default_factory=lambda: StageResources(num_cpus=0.5, batch_size=1))
-    write: WriteResources = field(default_factory=WriteResources)
-    max_retries: int = 2
-
-    def __post_init__(self):
-        require(self.max_retries >= 0, "max_retries", "an integer >= 0", self.max_retries)
-        _check_chunking("read", self.read.batch_size, "denoise", self.denoise.batch_size)
-        _check_chunking("denoise", self.denoise.batch_size, "decode", self.decode.batch_size)

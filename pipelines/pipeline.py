@@ -1,6 +1,6 @@
 """What a job kind hands the engine: a plan, a chain of stages and what the sink needs to know.
 
-A job kind (jobs/kinds.py) is a small function from its spec to a `Pipeline`; the engine
+A job kind (jobs/kinds/) is a small function from its spec to a `Pipeline`; the engine
 (pipelines/runner.py, pipelines/scheduler.py) runs any chain of any length the same way.
 
 The batch contract between stages: every stage is called with one dict holding `keys` (the samples

@@ -1,6 +1,6 @@
 """Run a pipeline: claim its output, start its stage pools, stream its shards, commit, report.
 
-Any job kind runs here the same way: the kind (jobs/kinds.py) builds a `Pipeline` (a plan, a chain
+Any job kind runs here the same way: the kind (jobs/kinds/) builds a `Pipeline` (a plan, a chain
 of stages, a sink), and this module does what every kind needs: one driver per output (its lease),
 output claim and resume by commit markers (checked against the files), pools pinned to their
 resources, the shard scheduler (pipelines/scheduler.py), the shard writer, Ctrl-C, and the run's
@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 import uuid
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -32,6 +33,36 @@ from pipelines.sinks.lease import OutputLease, describe_holder
 from pipelines.sinks.shard_index import ShardIndex
 from pipelines.sinks.webdataset_writer import write_shard
 from pipelines.tracking import run_listeners
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How one run goes: `connect` to Ray (only when there is work), how long stage actors may take
+    to start, how long a stage with work may have no live actor (default: the start timeout), live
+    progress, whether failed samples are generated again, and whether resuming checks sha256 too."""
+
+    connect: Callable[[], None] = lambda: None
+    start_timeout_s: float = 900.0
+    stall_timeout_s: float | None = None
+    progress: bool = True
+    retry_failed: bool = False
+    check_full: bool = False
+
+    @property
+    def stall_s(self) -> float:
+        return self.stall_timeout_s or self.start_timeout_s
+
+
+@dataclass
+class Recovery:
+    """The output as a run finds it, once it is made consistent: what is committed and what is left."""
+
+    notes: list[str]
+    index: ShardIndex
+    todo: ShardQueue
+    to_generate: int
+    repair_bases: dict  # shard name -> the committed marker a repair starts from
+    changed: bool  # anything to do or report; a run with nothing changes nothing
 
 
 def run_pipeline(
@@ -54,17 +85,38 @@ def run_pipeline(
     wait for a driver that holds it instead of refusing). Ray is connected to (`connect`) only when
     there is work: checking a finished output needs none.
     """
+    options = RunOptions(connect, start_timeout_s, stall_timeout_s, progress, retry_failed, check_full)
     layout = OutputLayout(pipeline.output.url, pipeline.output.storage)
     layout.check_reachable()
     layout.refuse_foreign_data()
     run_id = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
     with OutputLease(layout, run_id, pipeline.output.lease_ttl_s).acquire(wait=wait) as lease:
-        timeouts = (start_timeout_s, stall_timeout_s or start_timeout_s)
-        return _run_under_lease(pipeline, layout, lease, connect, timeouts, progress, retry_failed, check_full)
+        return _run_under_lease(pipeline, layout, lease, options)
 
 
-def _run_under_lease(pipeline, layout, lease, connect, timeouts, progress, retry_failed, check_full) -> dict:
-    start_timeout_s, stall_timeout_s = timeouts
+def _run_under_lease(pipeline: Pipeline, layout: OutputLayout, lease: OutputLease, options: RunOptions) -> dict:
+    recovery = _recover(pipeline, layout, lease, options)
+    accounting = RunAccounting(
+        run_id=lease.run_id,
+        planned=len(pipeline.plan),
+        already_committed=recovery.index.committed_samples,
+        to_generate=recovery.to_generate,
+        job=pipeline.name,
+        prices=vars(pipeline.cost) if pipeline.cost is not None else None,
+        # A run with nothing to do leaves no run report, so checking a finished output changes nothing.
+        listeners=run_listeners(layout, pipeline.name, options.progress) if recovery.changed else [],
+    )
+    for note in recovery.notes:
+        accounting.note(note)
+    if not recovery.todo:
+        return accounting.finish([])
+    options.connect()
+    return _stream(pipeline, layout, lease, recovery, accounting, options)
+
+
+def _recover(pipeline: Pipeline, layout: OutputLayout, lease: OutputLease, options: RunOptions) -> Recovery:
+    """Claim the output, regenerate damaged shards, remove debris, index what is committed, and
+    find what is left to do."""
     plan = pipeline.plan
     outcome = layout.claim(_job_record(pipeline), plan, pipeline.output.mode)
     markers = layout.committed_markers()
@@ -72,7 +124,7 @@ def _run_under_lease(pipeline, layout, lease, connect, timeouts, progress, retry
     if lease.taken_over:
         notes.append(f"took over the expired lease of {describe_holder(lease.taken_over)}")
     # A committed shard whose files no longer match its marker is generated again, whole.
-    for name, why in damaged_shards(layout, markers, full=check_full).items():
+    for name, why in damaged_shards(layout, markers, full=options.check_full).items():
         notes.append(f"shard {name} is generated again: {why}")
         print(f"latentmill: shard {name} is generated again: {why}", file=sys.stderr)
         layout.uncommit(name)
@@ -82,28 +134,25 @@ def _run_under_lease(pipeline, layout, lease, connect, timeouts, progress, retry
         notes.append(f"removed {len(debris)} files of interrupted shard writes or replaced repairs")
     index = ShardIndex.from_markers(plan.num_shards, markers)
     index.write(layout)
-
-    todo, to_generate = _shards_to_do(plan, markers, retry_failed)
+    todo, to_generate = _shards_to_do(plan, markers, options.retry_failed)
     # From here on the driver keeps only the index (bytes per shard) and the markers of shards it repairs.
     repair_bases = {shard_name(i): markers[shard_name(i)] for i in todo.repairs}
-    del markers
     changed = bool(todo or debris or lease.taken_over or len(notes) > 1)
-    accounting = RunAccounting(
-        run_id=lease.run_id,
-        planned=len(plan),
-        already_committed=index.committed_samples,
-        to_generate=to_generate,
-        job=pipeline.name,
-        prices=vars(pipeline.cost) if pipeline.cost is not None else None,
-        # A run with nothing to do leaves no run report, so checking a finished output changes nothing.
-        listeners=run_listeners(layout, pipeline.name, progress) if changed else [],
-    )
-    for note in notes:
-        accounting.note(note)
-    if not todo:
-        return accounting.finish([])
+    return Recovery(notes, index, todo, to_generate, repair_bases, changed)
 
-    connect()
+
+def _start_pools(pools: list[StagePool], layout: OutputLayout, start_timeout_s: float) -> None:
+    for pool in pools:
+        pool.start()
+    for pool in pools:
+        pool.wait_ready(start_timeout_s)
+    layout.check_devices({pool.name: sorted({i["device"] for i in pool.actor_infos()}) for pool in pools})
+
+
+def _stream(pipeline: Pipeline, layout: OutputLayout, lease: OutputLease, recovery: Recovery,
+            accounting: RunAccounting, options: RunOptions) -> dict:
+    """Start the stage pools and stream the shards left to do through them, committing as they finish."""
+    index = recovery.index
     rebalancer = rebalancer_for(pipeline.stages, pipeline.gpus, ray.cluster_resources().get("GPU", 0))
     pools = make_pools(pipeline, rebalancer)
     accounting.pools_starting()
@@ -111,26 +160,22 @@ def _run_under_lease(pipeline, layout, lease, connect, timeouts, progress, retry
     infos: list[dict] = []
     try:
         with interrupts:
-            for pool in pools:
-                pool.start()
-            for pool in pools:
-                pool.wait_ready(start_timeout_s)
-            layout.check_devices({pool.name: sorted({i["device"] for i in pool.actor_infos()}) for pool in pools})
+            _start_pools(pools, layout, options.start_timeout_s)
 
             def on_commit(name: str, marker: dict) -> None:
                 index.add(name, marker)
                 index.write_if_due(layout)
 
             scheduler = ShardScheduler(
-                plan, pools, RayRuntime(shard_writer(pipeline, repair_bases)), accounting,
+                pipeline.plan, pools, RayRuntime(shard_writer(pipeline, recovery.repair_bases)), accounting,
                 batch_size=pipeline.stages[0].resources.batch_size, max_retries=pipeline.max_retries,
                 write_concurrency=pipeline.write.concurrency, write_cpus=pipeline.write.num_cpus,
                 committed=index.committed, on_commit=on_commit, rebalancer=rebalancer,
-                stall_timeout_s=stall_timeout_s,
+                stall_timeout_s=options.stall_s,
             )
             interrupts.scheduler = scheduler
             lease.on_lost = scheduler.stop
-            scheduler.run(todo)
+            scheduler.run(recovery.todo)
             interrupts.scheduler = None
             lease.check()
             index.write(layout)

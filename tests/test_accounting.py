@@ -16,7 +16,7 @@ from pipelines.accounting import bucket_of, exact_percentile, percentiles_from_h
 from pipelines.errors import SchedulingError
 from pipelines.report import build_job_report, open_job_output
 from pipelines.verify import verify_output
-from tests.jobspecs import spec_dict
+from tests.support.jobspecs import spec_dict
 
 PRICES = {"gpu_hour": 2.5, "cpu_hour": 0.04}
 # Denoise holds one (logical) GPU per actor, so GPU-seconds are not trivially zero.

@@ -19,9 +19,10 @@ from pipelines.autoscale import (
 )
 from pipelines.config import StageResources
 from pipelines.errors import SchedulingError
+from pipelines.inprocess import Done as Ref
 from pipelines.pipeline import StageDef
 from pipelines.scheduler import ShardScheduler
-from tests.test_scheduler import FakePool, FakeRuntime, Ref, add, first, plan_of
+from tests.support.fake_engine import FakePool, FakeRuntime, add, first, plan_of
 
 
 def brute_force_best(times: dict, gpus: int) -> float:
@@ -164,7 +165,7 @@ def test_spec_takes_concurrency_auto_and_a_gpu_budget(tmp_path):
     from jobs.local import pipeline_for
     from jobs.spec import parse_spec
     from pipelines.errors import ConfigError
-    from tests.jobspecs import spec_dict
+    from tests.support.jobspecs import spec_dict
 
     data = spec_dict(tmp_path / "o", stages__denoise__concurrency="auto", stages__decode__concurrency="auto",
                      stages__gpus=4)

@@ -6,8 +6,8 @@ between the markers (the rest of the document kept), and the profile is one `ben
 
 from __future__ import annotations
 
-from jobs.bench_gpu import MARK_END, MARK_START, main
-from jobs.bench_scheduler import load_profiles, scaled_times
+from jobs.bench.gpu import MARK_END, MARK_START, main
+from jobs.bench.scheduler import load_profiles, scaled_times
 
 
 def test_bench_gpu_smoke_runs_every_part_and_writes_the_doc_and_profile(ray_cluster, tmp_path):
@@ -45,7 +45,7 @@ def test_full_run_needs_a_gpu_and_says_so_in_one_line(capsys):
 
 
 def test_profile_leaves_out_what_did_not_fit_in_memory():
-    from jobs.bench_gpu import SMOKE, measured_profiles
+    from jobs.bench.gpu import SMOKE, measured_profiles
 
     decode = [{"decoder": "sdxl-vae", "size": 64, "dtype": "float32", "batch": 2, "note": "out of GPU memory"},
               {"decoder": "sdxl-vae", "size": 64, "dtype": "float32", "batch": 1, "latency_s": 0.5},

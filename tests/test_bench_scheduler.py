@@ -12,7 +12,8 @@ import sys
 
 import yaml
 
-from jobs.bench_scheduler import build_pipeline, steady_rate
+from jobs.bench.common import steady_rate
+from jobs.bench.scheduler import build_pipeline
 from pipelines.runner import run_pipeline
 from pipelines.verify import verify_output
 from tests.conftest import REPO

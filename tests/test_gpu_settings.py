@@ -19,7 +19,7 @@ from pipelines.report import build_job_report, open_job_output, render_markdown
 from pipelines.stages.decode import Decode
 from pipelines.stages.denoise import Denoise
 from pipelines.stages.gpu_settings import configure_backends
-from tests.jobspecs import spec_dict
+from tests.support.jobspecs import spec_dict
 
 
 def _parse(spec: dict, overrides=()):
@@ -86,7 +86,7 @@ def test_report_says_no_gpu_without_nvidia_gpus_and_shows_nvml_figures_per_stage
     assert job["gpu"] == {"denoise": {"gpu": None, "compile_s": None}, "decode": {"gpu": None, "compile_s": None}}
     assert "GPU telemetry: **no GPU**" in render_markdown(job, chart=False)
     # The same report with what actors on NVIDIA GPUs record (fake NVML readings):
-    sampler = GpuSampler(open_nvml("tests.fake_nvml"), ["0"], "denoise", every_s=3600)
+    sampler = GpuSampler(open_nvml("tests.support.fake_nvml"), ["0"], "denoise", every_s=3600)
     sampler.busy = True
     sampler.sample()
     job["gpu"] = stage_gpu_figures([{"stage": "denoise", "gpu": sampler.summary(), "compile_s": 41.0},

@@ -17,7 +17,7 @@ class GaugeRecorder:
 
 
 def test_sampler_means_peaks_and_busy_share_from_nvml():
-    nvml = open_nvml("tests.fake_nvml")
+    nvml = open_nvml("tests.support.fake_nvml")
     gauges = GaugeRecorder()
     sampler = GpuSampler(nvml, ["1"], "denoise", every_s=3600, gauges=gauges)
     sampler.sample()  # SM 20 %, 1 GiB, 100 W (idle)
@@ -32,14 +32,14 @@ def test_sampler_means_peaks_and_busy_share_from_nvml():
 
 
 def test_two_gpus_sum_memory_and_power_and_average_utilisation():
-    sampler = GpuSampler(open_nvml("tests.fake_nvml"), ["0", "1"], "decode", every_s=3600)
+    sampler = GpuSampler(open_nvml("tests.support.fake_nvml"), ["0", "1"], "decode", every_s=3600)
     sampler.sample()
     s = sampler.summary()
     assert (s["sm_util_pct"], s["memory_used_mb"], s["power_w"]) == (15.0, 2048, 200.0)
 
 
 def test_sampler_thread_samples_until_stopped():
-    sampler = GpuSampler(open_nvml("tests.fake_nvml"), ["0"], "decode", every_s=0.01).start()
+    sampler = GpuSampler(open_nvml("tests.support.fake_nvml"), ["0"], "decode", every_s=0.01).start()
     import time
 
     deadline = time.monotonic() + 10
@@ -51,15 +51,15 @@ def test_sampler_thread_samples_until_stopped():
 
 def test_no_nvml_or_no_gpu_means_no_sampler(monkeypatch):
     assert open_nvml("latentmill_no_such_nvml_module") is None
-    monkeypatch.setenv("LATENTMILL_NVML_MODULE", "tests.fake_nvml")
+    monkeypatch.setenv("LATENTMILL_NVML_MODULE", "tests.support.fake_nvml")
     assert start_sampler("decode", [], export=False) is None  # a CPU actor
     assert start_sampler("decode", ["9"], export=False) is None  # NVML does not know the device
     assert start_sampler("decode", ["2"], export=False).summary()["gpus"] == ["2"]
 
 
 def test_stage_figures_combine_actors_and_say_no_gpu():
-    a = GpuSampler(open_nvml("tests.fake_nvml"), ["0"], "denoise", every_s=3600)
-    b = GpuSampler(open_nvml("tests.fake_nvml"), ["1"], "denoise", every_s=3600)
+    a = GpuSampler(open_nvml("tests.support.fake_nvml"), ["0"], "denoise", every_s=3600)
+    b = GpuSampler(open_nvml("tests.support.fake_nvml"), ["1"], "denoise", every_s=3600)
     for _ in range(2):
         a.sample()
     b.sample()  # a: SM 10, 30 / b: SM 20 -> weighted mean 20
@@ -77,6 +77,6 @@ def test_samples_go_to_ray_metrics(ray_cluster):
     from pipelines.gpu_telemetry import RayGpuGauges
 
     gauges = RayGpuGauges()
-    sampler = GpuSampler(open_nvml("tests.fake_nvml"), ["0"], "decode", every_s=3600, gauges=gauges)
+    sampler = GpuSampler(open_nvml("tests.support.fake_nvml"), ["0"], "decode", every_s=3600, gauges=gauges)
     sampler.sample()  # Ray's gauges take the reading (exported by Ray's metrics agent where one runs)
     assert gauges.sm.info["name"] == "latentmill_gpu_sm_utilisation_pct" and gauges.sm.info["tag_keys"] == ("stage", "gpu")

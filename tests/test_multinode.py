@@ -1,5 +1,5 @@
 """More than one Ray node, and a full object store: each scenario runs in its own process
-(tests/multinode_scenario.py), since this pytest process holds the session's Ray."""
+(tests/support/multinode_scenario.py), since this pytest process holds the session's Ray."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 
 from pipelines.readers import webdataset
 
-SCENARIO = os.path.join(os.path.dirname(__file__), "multinode_scenario.py")
+SCENARIO = os.path.join(os.path.dirname(__file__), "support", "multinode_scenario.py")
 
 
 def run_scenario(name: str, out, timeout_s: float = 420) -> dict:

@@ -15,7 +15,7 @@ from jobs.spec import parse_spec
 from pipelines.errors import OutputError, SchedulingError
 from pipelines.sinks.layout import OutputLayout
 from pipelines.verify import verify_output
-from tests.jobspecs import spec_dict
+from tests.support.jobspecs import spec_dict
 
 
 def make_spec(output, overrides=(), **changes):

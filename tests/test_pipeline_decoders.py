@@ -16,7 +16,7 @@ from jobs.spec import parse_spec
 from pipelines.errors import ConfigError
 from pipelines.readers import webdataset
 from pipelines.verify import verify_output
-from tests.jobspecs import spec_dict
+from tests.support.jobspecs import spec_dict
 
 
 def run(out, **changes) -> dict[str, dict]:

@@ -20,11 +20,11 @@ from decoders.metrics import score
 from jobs.local import run_job
 from jobs.spec import parse_spec
 from pipelines.errors import ConfigError
+from pipelines.models.decoding import load_decoder
 from pipelines.readers import webdataset
-from pipelines.stages.decode import load_decoder
-from pipelines.stages.quality import is_monitored
+from pipelines.stages.monitored import is_monitored
 from tests.conftest import REPO
-from tests.jobspecs import spec_dict
+from tests.support.jobspecs import spec_dict
 
 # random:taesd against the tiny model's VAE reaches about 6 dB: 40 flags every shard, 1 none.
 MONITOR = {"fraction": 0.5, "min_psnr": 40.0}

@@ -20,7 +20,7 @@ from pipelines.models.published import PARAMETERS
 from pipelines.models.random_build import materialise, sdxl_parts, seeded_fill_, svd_xt_parts
 from pipelines.models.random_models import NOISE_NOTE, RANDOM_VERSION
 from pipelines.report import weights_note
-from tests.jobspecs import kind_spec_dict, spec_dict
+from tests.support.jobspecs import kind_spec_dict, spec_dict
 
 
 def count(module) -> int:

@@ -14,7 +14,7 @@ from pipelines.errors import ConfigError, OutputError
 from pipelines.metrics import RayMetrics, make_metrics
 from pipelines.progress import LiveProgress
 from pipelines.report import open_job_output
-from tests.jobspecs import spec_dict
+from tests.support.jobspecs import spec_dict
 
 
 def error_of(spec: dict) -> str:

@@ -24,8 +24,8 @@ from pipelines.sinks.layout import OutputLayout
 from pipelines.sinks.lease import LeaseHeld, OutputLease
 from pipelines.verify import verify_output
 from tests.conftest import s3_storage
-from tests.jobspecs import SLOW_SAMPLES, kind_spec_dict
-from tests.running import run_in_thread, wait_for_commit
+from tests.support.jobspecs import SLOW_SAMPLES, kind_spec_dict
+from tests.support.running import run_in_thread, wait_for_commit
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

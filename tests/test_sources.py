@@ -18,7 +18,7 @@ from pipelines.plan import build_plan
 from pipelines.sources.fetch import UnreadableSample, read_member, read_members
 from pipelines.sources.images import plan_images
 from tests.conftest import REPO, s3_storage
-from tests.jobspecs import spec_dict
+from tests.support.jobspecs import spec_dict
 
 
 def image_bytes(seed: int, fmt: str = "PNG") -> bytes:
@@ -309,7 +309,7 @@ def _s3_options(storage) -> dict:
 
 def test_planning_a_million_list_entries_stays_under_300_mb(tmp_path):
     """The issue's bound for a 1M-image dry run, measured in a fresh process (`latentmill bench sources`)."""
-    from jobs.bench_sources import measure, write_list
+    from jobs.bench.sources import measure, write_list
 
     result = measure(write_list(str(tmp_path), 1_000_000, "parquet"))
     assert result["samples"] == result["rows"] == 1_000_000 and result["last_key"] == "000999999"
@@ -322,7 +322,7 @@ def test_dry_run_of_a_million_image_encode_job_stays_under_300_mb(tmp_path):
     import subprocess
     import sys
 
-    from jobs.bench_sources import write_list
+    from jobs.bench.sources import write_list
 
     listing = write_list(str(tmp_path), 1_000_000, "parquet")
     spec = tmp_path / "encode.yaml"

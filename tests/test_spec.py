@@ -13,7 +13,7 @@ from jobs.cli import main as cli_main
 from jobs.local import plan_for
 from jobs.spec import load_spec, parse_spec
 from pipelines.errors import ConfigError
-from tests.jobspecs import spec_dict, write_spec
+from tests.support.jobspecs import spec_dict, write_spec
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

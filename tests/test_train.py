@@ -19,17 +19,17 @@ import yaml
 import decoders
 from jobs.cli import main as cli_main
 from jobs.local import run_job
-from jobs.sample_photos import write_crops
 from jobs.spec import parse_spec
-from jobs.train import check_before_training, decoder_identity, same_decoder
-from jobs.train_data import epoch_share, scan, units, worker_stream
+from jobs.train.checkpoint import same_decoder
+from jobs.train.data import epoch_share, scan, units, worker_stream
+from jobs.train.driver import check_before_training, decoder_identity
+from jobs.train.sample_photos import write_crops
 from pipelines.config import StorageConfig
 from pipelines.errors import ConfigError
 from pipelines.sinks.layout import OutputLayout
 from pipelines.sinks.lease import LeaseHeld, OutputLease
 from tests.conftest import REPO
-from tests.jobspecs import spec_dict
-from tests.test_kinds import encode_spec_dict
+from tests.support.jobspecs import encode_spec_dict, spec_dict
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ import io
 import json
 import tarfile
 import time
+from dataclasses import dataclass
 
 import pyarrow as pa
 
@@ -107,78 +108,104 @@ def write_shard(
     revision = base.get("revision", 0) + 1 if base is not None else 0
     files = shard_files(shard_name, revision)
     paths = {kind: layout.path("shards", filename) for kind, filename in files.items()}
-    paths["marker"] = layout.shard_paths(shard_name)["marker"]
-    produced, rejected = {}, {}
-    for batch in batches:
-        rejected.update(batch.get("rejected", {}))
-        for key, sample_files, fields in zip(batch["keys"], batch["files"], batch["fields"]):
-            produced[key] = (sample_files, fields, batch["timings"])
-    failures = {f["key"]: f for f in failed}
     old_members, old_rows = _read_existing(layout, shard_name, base) if base is not None else ({}, {})
-    done = produced.keys() | rejected.keys() | failures.keys() | old_rows.keys()
-    missing = [s["key"] for s in samples if s["key"] not in done]
-    if missing:
-        raise ValueError(f"shard {shard_name}: no output and no recorded failure for samples {missing[:5]}")
-
-    rows: list[dict] = []
-    # Nested values of a sample (an input's source location, its original metadata) are JSON text
-    # in the manifest, so every shard's manifest has the same flat schema.
-    flat = {s["key"]: {k: json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v for k, v in s.items()}
-            for s in samples}
-
-    def write_tar():
-        rows.clear()
-        with streaming_writer(layout.fs, paths["tar"]) as raw:
-            counted = _HashingWriter(raw)
-            with tarfile.open(fileobj=counted, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
-                for position, sample in enumerate(samples):
-                    if position == len(samples) // 2:
-                        fault_injection.during_write(faults, shard_name)
-                    key = sample["key"]
-                    if key in produced:
-                        sample_files, fields, stage_times = produced[key]
-                        members = sample_members(sample, sample_files, fields, sample_metadata)
-                        timings = {f"{stage}_ms": 1000 * s for stage, s in stage_times.items()}
-                        primary_ext, primary = next(iter(sample_files.items()))
-                        row = {**flat[key], "shard": shard_name, "status": "ok", "error": None, **fields,
-                               "format": primary_ext, "bytes": len(primary), **timings}
-                    elif key in old_rows:
-                        members, row = old_members.get(key, []), old_rows[key]
-                    elif key in rejected:
-                        rows.append({**flat[key], "shard": shard_name, "status": "rejected", "error": rejected[key]})
-                        continue
-                    else:
-                        f = failures[key]
-                        rows.append({**flat[key], "shard": shard_name, "status": "failed", "error": f["error"],
-                                     "failed_stage": f["stage"], "attempts": f["attempts"]})
-                        continue
-                    for name, data in members:
-                        _add(tar, name, data)
-                    rows.append(row)
-        return counted
-
-    counted = layout.retrying(f"writing shard {shard_name}", write_tar)
-    # Every row gets every column (failed rows have no size, ok rows no error): from_pylist takes
-    # its schema from the first row alone.
-    columns = list(dict.fromkeys(column for row in rows for column in row))
-    manifest_bytes = table_to_bytes(pa.Table.from_pylist([{c: row.get(c) for c in columns} for row in rows]))
-    layout.retrying(f"writing manifest {shard_name}", lambda: write_atomic(layout.fs, paths["manifest"], manifest_bytes))
-
-    status = [r["status"] for r in rows]
+    outcome = ShardOutcome.of(batches, failed, old_members, old_rows)
+    entries = shard_entries(shard_name, samples, outcome, sample_metadata)
+    counted = layout.retrying(f"writing shard {shard_name}",
+                              lambda: write_tar(layout, paths["tar"], entries, lambda: fault_injection.during_write(faults, shard_name)))
+    rows = [row for _, row in entries]
+    manifest = manifest_bytes(rows)
+    layout.retrying(f"writing manifest {shard_name}", lambda: write_atomic(layout.fs, paths["manifest"], manifest))
     marker = {
-        "shard": shard_name,
-        "samples": status.count("ok"),
-        "failed": status.count("failed"),
-        "failed_keys": [r["key"] for r in rows if r["status"] == "failed"],
-        "rejected": status.count("rejected"),
-        "revision": revision,
+        **marker_counts(shard_name, rows), "revision": revision,
         **files,  # the files that are this shard now: index.json and readers follow these names
-        "tar_bytes": counted.size,
-        "tar_sha256": counted.sha256.hexdigest(),
-        "manifest_bytes": len(manifest_bytes),
-        "manifest_sha256": hashlib.sha256(manifest_bytes).hexdigest(),
+        "tar_bytes": counted.size, "tar_sha256": counted.sha256.hexdigest(),
+        "manifest_bytes": len(manifest), "manifest_sha256": hashlib.sha256(manifest).hexdigest(),
         "write_seconds": time.perf_counter() - started,
     }
     # Written last: until it exists the shard does not count and the next run rewrites it.
-    layout.retrying(f"committing shard {shard_name}", lambda: write_json(layout.fs, paths["marker"], marker))
+    marker_path = layout.shard_paths(shard_name)["marker"]
+    layout.retrying(f"committing shard {shard_name}", lambda: write_json(layout.fs, marker_path, marker))
     return marker
+
+
+@dataclass(frozen=True)
+class ShardOutcome:
+    """What became of a shard's samples: produced now (files, fields, stage times), rejected (bad
+    input), failed after their retries, or kept from the committed revision a repair starts from."""
+
+    produced: dict  # key -> (files, fields, timings)
+    rejected: dict  # key -> reason
+    failures: dict  # key -> failure record
+    old_members: dict  # key -> tar members of the committed revision
+    old_rows: dict  # key -> manifest row of the committed revision
+
+    @classmethod
+    def of(cls, batches, failed: list[dict], old_members: dict, old_rows: dict) -> "ShardOutcome":
+        produced, rejected = {}, {}
+        for batch in batches:
+            rejected.update(batch.get("rejected", {}))
+            for key, sample_files, fields in zip(batch["keys"], batch["files"], batch["fields"]):
+                produced[key] = (sample_files, fields, batch["timings"])
+        return cls(produced, rejected, {f["key"]: f for f in failed}, old_members, old_rows)
+
+    def known(self) -> set:
+        return self.produced.keys() | self.rejected.keys() | self.failures.keys() | self.old_rows.keys()
+
+
+def shard_entries(shard_name: str, samples: list[dict], outcome: ShardOutcome,
+                  sample_metadata: dict) -> list[tuple[list[tuple[str, bytes]], dict]]:
+    """Pure: per planned sample, in order, its tar members (none for rejected and failed samples)
+    and its manifest row."""
+    missing = [s["key"] for s in samples if s["key"] not in outcome.known()]
+    if missing:
+        raise ValueError(f"shard {shard_name}: no output and no recorded failure for samples {missing[:5]}")
+    entries = []
+    for sample in samples:
+        key = sample["key"]
+        # Nested values of a sample (an input's source location, its original metadata) are JSON text
+        # in the manifest, so every shard's manifest has the same flat schema.
+        flat = {k: json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v for k, v in sample.items()}
+        if key in outcome.produced:
+            sample_files, fields, stage_times = outcome.produced[key]
+            timings = {f"{stage}_ms": 1000 * s for stage, s in stage_times.items()}
+            primary_ext, primary = next(iter(sample_files.items()))
+            row = {**flat, "shard": shard_name, "status": "ok", "error": None, **fields,
+                   "format": primary_ext, "bytes": len(primary), **timings}
+            entries.append((sample_members(sample, sample_files, fields, sample_metadata), row))
+        elif key in outcome.old_rows:
+            entries.append((outcome.old_members.get(key, []), outcome.old_rows[key]))
+        elif key in outcome.rejected:
+            entries.append(([], {**flat, "shard": shard_name, "status": "rejected", "error": outcome.rejected[key]}))
+        else:
+            f = outcome.failures[key]
+            entries.append(([], {**flat, "shard": shard_name, "status": "failed", "error": f["error"],
+                                 "failed_stage": f["stage"], "attempts": f["attempts"]}))
+    return entries
+
+
+def write_tar(layout: OutputLayout, path: str, entries: list, halfway=lambda: None) -> _HashingWriter:
+    """Stream the entries' members to `path` as one tar; returns its size and sha256. `halfway` runs
+    when half the samples are written (fault injection: a write that dies mid-tar)."""
+    with streaming_writer(layout.fs, path) as raw:
+        counted = _HashingWriter(raw)
+        with tarfile.open(fileobj=counted, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
+            for position, (members, _) in enumerate(entries):
+                if position == len(entries) // 2:
+                    halfway()
+                for name, data in members:
+                    _add(tar, name, data)
+    return counted
+
+
+def manifest_bytes(rows: list[dict]) -> bytes:
+    # Every row gets every column (failed rows have no size, ok rows no error): from_pylist takes
+    # its schema from the first row alone.
+    columns = list(dict.fromkeys(column for row in rows for column in row))
+    return table_to_bytes(pa.Table.from_pylist([{c: row.get(c) for c in columns} for row in rows]))
+
+
+def marker_counts(shard_name: str, rows: list[dict]) -> dict:
+    status = [r["status"] for r in rows]
+    return {"shard": shard_name, "samples": status.count("ok"), "failed": status.count("failed"),
+            "failed_keys": [r["key"] for r in rows if r["status"] == "failed"], "rejected": status.count("rejected")}

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.errors import ConfigError
-from pipelines.sources.images import URL_FIELD, position_keys
+from pipelines.sources.locations import URL_FIELD, position_keys
 
 PATH_COLUMNS = ("image", "path", "url")
 CAPTION_COLUMNS = ("caption", "prompt")

@@ -27,20 +27,19 @@ import posixpath
 from dataclasses import dataclass
 
 import fsspec
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from fsspec.implementations.local import LocalFileSystem
 
 from pipelines.config import StorageConfig
 from pipelines.errors import ConfigError
-from pipelines.plan import ITERATION_CHUNK, KEY_DIGITS, ShardedPlan
+from pipelines.plan import ITERATION_CHUNK, ShardedPlan
 from pipelines.sinks.storage import storage_options
+from pipelines.sources import image_lists, tars
+from pipelines.sources.locations import URL_FIELD, full_url, position_keys
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp", "bmp", "gif", "tif", "tiff")
 FORMATS = ("auto", "webdataset", "folder", "list")
 LIST_SUFFIXES = (".parquet", ".jsonl")
-URL_FIELD = "input.url"
 
 
 @dataclass(frozen=True)
@@ -128,8 +127,6 @@ def plan_images(
     storage: StorageConfig | None = None,
 ) -> ImagePlan:
     """Plan an image source; ConfigError (naming input.url / input.format) when it cannot be."""
-    from pipelines.sources import image_lists, tars
-
     if not url or not str(url).strip():
         raise ConfigError(URL_FIELD, "", detail="an image source is needed: a webdataset output, a folder or a list file")
     if format not in FORMATS:
@@ -146,8 +143,6 @@ def plan_images(
 
 
 def detect_format(url: str, fs, root: str) -> str:
-    from pipelines.sources import tars
-
     if tars.is_pattern(url) or root.endswith(".tar"):
         return "webdataset"
     if root.endswith(LIST_SUFFIXES):
@@ -186,12 +181,6 @@ def plan_folder(url: str, fs, root: str) -> pa.Table:
     })
 
 
-def position_keys(count: int, start: int = 0) -> pa.Array:
-    """`sample_key` of positions start..start+count-1, computed in Arrow (no Python string each)."""
-    numbers = pc.cast(pa.array(np.arange(start, start + count, dtype=np.int64)), pa.string())
-    return pc.utf8_lpad(numbers, KEY_DIGITS, "0")
-
-
 def resolve_locations(base: str, locations: pa.Array) -> pa.Array:
     """URLs stay as they are; absolute paths live on `base`'s filesystem; others are relative to `base`."""
     relative = pc.binary_join_element_wise(base.rstrip("/") + "/", locations, "")
@@ -202,13 +191,6 @@ def resolve_locations(base: str, locations: pa.Array) -> pa.Array:
     protocol = base.split("://")[0] if "://" in base else None
     absolute = pc.binary_join_element_wise(f"{protocol}:/", locations, "") if protocol else locations
     return pc.if_else(is_url, locations, pc.if_else(kept, absolute, relative))
-
-
-def full_url(fs, path: str) -> str:
-    """What fsspec opens again anywhere: a plain absolute path locally, protocol://path elsewhere."""
-    if isinstance(fs, LocalFileSystem):
-        return path
-    return fs.unstrip_protocol(path.rstrip("/")) + ("/" if path.endswith("/") else "")
 
 
 def extension(path: str) -> str:

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.errors import ConfigError
-from pipelines.sources.images import URL_FIELD, full_url
+from pipelines.sources.locations import URL_FIELD, full_url
 
 INDEX_FILE, JOB_FILE = "index.json", "latentmill.json"  # as pipelines/sinks/layout.py writes them
 KEY_AND_EXTENSION = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")

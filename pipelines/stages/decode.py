@@ -8,23 +8,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-import decoders
-from decoders import references
-from pipelines.config import MODEL_VAE
-from pipelines.models.loading import load_model_vae, resolve_reference, torch_dtype
+from pipelines.models.decoding import load_decoder
 from pipelines.stages.device import pick_device
 from pipelines.stages.gpu_settings import configure_backends, prepare, timed
+from pipelines.stages.monitored import is_monitored
 
 PIL_FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}
-
-
-def load_decoder(decoder: str, model_reference: str, device: str, dtype: str):
-    """`sdxl-vae` means the model's own VAE; anything else goes to `decoders.load`."""
-    if decoder == MODEL_VAE:
-        return load_model_vae(model_reference, device, dtype)
-    # Remote directories are copied to the local cache once per machine, like models.
-    reference = resolve_reference(decoder) if references.is_url(decoder) else decoder
-    return decoders.load(reference, device=device, dtype=torch_dtype(dtype))
 
 
 def encode_image(pixels: np.ndarray, image_format: str, quality: int) -> bytes:
@@ -101,8 +90,6 @@ class Decode:
 
     def for_monitor(self, denoised: dict, pixels: np.ndarray) -> dict:
         """The latents and pixels of the samples the quality monitor (the next stage) checks."""
-        from pipelines.stages.quality import is_monitored
-
         picked = [i for i, key in enumerate(denoised["keys"]) if is_monitored(key, self.monitor_fraction)]
         return {"keys": [denoised["keys"][i] for i in picked], "latents": np.asarray(denoised["latents"])[picked],
                 "pixels": pixels[picked]}

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pipelines.stages.decode import encode_image, load_decoder, npy_bytes
+from pipelines.models.decoding import load_decoder
+from pipelines.stages.decode import encode_image, npy_bytes
 from pipelines.stages.device import pick_device
 
 

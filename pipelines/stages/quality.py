@@ -12,17 +12,11 @@ import torch
 
 from decoders.metrics import score
 from pipelines.config import MODEL_VAE
-from pipelines.plan import key_fraction
-from pipelines.stages.decode import load_decoder
+from pipelines.models.decoding import load_decoder
 from pipelines.stages.device import pick_device
 
 # Unmonitored samples get the columns too (null), so every manifest of the job has them.
 UNMONITORED = {"monitor_psnr": None, "monitor_ssim": None}
-
-
-def is_monitored(key: str, fraction: float) -> bool:
-    # Salted apart from train-decoder's held-out split, which hashes the same keys.
-    return key_fraction(key, "quality-monitor") < fraction
 
 
 class QualityMonitor:

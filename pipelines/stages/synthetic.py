@@ -1,7 +1,7 @@
 """A stand-in for a model stage: spends a profile's per-item time and emits small real payloads.
 
 It sleeps instead of computing, so dozens of "GPU" actors fit on a 2-core machine, and the time a
-batch takes is known exactly: what the scheduler benchmark (jobs/bench_scheduler.py) needs to
+batch takes is known exactly: what the scheduler benchmark (jobs/bench/scheduler.py) needs to
 compare the engine against the ideal. It keeps the batch contract of pipelines/pipeline.py: a
 middle stage returns latents-sized arrays, a last stage returns a small PNG per sample.
 

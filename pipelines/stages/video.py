@@ -13,9 +13,10 @@ import torch
 from PIL import Image
 
 from pipelines.config import MODEL_VIDEO_VAE, VideoConfig, VideoModelConfig, VideoOutputConfig
+from pipelines.models.decoding import load_decoder
 from pipelines.models.loading import ensure_tiny_svd, load_model_vae, load_video_pipeline
 from pipelines.sinks.video import CODEC, PIXEL_FORMAT, encode_mp4
-from pipelines.stages.decode import encode_image, load_decoder, npy_bytes
+from pipelines.stages.decode import encode_image, npy_bytes
 from pipelines.stages.device import pick_device
 from pipelines.stages.gpu_settings import configure_backends, prepare
 

@@ -19,7 +19,7 @@ import decoders
 from decoders.registry import PUBLISHED
 from jobs.spec import parse_spec
 from pipelines.errors import ConfigError
-from tests.jobspecs import spec_dict
+from tests.support.jobspecs import spec_dict
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SNAPSHOT = "3f2a9c0d1b4e5f60718293a4b5c6d7e8f9012345"

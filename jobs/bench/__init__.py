@@ -1,0 +1,1 @@
+"""`latentmill bench ...`: benchmarks that print tables (recorded in docs/)."""

@@ -1,0 +1,66 @@
+"""`latentmill eval` and `latentmill bench ...`: commands that parse their own arguments (the rest
+of the command line), so each imports its module (torch, Ray) only when it runs."""
+
+from __future__ import annotations
+
+
+def add_parser(commands) -> None:
+    commands.add_parser("eval", help="decode held-out latents with several decoders: PSNR, SSIM, LPIPS, speed",
+                        add_help=False).set_defaults(func=_eval, passthrough=True)
+    bench = commands.add_parser("bench", help="benchmarks that print tables")
+    bench_commands = bench.add_subparsers(dest="bench", required=True)
+    bench_commands.add_parser("decoders", help="decoder FLOPs, latency and memory", add_help=False)
+    bench_commands.add_parser("gpu", help="every GPU figure: decoders, SDXL denoise, end to end, SVD-XT, a profile",
+                              add_help=False)
+    bench_commands.add_parser("scale", help="10K/100K-image runs: throughput and peak memory", add_help=False)
+    bench_commands.add_parser("sources", help="driver memory and time to plan a 1M-image list", add_help=False)
+    bench_commands.add_parser("pipeline", help="each stage alone vs the pipeline vs a naive diffusers loop",
+                              add_help=False)
+    bench_commands.add_parser("scheduler", help="dozens of logical GPUs, synthetic stages: efficiency vs the ideal, "
+                              "Ray Data side by side, concurrency auto", add_help=False)
+    for name, func in (("decoders", _bench_decoders), ("gpu", _bench_gpu), ("scale", _bench_scale), ("sources", _bench_sources),
+                       ("pipeline", _bench_pipeline), ("scheduler", _bench_scheduler)):
+        bench_commands.choices[name].set_defaults(func=func, passthrough=True)
+
+
+# Each imports its benchmark when it runs: they load torch or Ray, which other commands do not need.
+def _eval(args) -> int:
+    from jobs.eval.images import main
+
+    return main(args.rest)
+
+
+def _bench_decoders(args) -> int:
+    from decoders.bench import main
+
+    return main(args.rest)
+
+
+def _bench_gpu(args) -> int:
+    from jobs.bench.gpu import main
+
+    return main(args.rest)
+
+
+def _bench_scale(args) -> int:
+    from jobs.bench.scale import main
+
+    return main(args.rest)
+
+
+def _bench_sources(args) -> int:
+    from jobs.bench.sources import main
+
+    return main(args.rest)
+
+
+def _bench_pipeline(args) -> int:
+    from jobs.bench.pipeline import main
+
+    return main(args.rest)
+
+
+def _bench_scheduler(args) -> int:
+    from jobs.bench.scheduler import main
+
+    return main(args.rest)

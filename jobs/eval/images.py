@@ -1,0 +1,163 @@
+"""`latentmill eval`: decode the same held-out latents with several decoders and compare them.
+
+    latentmill eval ENCODE_OUTPUT --decoder random:lean --decoder ./train-lean/decoder \\
+        [--linear-fit TRAIN_ENCODE_OUTPUT] [--model tiny] [--held-out-fraction 0.1] --out ./eval
+
+Per decoder: PSNR, SSIM and LPIPS against the original images and against the reference decoder
+(the model's own VAE), decode time per image measured in this run (warm-up first, CUDA synchronised),
+parameters and FLOPs at the evaluated size. Writes eval.json, eval.md and grid.png (original,
+reference, each decoder, side by side) to --out. Every image is compared after uint8 rounding, as
+stored in a dataset. Without LPIPS weights the LPIPS columns say so instead of holding numbers.
+A video output (kind generate-video, with its latents kept) is evaluated by jobs/eval/video.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+
+from jobs.eval import video as eval_video
+from jobs.eval.common import format_cell, render_grid, write_files
+from jobs.eval.video import is_video_output, timed_decode
+from jobs.train.data import held_out_samples, scan
+from pipelines.config import StorageConfig
+from pipelines.errors import ConfigError
+from pipelines.sinks.layout import OutputLayout
+
+
+def load_eval_set(url: str, fraction: float | None, split_seed: int, limit: int):
+    """(keys, latents (N, C, h, w), images [0, 1] (N, 3, H, W)): the held-out split, or every sample."""
+    storage = StorageConfig()
+    shards = scan([url], storage, fraction if fraction is not None else 0.0, split_seed)
+    if fraction is None:  # the whole output is the evaluation set
+        shards = [s.__class__(s.tar_url, (), s.train_keys + s.held_out_keys) for s in shards]
+    samples = list(held_out_samples(shards, storage, limit))
+    if not samples:
+        raise ConfigError("--held-out-fraction", "", detail=f"{url}: the evaluation set is empty")
+    keys = [k for k, _, _ in samples]
+    latents = torch.from_numpy(np.stack([z for _, z, _ in samples]))
+    images = torch.from_numpy(np.stack([x for _, _, x in samples])).permute(0, 3, 1, 2).double() / 255.0
+    return keys, latents, images
+
+
+def fit_linear(train_url: str, latent_channels: int, limit: int):
+    """The least-squares linear decoder fitted on (up to `limit`) samples of `train_url`."""
+    from decoders.base import Decoder
+    from decoders.linear import LinearDecoder
+
+    _, latents, images = load_eval_set(train_url, None, 0, limit)
+    model = LinearDecoder(latent_channels=latent_channels)
+    model.fit(latents, images)
+    return Decoder(model.eval().requires_grad_(False), "linear (least squares)")
+
+
+def decode_timed(decoder, latents: torch.Tensor, batch: int) -> tuple[torch.Tensor, float]:
+    """Decoded images and the median seconds per image over batches."""
+    images, seconds = timed_decode(decoder.decode, latents.split(batch), decoder.device)
+    return images.double(), seconds
+
+
+def count_flops_per_image(decoder, latents: torch.Tensor) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        decoder.decode(latents[:1])
+    return int(counter.get_total_flops())
+
+
+def evaluate(decoders_: list, reference, keys, latents, images, lpips, batch: int = 8) -> dict:
+    from decoders.metrics import lpips_status, score
+
+    ref_images, ref_time = decode_timed(reference, latents, batch)
+    rows = []
+    outputs = {}
+    for decoder in [reference, *decoders_]:
+        decoded, seconds = (ref_images, ref_time) if decoder is reference else decode_timed(decoder, latents, batch)
+        outputs[decoder.name] = decoded
+        row = {"decoder": decoder.name, "is_reference": decoder is reference, "parameters": decoder.num_parameters(),
+               "flops_per_image": count_flops_per_image(decoder, latents), "seconds_per_image": seconds}
+        for against, target in (("original", images), ("reference", ref_images)):
+            for metric, values in score(target, decoded, lpips).items():
+                row[f"{metric}_vs_{against}"] = sum(values) / len(values)
+        rows.append(row)
+    size = list(images.shape[-2:])
+    return {"samples": len(keys), "image_size": size, "device": str(reference.device), "rows": rows,
+            "lpips": lpips_status(lpips), "keys": keys, "_outputs": outputs}
+
+
+def render_markdown(result: dict) -> str:
+    lpips_key = next((k for k in ("lpips", "lpips_test_only") if f"{k}_vs_original" in result["rows"][0]), None)
+    columns = ["psnr_vs_original", "ssim_vs_original", *([f"{lpips_key}_vs_original"] if lpips_key else []),
+               "psnr_vs_reference", "ssim_vs_reference"]
+    head = ["decoder", *columns, "ms / image", "params (M)", "GFLOP / image"]
+    lines = [f"# Decoder evaluation: {result['samples']} samples at {result['image_size'][0]}x{result['image_size'][1]} "
+             f"on {result['device']}", "", f"LPIPS: {result['lpips']}", "",
+             "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for row in result["rows"]:
+        name = row["decoder"] + (" (reference)" if row["is_reference"] else "")
+        cells = [name, *[format_cell(row.get(c), 4 if "ssim" in c or "lpips" in c else 2) for c in columns],
+                 format_cell(row["seconds_per_image"] * 1000), format_cell(row["parameters"] / 1e6, 3), format_cell(row["flops_per_image"] / 1e9, 3)]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "![side by side](grid.png)", ""]
+    return "\n".join(lines)
+
+
+@torch.no_grad()  # not torch.set_grad_enabled(False): a caller in the same process (tests) trains after
+def main(argv: list[str] | None = None) -> int:
+    import decoders
+    from decoders.metrics import LPIPS, LPIPSWeightsMissing
+    from pipelines.config import MODEL_VAE
+    from pipelines.models.decoding import load_decoder
+
+    parser = argparse.ArgumentParser(prog="latentmill eval", description=__doc__.splitlines()[0])
+    parser.add_argument("input", help="an encode output (latents + images), or a video output that kept its latents")
+    parser.add_argument("--decoder", action="append", default=[], help="a decoder name or checkpoint (repeatable)")
+    parser.add_argument("--model", help="the model whose VAE is the reference decoder (default: the input's)")
+    parser.add_argument("--linear-fit", metavar="TRAIN_URL", help="also fit and evaluate the least-squares linear "
+                        "decoder on this encode output")
+    parser.add_argument("--held-out-fraction", type=float, help="evaluate only this held-out split (as in training); "
+                        "default: every sample of INPUT")
+    parser.add_argument("--split-seed", type=int, default=0)
+    parser.add_argument("--samples", type=int, default=256, help="at most this many samples")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--chunk-frames", type=int, help="video: light decoders that decode in chunks take this "
+                        "many frames at a time (default: whole clips)")
+    parser.add_argument("--video-features", metavar="MODULE:CALLABLE", help="video: a feature network (clips -> "
+                        "features) for a Fréchet distance, e.g. your I3D for FVD")
+    parser.add_argument("--out", required=True, help="where eval.json, eval.md and grid.png go (any fsspec URL)")
+    args = parser.parse_args(argv)
+    if not args.decoder and not args.linear_fit:
+        raise ConfigError("--decoder", "", detail="give at least one --decoder (or --linear-fit)")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    job = OutputLayout(args.input).read_job()
+    args.model = args.model or (job or {}).get("spec", {}).get("model", {}).get("reference") or "tiny"
+    if is_video_output(job):
+        return eval_video.run(args, device)
+    keys, latents, images = load_eval_set(args.input, args.held_out_fraction, args.split_seed, args.samples)
+    reference = load_decoder(MODEL_VAE, args.model, device, "float32")
+    reference.name = f"{args.model} VAE"
+    chosen = []
+    for name in args.decoder:
+        try:
+            chosen.append(decoders.load(name, device=device))
+        except (ValueError, FileNotFoundError) as exc:
+            raise ConfigError("--decoder", "", detail=str(exc)) from None
+    if args.linear_fit:
+        chosen.append(fit_linear(args.linear_fit, latents.shape[1], 4096).to(device))
+    for decoder in chosen:
+        if decoder.latent_channels != latents.shape[1]:
+            raise ConfigError("--decoder", "", detail=f"{decoder.name} decodes {decoder.latent_channels}-channel "
+                              f"latents; {args.input} holds {latents.shape[1]}-channel latents")
+    try:
+        lpips = LPIPS().to(device)
+    except LPIPSWeightsMissing as exc:
+        print(f"note: {exc}")
+        lpips = None
+    result = evaluate(chosen, reference, keys, latents, images, lpips, args.batch_size)
+    outputs = result.pop("_outputs")
+    write_files(args.out, result, render_markdown(result), render_grid([("original", images), *outputs.items()]))
+    print(render_markdown(result))
+    print(f"written: {args.out.rstrip('/')}/eval.json, eval.md, grid.png")
+    return 0

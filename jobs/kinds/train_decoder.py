@@ -1,0 +1,39 @@
+"""kind: train-decoder — not a shard pipeline: Ray Train trains a decoder on encode outputs' latents.
+
+Its spec, driver, worker, data and report live in jobs/train/; this file is how the rest of the
+job layer sees it (checks, dry-run lines, run, the line printed after a run).
+"""
+
+from __future__ import annotations
+
+from jobs.checks import check_model, check_protocol
+from jobs.kinds.base import JobKind
+from jobs.train.report import summary_line
+from jobs.train.spec import TrainDecoderSpec
+
+
+def check(spec: TrainDecoderSpec) -> None:
+    for i, url in enumerate(spec.data.urls):
+        check_protocol(url, f"data.urls[{i}]")
+    check_model(spec.model.reference, spec.model.family)
+
+
+def describe(spec: TrainDecoderSpec) -> list[str]:
+    o, s = spec.optim, spec.scaling
+    return [
+        f"  train: {spec.architecture}{' (tiny)' if spec.tiny else ''} from {spec.init_weights or 'scratch'}, "
+        f"target {spec.target}; model {spec.model.family} {spec.model.reference}",
+        f"  data: {', '.join(spec.data.urls)} (held out {spec.data.held_out_fraction:g})",
+        f"  optim: {o.steps} steps, batch {o.batch_size} per worker, lr {o.lr:g}; workers: {s.num_workers} "
+        f"(use_gpu {s.use_gpu}, {s.cpus_per_worker:g} CPUs each)",
+    ]
+
+
+def run(spec: TrainDecoderSpec, *, progress: bool, connect, wait: bool) -> dict:
+    from jobs.train.driver import train_decoder  # torch (via its data module): not for other commands
+
+    return train_decoder(spec, progress=progress, connect=connect, wait=wait)
+
+
+KIND = JobKind("train-decoder", TrainDecoderSpec, run=run, check=check, describe=describe,
+               summary=lambda spec, report: summary_line(report, spec.output.url))
