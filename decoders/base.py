@@ -151,7 +151,9 @@ class Decoder(nn.Module):
         so we upcast once and stay there.
         """
         if self.dtype == torch.float16 and getattr(self.model.config, "force_upcast", False):
-            log.info("%s: force_upcast is set, running in float32 instead of float16", self.name)
+            # The image VAE has a fine-tuned twin that stays finite in float16; the temporal one has none.
+            hint = "" if self.is_video else "; decoder: sdxl-vae-fp16-fix (madebyollin/sdxl-vae-fp16-fix) decodes in float16"
+            log.info("%s: force_upcast is set, running in float32 instead of float16%s", self.name, hint)
             nn.Module.to(self.model, torch.float32)
 
     def decode(self, latents: torch.Tensor, *, tile: bool | int | None = None,

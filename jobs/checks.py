@@ -13,6 +13,7 @@ from decoders.registry import unknown_name_help
 from pipelines.config import MODEL_VAE
 from pipelines.errors import ConfigError
 from pipelines.models.loading import TINY_REFERENCE
+from pipelines.models.random_models import RANDOM_MODELS
 
 
 def check_protocol(url: str, path: str) -> None:
@@ -26,16 +27,29 @@ def check_protocol(url: str, path: str) -> None:
         raise ConfigError(path, "", detail=f"unknown protocol {protocol!r} in {url!r} ({exc}); known include: {known}") from None
 
 
-def check_model(reference: str) -> None:
-    kind = references.kind_of(reference, builtins=(TINY_REFERENCE,))
+def check_model(reference: str, family: str) -> None:
+    """`family`: the job's model family; a random-weights model must be of it."""
+    kind = references.kind_of(reference, builtins=(TINY_REFERENCE, *RANDOM_MODELS))
+    if kind == "builtin" and reference in RANDOM_MODELS:
+        _check_random_family(reference, family)
     if kind == "path":
         _check_model_dir(reference)
     elif kind is None:
         raise ConfigError(
             "model.reference",
             "",
-            detail=f"{reference!r} is neither 'tiny', a Hugging Face id (org/name) nor an existing directory",
+            detail=f"{reference!r} is neither 'tiny', {' or '.join(RANDOM_MODELS)} (random weights), a Hugging Face "
+            "id (org/name) nor an existing directory",
         )
+
+
+def _check_random_family(reference: str, family: str) -> None:
+    """random:sdxl makes images and random:svd-xt clips: each only in its own kind of job."""
+    if RANDOM_MODELS[reference].family != family:
+        fitting = [name for name, m in RANDOM_MODELS.items() if m.family == family]
+        raise ConfigError("model.reference", "", detail=(
+            f"{reference!r} is a {RANDOM_MODELS[reference].family!r} model; this job needs a {family!r} model "
+            f"({', '.join(fitting)} for random weights)"))
 
 
 def _check_model_dir(reference: str) -> None:

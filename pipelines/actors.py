@@ -17,6 +17,7 @@ import ray
 from pipelines import faults as fault_injection
 from pipelines.errors import SchedulingError
 from pipelines.observe.accounting import StageLoad
+from pipelines.observe.gpu_telemetry import start_sampler
 from pipelines.pipeline import stage_class
 from pipelines.scheduler import CALLS_PER_ACTOR, error_cause
 from pipelines.worker_setup import collector_paused
@@ -39,6 +40,7 @@ class StageActor:
             self.stage = stage_class(stage_cls)(**stage_kwargs)
         self.load_seconds = time.perf_counter() - started
         self.batches_run = 0
+        self.gpu = start_sampler(stage_name, [str(g) for g in ray.get_gpu_ids()])
 
     def info(self) -> dict:
         context = ray.get_runtime_context()
@@ -51,6 +53,8 @@ class StageActor:
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "device": str(getattr(self.stage, "device", "cpu")),
             "load_seconds": self.load_seconds,
+            "compile_s": getattr(self.stage, "compile_s", None),
+            "gpu": self.gpu.summary() if self.gpu is not None else None,
         }
 
     def run(self, batch: dict, attempt: int = 0):
@@ -58,7 +62,13 @@ class StageActor:
         started_at = time.time()
         started = time.perf_counter()
         fault_injection.before_stage(self.faults, self.stage_name, batch["keys"], attempt)
-        result = self.stage(batch)
+        if self.gpu is not None:
+            self.gpu.busy = True
+        try:
+            result = self.stage(batch)
+        finally:
+            if self.gpu is not None:
+                self.gpu.busy = False
         fault_injection.after_stage(self.faults, self.stage_name, result, attempt)
         busy = time.perf_counter() - started
         # Per-sample stage times, rejected inputs and input facts travel with the data to the manifest.

@@ -43,6 +43,11 @@ class ModelConfig:
     # "tiny" (built in), a Hugging Face id, or a local/fsspec directory in from_pretrained layout.
     reference: str = "tiny"
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    # Convolutions in NHWC (the UNet and the decoder): faster with tensor cores on GPUs.
+    channels_last: bool = False
+    # torch.compile the UNet and the decoder; each actor compiles once while loading (reported apart
+    # from its throughput as compile_s).
+    compile: bool = False
 
     def __post_init__(self):
         require(bool(self.reference.strip()), "reference", "a model reference", self.reference)

@@ -10,6 +10,8 @@ def add_parser(commands) -> None:
     bench = commands.add_parser("bench", help="benchmarks that print tables")
     bench_commands = bench.add_subparsers(dest="bench", required=True)
     bench_commands.add_parser("decoders", help="decoder FLOPs, latency and memory", add_help=False)
+    bench_commands.add_parser("gpu", help="every GPU figure: decoders, SDXL denoise, end to end, SVD-XT, a profile",
+                              add_help=False)
     bench_commands.add_parser("scale", help="10K/100K-image runs: throughput and peak memory", add_help=False)
     bench_commands.add_parser("sources", help="driver memory and time to plan a 1M-image list", add_help=False)
     bench_commands.add_parser("pipeline", help="each stage alone vs the pipeline vs a naive diffusers loop",
@@ -18,8 +20,9 @@ def add_parser(commands) -> None:
                               add_help=False)
     bench_commands.add_parser("scheduler", help="dozens of logical GPUs, synthetic stages: efficiency vs the ideal, "
                               "Ray Data side by side, concurrency auto", add_help=False)
-    for name, func in (("decoders", _bench_decoders), ("scale", _bench_scale), ("sources", _bench_sources),
-                       ("pipeline", _bench_pipeline), ("browse", _bench_browse), ("scheduler", _bench_scheduler)):
+    for name, func in (("decoders", _bench_decoders), ("gpu", _bench_gpu), ("scale", _bench_scale),
+                       ("sources", _bench_sources), ("pipeline", _bench_pipeline), ("browse", _bench_browse),
+                       ("scheduler", _bench_scheduler)):
         bench_commands.choices[name].set_defaults(func=func, passthrough=True)
 
 
@@ -32,6 +35,12 @@ def _eval(args) -> int:
 
 def _bench_decoders(args) -> int:
     from decoders.bench import main
+
+    return main(args.rest)
+
+
+def _bench_gpu(args) -> int:
+    from jobs.bench.gpu import main
 
     return main(args.rest)
 

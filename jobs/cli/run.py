@@ -79,11 +79,14 @@ def _run_shown(args, display: LiveProgress | None) -> int:
 
 def _print_shard_summary(spec, report: dict) -> int:
     """The run's summary; exit 1 while the output holds failed samples (as `verify` counts them)."""
+    from pipelines.models.random_models import NOISE_NOTE, is_random_model
     from pipelines.verify import failed_samples  # reads the output's index and manifests (pyarrow)
 
     print(run_summary(spec.name, report, spec.output.url))
     if report["generated"] or report["failed"]:
         print(f"throughput, bottleneck and cost: `latentmill report {spec.output.url}` (or its report.md)")
+    if is_random_model(spec.model.reference):
+        print(f"note: model.reference {spec.model.reference}: {NOISE_NOTE}")
     failed = failed_samples(spec.output.url, spec.output.storage)  # the output's, as verify counts them
     if failed:
         print(

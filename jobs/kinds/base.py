@@ -14,6 +14,7 @@ from typing import Callable
 from pipelines.config import StageResources, require
 from pipelines.faults import Fault
 from pipelines.models.fingerprint import model_fingerprint
+from pipelines.models.random_models import NOISE_NOTE, is_random_model
 from pipelines.pipeline import Pipeline, StageDef, Units
 
 
@@ -60,6 +61,8 @@ class JobKind:
 def shard_pipeline(spec, plan, stages: list[StageDef], faults: tuple[Fault, ...], sample_metadata: dict,
                    units: Units, weights: dict, gpus: int | None = None) -> Pipeline:
     """The `Pipeline` of a kind that writes shards: its stages, then the engine's write step."""
+    if is_random_model(spec.model.reference):
+        sample_metadata = {**sample_metadata, "weights": NOISE_NOTE}  # every sample says it is noise
     return Pipeline(
         name=spec.name, kind=spec.kind, plan=plan, stages=tuple(stages), output=spec.output, write=spec.stages.write,
         identity={**spec.identity(), "weights": weights}, spec=spec.to_dict(),
@@ -71,6 +74,15 @@ def shard_pipeline(spec, plan, stages: list[StageDef], faults: tuple[Fault, ...]
 def model_weights(spec) -> dict:
     """Which weights the spec's model reference means now (pipelines/models/fingerprint.py)."""
     return {"model": model_fingerprint(spec.model.reference)}
+
+
+# How fast, not what: left out of the identity, so an output resumes with them switched on or off.
+SPEED_ONLY_MODEL_FIELDS = ("channels_last", "compile")
+
+
+def model_identity(model) -> dict:
+    """The model section as far as it decides the samples' content."""
+    return {k: v for k, v in dataclasses.asdict(model).items() if k not in SPEED_ONLY_MODEL_FIELDS}
 
 
 def check_chunking(first: str, first_size: int, later: str, later_size: int) -> None:

@@ -24,6 +24,7 @@ def decode_kwargs(spec) -> dict:
         "quality": spec.output.quality, "save_latents": spec.output.save_latents, "dtype": spec.model.dtype,
         "tiling": spec.decoder_tiling, "batch_size": spec.stages.decode.batch_size,
         "monitor_fraction": spec.quality_monitor.fraction if spec.quality_monitor else None,
+        "channels_last": spec.model.channels_last, "compile": spec.model.compile,
     }
 
 

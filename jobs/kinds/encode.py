@@ -12,6 +12,7 @@ from jobs.kinds.base import (
     JobKind,
     check_chunking,
     check_name,
+    model_identity,
     model_weights,
     output_identity,
     read_images_kwargs,
@@ -70,9 +71,9 @@ class EncodeSpec:
 
     def identity(self) -> dict[str, Any]:
         spec = self.to_dict()
-        return {"kind": self.kind, "model": spec["model"], "image": spec["image"], "latent_dtype": self.latent_dtype,
-                "input": self.input.url, **pixels_identity(self.input.background, self.input.max_pixels),
-                "output": output_identity(self)}
+        return {"kind": self.kind, "model": model_identity(self.model), "image": spec["image"],
+                "latent_dtype": self.latent_dtype, "input": self.input.url,
+                **pixels_identity(self.input.background, self.input.max_pixels), "output": output_identity(self)}
 
 
 def input_plan(spec):
@@ -83,7 +84,7 @@ def input_plan(spec):
 
 def check_input(spec) -> None:
     check_protocol(spec.input.url, "input.url")
-    check_model(spec.model.reference)
+    check_model(spec.model.reference, spec.model.family)
 
 
 def describe_input(spec) -> list[str]:

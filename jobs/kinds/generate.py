@@ -9,7 +9,15 @@ from urllib.parse import urlsplit
 
 from jobs.checks import check_model, check_protocol
 from jobs.dates import RunDate
-from jobs.kinds.base import JobKind, check_chunking, check_name, model_weights, output_identity, shard_pipeline
+from jobs.kinds.base import (
+    JobKind,
+    check_chunking,
+    check_name,
+    model_identity,
+    model_weights,
+    output_identity,
+    shard_pipeline,
+)
 from jobs.kinds.decoding import (
     check_image_decoder,
     check_monitor,
@@ -117,7 +125,7 @@ class JobSpec:
         spec = self.to_dict()
         return {
             "kind": self.kind,
-            "model": spec["model"],
+            "model": model_identity(self.model),
             "sampler": spec["sampler"],
             "seed": self.seed,
             "decoder": self.decoder,
@@ -136,7 +144,7 @@ def check(spec: JobSpec) -> None:
     run_date = spec.run_date
     if spec.output.retention is not None and (run_date is None or run_date.output_template is None):
         raise ConfigError("output.retention", "", detail="needs {date} in output.url (retention applies to dated outputs)")
-    check_model(spec.model.reference)
+    check_model(spec.model.reference, spec.model.family)
     if spec.prompts.file is not None:
         check_protocol(spec.prompts.file, "prompts.file")
     check_image_decoder(spec)
@@ -150,8 +158,12 @@ def plan(spec: JobSpec):
 
 def pipeline(spec: JobSpec, plan, faults: tuple[Fault, ...] = ()) -> Pipeline:
     stages = [
-        StageDef("denoise", "pipelines.stages.denoise:Denoise", {"model": spec.model, "sampler": spec.sampler}, spec.stages.denoise),
-        StageDef("decode", "pipelines.stages.decode:Decode", decode_kwargs(spec), spec.stages.decode),
+        StageDef("denoise", "pipelines.stages.denoise:Denoise",
+                 {"model": spec.model, "sampler": spec.sampler, "batch_size": spec.stages.denoise.batch_size},
+                 spec.stages.denoise),
+        # generate knows its images' size before the first batch (a compiled decoder warms up at it)
+        StageDef("decode", "pipelines.stages.decode:Decode",
+                 {**decode_kwargs(spec), "warmup_size": (spec.sampler.height, spec.sampler.width)}, spec.stages.decode),
         *monitor_stages(spec),
     ]
     s = spec.sampler

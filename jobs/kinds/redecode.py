@@ -11,6 +11,7 @@ from jobs.kinds.base import (
     JobKind,
     check_chunking,
     check_name,
+    model_identity,
     model_weights,
     output_identity,
     read_resources,
@@ -79,7 +80,7 @@ class RedecodeSpec:
         return dataclasses.asdict(self)
 
     def identity(self) -> dict[str, Any]:
-        return {"kind": self.kind, "model": dataclasses.asdict(self.model), "decoder": self.decoder,
+        return {"kind": self.kind, "model": model_identity(self.model), "decoder": self.decoder,
                 "decoder_tiling": self.decoder_tiling, "input": self.input.url, "output": output_identity(self),
                 **monitor_identity(self)}
 

@@ -12,6 +12,7 @@ from jobs.kinds.base import (
     JobKind,
     check_chunking,
     check_name,
+    model_identity,
     model_weights,
     read_images_kwargs,
     read_resources,
@@ -80,7 +81,7 @@ class VideoSpec:
 
     def identity(self) -> dict[str, Any]:
         output = dataclasses.asdict(self.output)
-        return {"kind": self.kind, "model": dataclasses.asdict(self.model), "video": dataclasses.asdict(self.video),
+        return {"kind": self.kind, "model": model_identity(self.model), "video": dataclasses.asdict(self.video),
                 "seed": self.seed, "decoder": self.decoder,
                 "input": {"url": self.input.url, "builtin": self.input.builtin},
                 **pixels_identity(self.input.background, self.input.max_pixels),
@@ -90,7 +91,7 @@ class VideoSpec:
 def check(spec: VideoSpec) -> None:
     if spec.input.url is not None:
         check_protocol(spec.input.url, "input.url")
-    check_model(spec.model.reference)
+    check_model(spec.model.reference, spec.model.family)
     check_decoder(spec.decoder, spec.model.family, own=MODEL_VIDEO_VAE, video=True)
     _check_decode_chunks(spec)
 
@@ -121,7 +122,8 @@ def pipeline(spec: VideoSpec, plan, faults: tuple[Fault, ...] = ()) -> Pipeline:
     else:
         read = StageDef("read", "pipelines.stages.read:ReadImages", read_images_kwargs(spec.input, image), spec.stages.read)
     decode = {"decoder": spec.decoder, "model_reference": spec.model.reference, "video": v, "output": spec.output,
-              "dtype": spec.model.dtype, "batch_size": spec.stages.decode.batch_size}
+              "dtype": spec.model.dtype, "batch_size": spec.stages.decode.batch_size,
+              "channels_last": spec.model.channels_last, "compile": spec.model.compile}
     stages = [
         read,
         StageDef("denoise", "pipelines.stages.video:VideoDenoise", {"model": spec.model, "video": v, "batch_size": spec.stages.denoise.batch_size},

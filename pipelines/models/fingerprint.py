@@ -24,6 +24,7 @@ import fsspec
 from decoders.references import is_path as is_path_reference
 from pipelines.errors import ConfigError
 from pipelines.models.loading import TINY_REFERENCE, TINY_VERSION, cache_dir, remote_version
+from pipelines.models.random_models import RANDOM_VERSION, is_random_model
 
 CHUNK = 8 << 20
 
@@ -31,6 +32,8 @@ CHUNK = 8 << 20
 def model_fingerprint(reference: str) -> dict:
     if reference == TINY_REFERENCE:
         return {"builtin": TINY_VERSION}
+    if is_random_model(reference):
+        return {"builtin": reference, "version": RANDOM_VERSION}
     if is_path_reference(reference):
         return {"files": files_digest(reference)}
     return {"hub": reference, "revision": hub_revision(reference, "model.reference")}

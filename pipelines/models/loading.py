@@ -17,6 +17,7 @@ from pathlib import Path
 import fsspec
 
 from decoders import references
+from pipelines.models.random_models import RANDOM_SDXL, RANDOM_SVD_XT, is_random_model
 
 TINY_REFERENCE = "tiny"
 TINY_VERSION = "tiny-sdxl-v1"
@@ -28,6 +29,18 @@ SCHEDULERS = {
     "dpmpp_2m": "DPMSolverMultistepScheduler",
     "unipc": "UniPCMultistepScheduler",
 }
+
+
+def load_model_vae(reference: str, device: str, dtype: str, tiny=None):
+    """The model's own VAE as a `decoders.Decoder`: built for a random model, else its `vae` folder.
+    `tiny`: the function that saves the family's built-in tiny model (default: tiny SDXL)."""
+    import decoders
+
+    if is_random_model(reference):
+        from pipelines.models.random_build import random_vae
+
+        return random_vae(reference, device, torch_dtype(dtype))
+    return decoders.load(resolve_reference(reference, tiny), subfolder="vae", device=device, dtype=torch_dtype(dtype))
 
 
 def cache_dir() -> Path:
@@ -104,17 +117,23 @@ def torch_dtype(name: str):
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
 
 
-def load_denoise_pipeline(reference: str, dtype: str, scheduler: str):
-    """An SDXL pipeline without its VAE: the decode stage owns decoding, on its own devices."""
+def load_denoise_pipeline(reference: str, dtype: str, scheduler: str, device: str = "cpu"):
+    """An SDXL pipeline without its VAE: the decode stage owns decoding, on its own devices.
+    `random:sdxl` is built on `device` directly; other references load on the CPU (move them)."""
     import diffusers
     import transformers
 
     # Loading bars in every actor's log would bury the job's own progress.
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
-    pipe = diffusers.StableDiffusionXLPipeline.from_pretrained(
-        resolve_reference(reference), vae=None, dtype=torch_dtype(dtype)
-    )
+    if reference == RANDOM_SDXL:
+        from pipelines.models.random_build import build_random_sdxl
+
+        pipe = build_random_sdxl(device, torch_dtype(dtype), with_vae=False)
+    else:
+        pipe = diffusers.StableDiffusionXLPipeline.from_pretrained(
+            resolve_reference(reference), vae=None, dtype=torch_dtype(dtype)
+        )
     if scheduler != "default":
         scheduler_cls = getattr(diffusers, SCHEDULERS[scheduler])
         pipe.scheduler = scheduler_cls.from_config(pipe.scheduler.config)
@@ -128,16 +147,22 @@ def ensure_tiny_svd() -> Path:
     return ensure_saved(TINY_SVD_VERSION, build_tiny_svd_pipeline)
 
 
-def load_video_pipeline(reference: str, dtype: str):
+def load_video_pipeline(reference: str, dtype: str, device: str = "cpu"):
     """A StableVideoDiffusionPipeline with its image encoder, UNet, scheduler and VAE: the VAE's
-    encoder makes the conditioning latents; decoding is the decode stage's, on its own devices."""
+    encoder makes the conditioning latents; decoding is the decode stage's, on its own devices.
+    `random:svd-xt` is built on `device` directly; other references load on the CPU."""
     import diffusers
     import transformers
 
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
-    pipe = diffusers.StableVideoDiffusionPipeline.from_pretrained(
-        resolve_reference(reference, tiny=ensure_tiny_svd), dtype=torch_dtype(dtype)
-    )
+    if reference == RANDOM_SVD_XT:
+        from pipelines.models.random_build import build_random_svd_xt
+
+        pipe = build_random_svd_xt(device, torch_dtype(dtype))
+    else:
+        pipe = diffusers.StableVideoDiffusionPipeline.from_pretrained(
+            resolve_reference(reference, tiny=ensure_tiny_svd), dtype=torch_dtype(dtype)
+        )
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -15,7 +15,9 @@ import posixpath
 import time
 
 from pipelines.errors import OutputConflict, OutputError
+from pipelines.models.random_models import NOISE_NOTE, is_random_model
 from pipelines.observe.accounting import percentiles_from_histogram
+from pipelines.observe.gpu_telemetry import stage_gpu_figures
 from pipelines.observe.quality import monitor_cost, quality_summary
 from pipelines.sinks.layout import OutputLayout
 from pipelines.sinks.storage import read_json, write_atomic
@@ -103,9 +105,17 @@ def build_job_report(layout: OutputLayout, now: float | None = None) -> dict:
         "per_item": per_item_throughput(units, generated, wall),
         "stages": stages,
         "quality": quality,
+        "weights": weights_note(record),
+        "gpu": stage_gpu_figures([actor for run in runs for actor in run.get("actors") or []]),
         "runs": [_run_row(run) for run in runs],
         "generated_at": round(now, 3),
     }
+
+
+def weights_note(record: dict) -> str | None:
+    """What a report says first when the model's weights are random: its outputs are noise."""
+    reference = (record.get("spec") or {}).get("model", {}).get("reference", "")
+    return f"model.reference {reference}: {NOISE_NOTE}" if is_random_model(reference) else None
 
 
 def job_cost(runs: list[dict], committed: int) -> dict | None:
@@ -273,6 +283,7 @@ def render_markdown(report: dict, chart: bool = True) -> str:
     lines = [
         f"# latentmill report: {report['job']}",
         "",
+        *([f"**Random weights.** {report['weights']}", ""] if report.get("weights") else []),
         f"**Bottleneck: {b['stage']}** ({b['why']})" if b else "**Bottleneck: unknown** (no stage finished a batch yet)",
         "",
         f"Status: **{report['status']}**: {report['committed']:,}/{report['planned']:,} {many} committed "
@@ -309,6 +320,7 @@ def render_markdown(report: dict, chart: bool = True) -> str:
             f"{_num(s['waiting_for_input_s'], 1)} | {_num(s['input_backlog_s'], 1)} | {_num(s['backpressured_s'], 1)} | "
             f"{act['min']}-{act['max']} ({_num(act['mean'])}) | {_num(s['gpu_s_per_item'], 4)} | {_num(s['cpu_s_per_item'], 4)} |"
         )
+    lines += _gpu_lines(report.get("gpu"), report["stages"])
     lines += _quality_lines(report.get("quality"))
     lines += [
         "",
@@ -337,6 +349,33 @@ def render_markdown(report: dict, chart: bool = True) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _gpu_lines(gpu: dict | None, stages: dict) -> list[str]:
+    """Per stage: NVML figures of its GPUs next to its busy time, or "no GPU"; compile time apart."""
+    if not gpu:
+        return []
+    rows = [(name, figures) for name, figures in gpu.items() if name in stages]
+    lines = ["", "## GPUs", ""]
+    if not any(f["gpu"] for _, f in rows):
+        lines.append("GPU telemetry: **no GPU** (no actor had an NVIDIA GPU that NVML could read).")
+    else:
+        lines += ["| stage | GPUs | busy s | SM util % (while busy) | memory used MB mean / peak | power W mean / peak |",
+                  "| --- " * 6 + "|"]
+        for name, f in rows:
+            g = f["gpu"]
+            if g is None:
+                lines.append(f"| {name} | no GPU | {_num(stages[name]['busy_s'], 1)} | - | - | - |")
+                continue
+            lines.append(
+                f"| {name} | {', '.join(g['gpus'])} ({', '.join(g['names'])}) | {_num(stages[name]['busy_s'], 1)} | "
+                f"{_num(g['sm_util_pct'], 1)} ({_num(g['sm_util_busy_pct'], 1)}) | {_num(g['memory_used_mb'], 0)} / "
+                f"{_num(g['memory_peak_mb'], 0)} | {_num(g['power_w'], 1)} / {_num(g['power_peak_w'], 1)} |")
+        lines += ["", "Memory and power are the device's: stages sharing a GPU show the same device figures."]
+    compiled = [f"{name} {f['compile_s']:.1f} s" for name, f in rows if f.get("compile_s") is not None]
+    if compiled:
+        lines += ["", f"torch.compile while loading (not in busy time): {', '.join(compiled)}."]
+    return lines
 
 
 QUALITY_TABLE_ROWS = 50  # more shards: the flagged ones are named, the rest are in report.json

@@ -61,6 +61,17 @@ def _problems_line(report: dict) -> str:
     return ", ".join(parts) + ("; `latentmill verify` lists them" if failed else "")
 
 
+def _gpu_line(report: dict) -> str | None:
+    """NVML figures per stage (SM util, peak memory, power), or "no GPU"; None for reports made before telemetry."""
+    gpu = report.get("gpu")
+    if not gpu:
+        return None
+    parts = [f"{name} SM {_num(g['sm_util_pct'], 0)}% ({_num(g['sm_util_busy_pct'], 0)}% busy), "
+             f"peak {_num(g['memory_peak_mb'], 0)} MB, {_num(g['power_w'], 0)} W"
+             for name, f in gpu.items() if (g := f.get("gpu"))]
+    return "; ".join(parts) if parts else "no GPU (no actor had an NVIDIA GPU that NVML could read)"
+
+
 def summary(report: dict) -> list[str]:
     units = report.get("units") or DEFAULT_UNITS
     many = units["plural"]
@@ -76,10 +87,14 @@ def summary(report: dict) -> list[str]:
         ("bottleneck", _bottleneck_line(report, many)),
         ("cost", _cost_line(report, many)),
         ("resources", f"{t['gpu_hours']:.4f} GPU-hours, {t['cpu_hours']:.4f} CPU-hours"),
+        ("GPUs", _gpu_line(report)),
         ("problems", _problems_line(report)),
+        ("weights", report.get("weights")),  # random:* models: the images are noise
     ]
     lines = [f"latentmill report: {report['job']} ({report['output']})"]
     for name, text in rows:
+        if text is None:
+            continue
         lines += textwrap.wrap(text, WIDTH, initial_indent=f"  {name:<11} ", subsequent_indent=" " * 14,
                                break_on_hyphens=False)
     return lines

@@ -10,6 +10,7 @@ from PIL import Image
 
 from pipelines.models.decoding import load_decoder
 from pipelines.stages.device import pick_device
+from pipelines.stages.gpu_settings import configure_backends, prepare, timed
 from pipelines.stages.monitored import is_monitored
 
 PIL_FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}
@@ -41,7 +42,12 @@ class Decode:
         batch_size: int | None = None,
         device: str | None = None,
         monitor_fraction: float | None = None,
+        channels_last: bool = False,
+        compile: bool = False,
+        warmup_size: tuple[int, int] | None = None,
     ):
+        """`warmup_size`: the images' (height, width), when known before the first batch: a compiled
+        decoder compiles at that shape while loading (`compile_s`), not during its first batch."""
         self.batch_size = batch_size
         self.monitor_fraction = monitor_fraction
         self.image_format = image_format
@@ -52,6 +58,15 @@ class Decode:
         if tiling and not self.decoder.supports_tiling:
             raise ValueError(f"decoder_tiling: decoder {decoder!r} does not support tiled decoding")
         self.decoder.tiling = tiling
+        self.backends = configure_backends(self.device)
+        self.decoder.upcast_if_needed()  # before compiling: a later dtype change would recompile
+        for module in self.decoder.decode_modules():
+            prepare(module, channels_last=channels_last, compile=compile)
+        self.compile_s = None
+        if compile and warmup_size is not None:
+            f = self.decoder.upscale_factor
+            z = torch.zeros(batch_size or 1, self.decoder.latent_channels, warmup_size[0] // f, warmup_size[1] // f)
+            self.compile_s = timed(lambda: self.decoder.decode(z))
 
     def __call__(self, denoised: dict) -> dict:
         latents = torch.tensor(denoised["latents"])  # a copy: arrays from the object store are read-only

@@ -12,13 +12,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-import decoders
 from pipelines.config import MODEL_VIDEO_VAE, VideoConfig, VideoModelConfig, VideoOutputConfig
 from pipelines.models.decoding import load_decoder
-from pipelines.models.loading import ensure_tiny_svd, load_video_pipeline, resolve_reference, torch_dtype
+from pipelines.models.loading import ensure_tiny_svd, load_model_vae, load_video_pipeline
 from pipelines.sinks.video import CODEC, PIXEL_FORMAT, encode_mp4
 from pipelines.stages.decode import encode_image, npy_bytes
 from pipelines.stages.device import pick_device
+from pipelines.stages.gpu_settings import configure_backends, prepare
 
 
 class VideoDenoise:
@@ -26,9 +26,12 @@ class VideoDenoise:
                  device: str | None = None):
         self.video, self.batch_size = video, batch_size
         self.device = device or pick_device()
-        self.pipe = load_video_pipeline(model.reference, model.dtype).to(self.device)
+        self.pipe = load_video_pipeline(model.reference, model.dtype, self.device).to(self.device)
         # Only the VAE's encoder is used here; without its decoder nothing can decode by accident.
         self.pipe.vae.decoder = None
+        configure_backends(self.device)
+        # No warm-up: a video job's first batch carries the compile (the clip batch varies less).
+        prepare(self.pipe.unet, channels_last=model.channels_last, compile=model.compile)
 
     def __call__(self, batch: dict) -> dict:
         """`batch`: keys, samples (with their seeds) and uint8 conditioning pixels (B, H, W, 3).
@@ -59,17 +62,21 @@ class VideoDenoise:
 def load_video_decoder(decoder: str, model_reference: str, device: str, dtype: str):
     """`svd-vae` means the model's own temporal VAE; anything else goes to `decoders.load`."""
     if decoder == MODEL_VIDEO_VAE:
-        root = resolve_reference(model_reference, tiny=ensure_tiny_svd)
-        return decoders.load(root, subfolder="vae", device=device, dtype=torch_dtype(dtype))
+        return load_model_vae(model_reference, device, dtype, tiny=ensure_tiny_svd)
     return load_decoder(decoder, model_reference, device, dtype)
 
 
 class VideoDecode:
     def __init__(self, decoder: str, model_reference: str, video: VideoConfig, output: VideoOutputConfig,
-                 dtype: str = "float32", batch_size: int | None = None, device: str | None = None):
+                 dtype: str = "float32", batch_size: int | None = None, device: str | None = None,
+                 channels_last: bool = False, compile: bool = False):
         self.video, self.output, self.batch_size = video, output, batch_size
         self.device = device or pick_device()
         self.decoder = load_video_decoder(decoder, model_reference, self.device, dtype)
+        configure_backends(self.device)
+        self.decoder.upcast_if_needed()  # before compiling: a later dtype change would recompile
+        for module in self.decoder.decode_modules():
+            prepare(module, channels_last=channels_last, compile=compile)
         if not self.decoder.is_video:
             raise ValueError(f"decoder: {decoder!r} decodes images; a video job needs a video decoder "
                              f"({MODEL_VIDEO_VAE}, random:tae-temporal or a checkpoint of one)")
