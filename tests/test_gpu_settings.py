@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from pipelines.report import build_job_report, open_job_output, render_markdown
 
 from jobs.local import run_job
 from jobs.spec import parse_spec
 from pipelines.config import ModelConfig, SamplerConfig
 from pipelines.observe.gpu_telemetry import GpuSampler, open_nvml, stage_gpu_figures
+from pipelines.observe.report import build_job_report, open_job_output, render_markdown
 from pipelines.stages.decode import Decode
 from pipelines.stages.denoise import Denoise
 from pipelines.stages.gpu_settings import configure_backends

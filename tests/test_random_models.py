@@ -11,7 +11,6 @@ import logging
 import pytest
 import torch
 import yaml
-from pipelines.report import weights_note
 
 from jobs.local import pipeline_for
 from jobs.spec import parse_spec
@@ -20,6 +19,7 @@ from pipelines.models.fingerprint import model_fingerprint
 from pipelines.models.published import PARAMETERS
 from pipelines.models.random_build import materialise, sdxl_parts, seeded_fill_, svd_xt_parts
 from pipelines.models.random_models import NOISE_NOTE, RANDOM_VERSION
+from pipelines.observe.report import weights_note
 from tests.support.jobspecs import kind_spec_dict, spec_dict
 
 
@@ -79,7 +79,7 @@ def _parse(spec: dict, overrides=()):
 def test_random_models_are_references_of_their_own_kind_of_job(tmp_path):
     spec = _parse(spec_dict(str(tmp_path / "o")), ["model.reference=random:sdxl"])
     assert spec.model.reference == "random:sdxl"
-    with pytest.raises(ConfigError, match=r"job.yaml:\d+: model.reference: 'random:svd-xt' is a 'svd' model; this job "
+    with pytest.raises(ConfigError, match=r"--set model.reference=random:svd-xt: model.reference: 'random:svd-xt' is a 'svd' model; this job "
                                           r"needs a 'sdxl' model \(random:sdxl for random weights\)"):
         _parse(spec_dict(str(tmp_path / "o")), ["model.reference=random:svd-xt"])
     video = kind_spec_dict("generate-video", str(tmp_path / "v"))
