@@ -105,7 +105,7 @@ def test_eval_compares_video_decoders_per_frame_and_over_time(ray_cluster, tmp_p
     out = tmp_path / "clips"
     run_job(parse(video_dict(out, output__save_latents=True)), progress=False)
     done = cli("eval", str(out), "--decoder", "random:tae-temporal", "--chunk-frames", "3",
-               "--video-features", "tests.test_video:clip_colour_features", "--out", str(tmp_path / "eval"))
+               "--video-features", "tests.kinds.test_video:clip_colour_features", "--out", str(tmp_path / "eval"))
     assert done.returncode == 0, done.stderr[-3000:]
     # The terminal gets a table that fits 100 columns and one LPIPS line; eval.md has every column.
     assert max(len(line) for line in done.stdout.splitlines()) <= 100, done.stdout
@@ -115,11 +115,11 @@ def test_eval_compares_video_decoders_per_frame_and_over_time(ray_cluster, tmp_p
     reference, light = result["rows"]
     # The reference against itself: identical frames, no excess flicker, no feature distance.
     assert (reference["psnr_db"], reference["ssim"], reference["flicker_excess"]) == ("inf", 1.0, 0.0)
-    assert reference["frechet[tests.test_video:clip_colour_features]"] == pytest.approx(0, abs=1e-9)
+    assert reference["frechet[tests.kinds.test_video:clip_colour_features]"] == pytest.approx(0, abs=1e-9)
     assert light["decoder"] == "random:tae-temporal" and light["chunk_frames"] == 3
     assert 0 < light["psnr_db"] < 40 and light["ssim"] < 1 and light["flicker_light"] > 0
     assert light["flicker_excess"] == pytest.approx(light["flicker_light"] - light["flicker_reference"])
-    assert light["frechet[tests.test_video:clip_colour_features]"] > 0
+    assert light["frechet[tests.kinds.test_video:clip_colour_features]"] > 0
     assert light["seconds_per_frame"] > 0 and light["parameters"] > 0
     markdown = (tmp_path / "eval" / "eval.md").read_text()
     assert "flicker_excess" in markdown and "random:tae-temporal" in markdown
