@@ -146,7 +146,8 @@ def test_report_command_prints_a_narrow_summary_then_a_stage_table(finished, cap
     stage = json.loads((out / "report.json").read_text())["bottleneck"]["stage"]
     summary = lines[: lines.index("")]
     names = [line.split()[0] for line in summary[1:] if not line.startswith(" " * 14)]
-    assert names == ["status", "wall", "throughput", "bottleneck", "cost", "resources", "problems"], summary
+    assert names == ["status", "wall", "throughput", "bottleneck", "cost", "resources", "GPUs", "problems"], summary
+    assert any(line.startswith("  GPUs        no GPU") for line in summary), summary  # this machine has none
     assert any(line.startswith(f"  bottleneck  {stage}: lowest capacity") for line in summary), summary
     assert any(line.startswith("  cost") and "USD per 1,000 images" in line for line in summary), summary
     assert "complete: 24/24 images committed" in summary[1] and "0 failed, 0 rejected" in summary[-1]
