@@ -195,6 +195,7 @@ def run_latentmill(profile: dict, split, url: str, images: int, args, gpus: int 
         "record": SinkRecord.from_groups(began_wall, events),  # every item at its shard's commit
         "planned_shards": pipeline.plan.num_shards,
         "committed_shards": len(events),
+        # The in-flight commit window, for --auto (latentmill against itself); comparisons use "steady".
         "steady_items_per_s": steady_rate(events, low, high),
         "steady_commits": [round(low * len(events)), round(high * len(events))],
         "run_items_per_s": report["generated"] / report["stream_s"] if report["stream_s"] else None,
