@@ -77,6 +77,9 @@ def test_bench_scheduler_refuses_zero_repeats():
     command = [sys.executable, "-m", "jobs.cli", "bench", "scheduler", "--repeats", "0"]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 2 and done.stderr.strip() == "error: --repeats must be at least 1, got 0"
+    side_by_side = [sys.executable, "-m", "jobs.bench.sidebyside", "--repeats", "0"]
+    done = subprocess.run(side_by_side, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2 and done.stderr.strip() == "error: --repeats must be at least 1, got 0"
 
 
 def test_concurrency_auto_rebalances_a_real_run_when_decode_slows_down(ray_cluster, tmp_path):
