@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import subprocess
 import sys
 
 import yaml
@@ -38,22 +39,47 @@ def test_steady_rate_follows_the_bottleneck_not_the_bursts_or_the_drain():
     assert abs(steady_rate(events) / 400 - 1) < 0.03
 
 
-def test_bench_scheduler_command_prints_the_table(processes, tmp_path):
+def test_bench_scheduler_command_puts_both_systems_through_the_one_steady_rule(processes, tmp_path):
+    # A tiny real run of each system at 4 logical GPUs: latentmill, Ray Data tuned, Ray Data defaults.
     profiles = tmp_path / "profiles.yaml"
     profiles.write_text(yaml.safe_dump({"profiles": {"tiny": PROFILE}}, sort_keys=False))  # chain order
     command = [sys.executable, "-m", "jobs.cli", "bench", "scheduler", "--gpus", "4", "--profiles", str(profiles),
-               "--seconds", "2", "--time-scale", "1", "--cpus", "2", "--workdir", str(tmp_path), "--json"]
-    done = processes.run(command, cwd=REPO, timeout=400)  # it starts Ray clusters of its own
+               "--seconds", "2", "--time-scale", "1", "--cpus", "2", "--workdir", str(tmp_path), "--repeats", "1",
+               "--json"]
+    done = processes.run(command, cwd=REPO, timeout=900)  # it starts Ray clusters of its own
     assert done.returncode == 0, done.stderr[-3000:]
     table, result = done.stdout.split("\n[")[0], json.loads("[" + done.stdout.split("\n[", 1)[1])[0]
-    assert "| tiny | 4 | 3/1 |" in table and "largest GPU count with steady efficiency >= 0.95" in table
-    latentmill, ray_data = result["runs"]["latentmill"], result["runs"]["ray_data"]
+    assert "| tiny | 4 | 3/1 | 384 | 150.0 (denoise) | latentmill | 1 (0) |" in table
+    assert "steady/s median (min-max)" in table and "Rejected windows (not in the medians):" in table
     # Ideal for 3 denoise actors at 0.02 s per item: 150 items/s (write is far faster).
-    assert result["split"] == {"denoise": 3, "decode": 1} and latentmill["ideal"]["set_by"] == "denoise"
-    assert abs(latentmill["ideal"]["items_per_s"] - 150) < 1e-6
-    assert latentmill["images"] == result["images"] and latentmill["committed_shards"] == latentmill["planned_shards"]
-    assert 0 < latentmill["steady_items_per_s"] and latentmill["driver_cpu_ms_per_item"] > 0
-    assert ray_data["images"] == result["images"] and ray_data["files"] >= 1 and ray_data["steady_items_per_s"] > 0
+    assert result["split"] == {"denoise": 3, "decode": 1} and result["ideal"]["set_by"] == "denoise"
+    assert abs(result["ideal"]["items_per_s"] - 150) < 1e-6
+    assert set(result["runs"]) == {"latentmill", "ray_data tuned", "ray_data defaults"}
+    for system, (run,) in result["runs"].items():
+        steady = run["steady"]
+        # Same items for every system, every one of them in the record the rule reads.
+        assert steady["items"] == result["images"] == 384, system
+        assert steady["startup_s"] > 0 and steady["whole_run_items_per_s"] > 0, system
+        if steady["rejected"] is None:
+            group = run["rows_per_file"]["max"] if "rows_per_file" in run else 16  # a file, or a shard
+            assert 0 < steady["items_per_s"] <= 150 + group / steady["window_s"], system
+            assert steady["window_items"] == 192, system  # the middle half of the items
+        else:
+            assert steady["items_per_s"] is None and f"| {system} | 1 (1) |" in table, system
+    latentmill = result["runs"]["latentmill"][0]
+    assert latentmill["committed_shards"] == latentmill["planned_shards"] == 24
+    assert latentmill["steady"]["rejected"] is None and latentmill["driver_cpu_ms_per_item"] > 0
+    tuned = result["runs"]["ray_data tuned"][0]
+    assert tuned["files"] == 24 and tuned["rows_per_file"] == {"min": 16, "max": 16}  # min_rows_per_file = shard
+
+
+def test_bench_scheduler_refuses_zero_repeats():
+    command = [sys.executable, "-m", "jobs.cli", "bench", "scheduler", "--repeats", "0"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2 and done.stderr.strip() == "error: --repeats must be at least 1, got 0"
+    side_by_side = [sys.executable, "-m", "jobs.bench.sidebyside", "--repeats", "0"]
+    done = subprocess.run(side_by_side, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2 and done.stderr.strip() == "error: --repeats must be at least 1, got 0"
 
 
 def test_concurrency_auto_rebalances_a_real_run_when_decode_slows_down(ray_cluster, tmp_path):

@@ -11,15 +11,17 @@ Reported per profile and GPU count:
   split       GPUs per stage (the best static split for the profile's times, pipelines/autoscale.py)
   ideal       min over stages of actors_i / t_i, and the write stage's CPU bound
               (min(write slots, cores) / measured write seconds per item)
-  throughput  committed items/s in the steady state (the slope through the commits after the first
-              F and before the last F, F the shards the engine keeps in flight; a real job of 100K+
-              items is almost all steady state), and over the whole run (from the first batch
-              submitted to the end: fill and drain included)
+  throughput  the one steady-state rule of jobs/bench/steady.py, for latentmill and Ray Data alike:
+              every item's completion time at the sink (latentmill: its shard's commit marker; Ray
+              Data: the file its write task wrote), the first and last quarter of the items left
+              out, the slope over the rest; a window above the ideal is rejected and listed.
+              Start-up (run start to the first item at the sink) and the whole-run rate separately.
+              Each system runs the same items `--repeats` times: median (min-max).
   efficiency  throughput / ideal; each stage's utilisation; the driver's CPU seconds per batch and
               per item (process CPU time of the driver over the run, Ray's threads in it included)
   Ray Data    the same stages as `map_batches` actor pools on the same GPUs, then
-              `write_webdataset`: its steady throughput, the ratio latentmill / Ray Data, and the
-              files it leaves (count, rows per file) next to latentmill's planned shards.
+              `write_webdataset`, configured as a competent user would (`tuned`) and at its
+              defaults (jobs/bench/raydata.py says each choice and why).
 `--auto`: for each profile at each GPU count, every static split, then `concurrency: auto` from a
 deliberately bad split (the even one, which auto starts from before it has measured anything);
 auto / best static. `--memory`: the driver's peak RSS
@@ -52,8 +54,9 @@ from jobs.bench.common import (
     synthetic_kwargs,
 )
 from jobs.bench.memory import memory_dry_run, memory_table
-from jobs.bench.raydata import run_ray_data
+from jobs.bench.raydata import CONFIGURATIONS, run_ray_data
 from jobs.bench.sampling import PeriodicSampler
+from jobs.bench.steady import SinkRecord, steady_state, summary
 
 PROFILES_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "profiles.yaml")
 
@@ -175,7 +178,7 @@ def run_latentmill(profile: dict, split, url: str, images: int, args, gpus: int 
     from pipelines.runner import run_pipeline
 
     pipeline = build_pipeline(profile, split, url, images, args.time_scale, tuple(args.latent_shape), gpus)
-    began = time.perf_counter()
+    began, began_wall = time.perf_counter(), time.time()
     with CpuClock() as clock:
         report = run_pipeline(pipeline, progress=False, start_timeout_s=600)
     events = commit_events(url)
@@ -189,8 +192,10 @@ def run_latentmill(profile: dict, split, url: str, images: int, args, gpus: int 
     return {
         "images": report["generated"],
         "wall_s": time.perf_counter() - began,  # actor start-up and the output's setup included
+        "record": SinkRecord.from_groups(began_wall, events),  # every item at its shard's commit
         "planned_shards": pipeline.plan.num_shards,
         "committed_shards": len(events),
+        # The in-flight commit window, for --auto (latentmill against itself); comparisons use "steady".
         "steady_items_per_s": steady_rate(events, low, high),
         "steady_commits": [round(low * len(events)), round(high * len(events))],
         "run_items_per_s": report["generated"] / report["stream_s"] if report["stream_s"] else None,
@@ -232,10 +237,9 @@ def run_child(job: dict) -> dict:
     times = scaled_times(profile, args.time_scale)
     best = best_split(times, gpus)
     shard = profile["samples_per_shard"]
-    # A steady state needs several times the shards in flight (steady_fractions); Ray Data, ten times
-    # slower here, runs `seconds` worth of items only.
+    # A steady state needs several times the shards in flight: the warm-up quarter (jobs/bench/steady.py)
+    # then holds them all. Ray Data runs the same items.
     images = sized_run(split_throughput(best, times), shard, args.seconds, 4 * in_flight(profile, best, gpus))
-    peer_images = sized_run(split_throughput(best, times), shard, args.seconds)
     workdir = tempfile.mkdtemp(prefix="latentmill-bench-scheduler-", dir=args.workdir)
     write_cpu = write_cpu_per_item(profile, os.path.join(workdir, "write-alone"))
     warm_write_workers(profile, os.path.join(workdir, "write-warm"))
@@ -243,12 +247,8 @@ def run_child(job: dict) -> dict:
               "write_cpu_s_per_item": write_cpu}
     try:
         if job["mode"] == "scale":
-            run = run_latentmill(profile, best, os.path.join(workdir, "latentmill"), images, args)
-            run["ideal"] = ideal_of(best, times, write_cpu, args.cpus)
-            result["runs"]["latentmill"] = run
-            if args.peer:
-                result["runs"]["ray_data"] = run_ray_data(profile, best, os.path.join(workdir, "ray-data"), peer_images,
-                                                          args)
+            result["ideal"] = ideal_of(best, times, write_cpu, args.cpus)
+            result["runs"] = repeated_runs(profile, best, workdir, images, args, result["ideal"]["items_per_s"])
         else:  # auto: every static split, then concurrency auto from a bad split
             names = list(times)
             for first in range(1, gpus):
@@ -260,18 +260,41 @@ def run_child(job: dict) -> dict:
                                  4 * in_flight(profile, split, gpus) if near_best else 8)
                 run = run_latentmill(profile, split, os.path.join(workdir, f"static-{first}"), size, args)
                 run["ideal"] = ideal_of(split, times, write_cpu, args.cpus)
+                run = measured(run, run["ideal"]["items_per_s"])
                 run["split"] = split
                 result["runs"][f"static {first}/{gpus - first}"] = run
             # Auto runs 4x as long: its re-balances wait for a 5 s cooldown, which a real job of hours
             # never notices but a run of seconds at the fast-forward does.
             auto_images = sized_run(split_throughput(best, times), shard, 4 * args.seconds,
                                     4 * in_flight(profile, best, gpus))
-            result["runs"]["auto"] = run_latentmill(profile, "auto", os.path.join(workdir, "auto"), auto_images, args,
-                                                    gpus=gpus)
+            auto = run_latentmill(profile, "auto", os.path.join(workdir, "auto"), auto_images, args, gpus=gpus)
+            result["runs"]["auto"] = measured(auto, ideal_of(best, times, write_cpu, args.cpus)["items_per_s"])
     finally:
         ray.shutdown()
         subprocess.run(["rm", "-rf", workdir], check=False)
     return result
+
+
+def measured(run: dict, ideal_items_per_s: float) -> dict:
+    """The run's figures with its sink record reduced by the one steady-state rule (jobs/bench/steady.py)."""
+    record = run.pop("record")
+    return {**run, "steady": steady_state(record, ideal_items_per_s)}
+
+
+def repeated_runs(profile: dict, split: dict, workdir: str, images: int, args, ideal: float) -> dict:
+    """Each system `args.repeats` times on the same items, interleaved (latentmill, then each Ray Data
+    configuration, then again) so that a change of load on the machine falls on all of them."""
+    runs: dict[str, list] = {"latentmill": []}
+    for repeat in range(args.repeats):
+        url = os.path.join(workdir, f"latentmill-{repeat}")
+        runs["latentmill"].append(measured(run_latentmill(profile, split, url, images, args), ideal))
+        subprocess.run(["rm", "-rf", url], check=False)
+        for configuration in CONFIGURATIONS if args.peer else ():
+            url = os.path.join(workdir, f"ray-data-{configuration}-{repeat}")
+            run = run_ray_data(profile, split, url, images, args, configuration)
+            runs.setdefault(f"ray_data {configuration}", []).append(measured(run, ideal))
+            subprocess.run(["rm", "-rf", url], check=False)
+    return runs
 
 
 def in_flight(profile: dict, split, gpus: int | None) -> int:
@@ -297,36 +320,55 @@ def _f(value, digits=2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _spread(stat: dict, digits: int = 1) -> str:
+    if stat["median"] is None:
+        return "-"
+    return f"{stat['median']:.{digits}f} ({stat['min']:.{digits}f}-{stat['max']:.{digits}f})"
+
+
+def system_row(r: dict, system: str, runs: list[dict]) -> str:
+    """One system's repeats at one GPU count: median (min-max) of the figures steady.py computed."""
+    ideal = r["ideal"]["items_per_s"]
+    steady = summary([run["steady"]["items_per_s"] for run in runs])
+    efficiency = summary([ratio_of(run["steady"]["items_per_s"], ideal) for run in runs])
+    startup = summary([run["steady"]["startup_s"] for run in runs])
+    whole = summary([run["steady"]["whole_run_items_per_s"] for run in runs])
+    rejected = sum(1 for run in runs if run["steady"]["rejected"])
+    if system == "latentmill":
+        files = f"{runs[0]['planned_shards']} planned shards of {runs[0]['images']} items"
+    else:
+        rows = [(run["rows_per_file"]["min"], run["rows_per_file"]["max"]) for run in runs]
+        files = (f"{min(run['files'] for run in runs)}-{max(run['files'] for run in runs)} "
+                 f"({min(a for a, _ in rows)}-{max(b for _, b in rows)} rows)")
+    split = "/".join(str(v) for v in r["split"].values())
+    return (f"| {r['profile']} | {r['gpus']} | {split} | {r['images']} | {ideal:.1f} ({r['ideal']['set_by']}) "
+            f"| {system} | {len(runs)} ({rejected}) | {_spread(steady)} | {_spread(efficiency, 3)} "
+            f"| {_spread(startup, 2)} | {_spread(whole)} | {files} |")
+
+
+def driver_row(r: dict) -> str:
+    runs = r["runs"]["latentmill"]
+    med = {k: summary([run[k] for run in runs])["median"]
+           for k in ("driver_cpu_cores", "driver_cpu_ms_per_batch", "driver_cpu_ms_per_item")}
+    util = " ".join(f"{n} {_f(u)}" for n, u in runs[0]["utilisation"].items() if u is not None)
+    return (f"| {r['profile']} | {r['gpus']} | {_f(med['driver_cpu_cores'])} | {_f(med['driver_cpu_ms_per_batch'])} "
+            f"| {_f(med['driver_cpu_ms_per_item'])} | {util} |")
+
+
 def scale_table(results: list[dict]) -> str:
-    header = ("| profile | GPUs | split | items | ideal/s (set by) | steady/s | eff. steady | whole run/s | eff. run "
-              "| utilisation | driver CPU cores | driver ms/batch | driver ms/item | Ray Data/s | latentmill / Ray Data "
-              "| Ray Data files (rows) |")
-    lines = [header, "|" + "---|" * 16]
-    for r in results:
-        lm, rd = r["runs"]["latentmill"], r["runs"].get("ray_data")
-        ideal = lm["ideal"]["items_per_s"]
-        util = " ".join(f"{n} {_f(u)}" for n, u in lm["utilisation"].items() if u is not None)
-        split = "/".join(str(v) for v in r["split"].values())
-        peer = ratio = files = "-"
-        if rd:
-            peer = _f(rd["steady_items_per_s"], 1)
-            ratio = _f(lm["steady_items_per_s"] / rd["steady_items_per_s"]) if rd["steady_items_per_s"] else "-"
-            files = f"{rd['files']} ({rd['rows_per_file']['min']}-{rd['rows_per_file']['max']}) of {rd['images']} items"
-        lines.append(
-            f"| {r['profile']} | {r['gpus']} | {split} | {lm['images']} | {ideal:.1f} ({lm['ideal']['set_by']}) "
-            f"| {_f(lm['steady_items_per_s'], 1)} | {_f(ratio_of(lm['steady_items_per_s'], ideal), 3)} "
-            f"| {_f(lm['run_items_per_s'], 1)} | {_f(ratio_of(lm['run_items_per_s'], ideal), 3)} | {util} "
-            f"| {_f(lm['driver_cpu_cores'])} | {_f(lm['driver_cpu_ms_per_batch'])} | {_f(lm['driver_cpu_ms_per_item'])} | {peer} | {ratio} | {files} |"
-        )
-    for profile in dict.fromkeys(r["profile"] for r in results):
-        rows = [r for r in results if r["profile"] == profile]
-        ok = [r["gpus"] for r in rows
-              if (ratio_of(r["runs"]["latentmill"]["steady_items_per_s"], r["runs"]["latentmill"]["ideal"]["items_per_s"])
-                  or 0) >= 0.95]
-        lines.append(f"\n{profile}: largest GPU count with steady efficiency >= 0.95: {max(ok) if ok else 'none'}; "
-                     f"latentmill leaves {rows[-1]['runs']['latentmill']['planned_shards']} planned shards "
-                     f"(00000.tar.., all committed: "
-                     f"{rows[-1]['runs']['latentmill']['committed_shards'] == rows[-1]['runs']['latentmill']['planned_shards']})")
+    """Every system's steady rate (the one rule of jobs/bench/steady.py) with its spread over the
+    repeats, start-up on its own; then latentmill's driver load; then every rejected window."""
+    lines = ["| profile | GPUs | split | items | ideal/s (set by) | system | runs (rejected) | steady/s median (min-max) "
+             "| eff. median (min-max) | start-up s median (min-max) | whole run/s median (min-max) | output files |",
+             "|" + "---|" * 12]
+    lines += [system_row(r, system, runs) for r in results for system, runs in r["runs"].items()]
+    lines += ["", "| profile | GPUs | driver CPU cores | driver ms/batch | driver ms/item | utilisation (first run) |",
+              "|" + "---|" * 6]
+    lines += [driver_row(r) for r in results]
+    rejected = [f"- {r['profile']} at {r['gpus']} GPUs, {system} run {i + 1}: {run['steady']['rejected']}"
+                for r in results for system, runs in r["runs"].items() for i, run in enumerate(runs)
+                if run["steady"]["rejected"]]
+    lines += ["", "Rejected windows (not in the medians):"] + (rejected or ["- none"])
     return "\n".join(lines)
 
 
@@ -363,6 +405,8 @@ def parse_args(argv):
     parser.add_argument("--cpus", type=float, default=float(os.cpu_count() or 2), help="CPUs the local Ray declares")
     parser.add_argument("--latent-shape", type=lambda t: [int(x) for x in t.split(",")], default=[4, 8, 8],
                         help="shape of the latents the first stage emits per item (4,128,128 is SDXL 1024)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="runs of each system and configuration per GPU count (median and min-max reported)")
     parser.add_argument("--no-peer", dest="peer", action="store_false", help="skip the Ray Data peer")
     parser.add_argument("--auto", action="store_true",
                         help="instead: every static split and concurrency auto (from a bad split) per GPU count")
@@ -384,6 +428,9 @@ def main(argv: list[str] | None = None) -> int:
             result = run_child(job)
         print(json.dumps(result), flush=True)
         return 0
+    if args.repeats < 1:
+        print(f"error: --repeats must be at least 1, got {args.repeats}", file=sys.stderr)
+        return 2
     profiles = load_profiles(args.profiles)
     names = args.profile or list(profiles)
     unknown = [n for n in names if n not in profiles]
@@ -402,9 +449,7 @@ def main(argv: list[str] | None = None) -> int:
                    "args": shared}
             result = run_in_child(job)
             results.append(result)
-            summary = ", ".join(f"{k} {_f(v['steady_items_per_s'], 1)}/s in {v['wall_s']:.0f} s" for k, v in result["runs"].items())
-            print(f"done: {name} at {gpus} GPUs ({time.perf_counter() - started:.0f} s): {summary}", file=sys.stderr,
-                  flush=True)
+            print(f"done: {name} at {gpus} GPUs ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
     print(f"time scale {args.time_scale} (per-item times x {args.time_scale}); {args.cpus:g} CPUs; "
           f"benchmark wall time {time.perf_counter() - started:.0f} s")
     print(auto_table(results) if args.auto else scale_table(results))
