@@ -34,7 +34,7 @@ quickstart: $(STAMP)
 
 test: $(STAMP)
 	# The browser page's tests drive Debian's Chromium (as root, as CI is); never Playwright's own download.
-	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
+	command -v chromium >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
