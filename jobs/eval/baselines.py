@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from jobs.train.data import normalising_scaling
 from pipelines.errors import ConfigError
 
 CONSTANTS = {"grey": "grey 0.5", "mean-colour": "mean colour"}
@@ -62,7 +63,6 @@ def constant_decoder(colour, name: str, latent_channels: int, upscale: int):
 def untrained_decoder(arch: str, latents: torch.Tensor, name: str):
     """`arch` with a train-decoder job's initial weights, normalising `latents` as that job would."""
     import decoders
-    from jobs.train.data import normalising_scaling
 
     try:
         decoder = decoders.build(f"random:{arch}", device="cpu")
