@@ -26,6 +26,7 @@ MODEL_CLASSES = {
     "TemporalTinyDecoder": ("decoders.temporal", "TemporalTinyDecoder"),
     "LeanDecoder": ("decoders.lean", "LeanDecoder"),
     "LinearDecoder": ("decoders.linear", "LinearDecoder"),  # the least-squares baseline (decoders/linear.py)
+    "ConstantDecoder": ("decoders.constant", "ConstantDecoder"),  # one colour for any latent (eval baselines)
 }
 VIDEO_CLASSES = {"AutoencoderKLTemporalDecoder", "TemporalTinyDecoder"}
 # diffusers implements tiled decoding for these; attention-based and temporal decoders have none.

@@ -1,13 +1,15 @@
 """`latentmill eval`: decode the same held-out latents with several decoders and compare them.
 
     latentmill eval ENCODE_OUTPUT --decoder random:lean --decoder ./train-lean/decoder \\
-        [--linear-fit TRAIN_ENCODE_OUTPUT] [--model tiny] [--held-out-fraction 0.1] --out ./eval
+        [--train-data TRAIN_ENCODE_OUTPUT] [--baseline grey --baseline mean-colour --baseline linear \\
+         --baseline untrained:lean] [--model tiny] [--held-out-fraction 0.1] --out ./eval
 
 Per decoder: PSNR, SSIM and LPIPS against the original images and against the reference decoder
 (the model's own VAE), decode time per image measured in this run (warm-up first, CUDA synchronised),
 parameters and FLOPs at the evaluated size. Writes eval.json, eval.md and grid.png (original,
 reference, each decoder, side by side) to --out. Every image is compared after uint8 rounding, as
 stored in a dataset. Without LPIPS weights the LPIPS columns say so instead of holding numbers.
+Baselines (jobs/eval/baselines.py) are rows like any decoder's.
 A video output (kind generate-video, with its latents kept) is evaluated by jobs/eval/video.py.
 """
 
@@ -19,38 +21,63 @@ import numpy as np
 import torch
 
 from jobs.eval import video as eval_video
+from jobs.eval.baselines import TrainingSet, baseline_decoders, check_names, output_looks
 from jobs.eval.common import format_cell, plain_table, render_grid, wrapped, write_files
 from jobs.eval.video import is_video_output, timed_decode
-from jobs.train.data import held_out_samples, scan
+from jobs.train.data import Shard, held_out_samples, scan
 from pipelines.config import StorageConfig
 from pipelines.errors import ConfigError
 from pipelines.sinks.layout import OutputLayout
 
 
-def load_eval_set(url: str, fraction: float | None, split_seed: int, limit: int):
-    """(keys, latents (N, C, h, w), images [0, 1] (N, 3, H, W)): the held-out split, or every sample."""
+def load_eval_set(url: str, fraction: float | None, split_seed: int, limit: int, training: bool = False):
+    """(keys, latents (N, C, h, w), images [0, 1] (N, 3, H, W)): the held-out split (`training`: the
+    rest), or every sample when `fraction` is None."""
     storage = StorageConfig()
     shards = scan([url], storage, fraction if fraction is not None else 0.0, split_seed)
-    if fraction is None:  # the whole output is the evaluation set
-        shards = [s.__class__(s.tar_url, (), s.train_keys + s.held_out_keys) for s in shards]
+    if fraction is None:  # the whole output is the set
+        shards = [Shard(s.tar_url, (), s.train_keys + s.held_out_keys) for s in shards]
+    elif training:
+        shards = [Shard(s.tar_url, (), s.train_keys) for s in shards]
     samples = list(held_out_samples(shards, storage, limit))
     if not samples:
-        raise ConfigError("--held-out-fraction", "", detail=f"{url}: the evaluation set is empty")
+        which = "training split" if training else "evaluation set"
+        raise ConfigError("--held-out-fraction", "", detail=f"{url}: the {which} is empty")
     keys = [k for k, _, _ in samples]
     latents = torch.from_numpy(np.stack([z for _, z, _ in samples]))
     images = torch.from_numpy(np.stack([x for _, _, x in samples])).permute(0, 3, 1, 2).double() / 255.0
     return keys, latents, images
 
 
-def fit_linear(train_url: str, latent_channels: int, limit: int):
-    """The least-squares linear decoder fitted on (up to `limit`) samples of `train_url`."""
-    from decoders.base import Decoder
-    from decoders.linear import LinearDecoder
+TRAINING_SAMPLES = 4096  # at most this many training samples for the baselines (the linear fit's)
 
-    _, latents, images = load_eval_set(train_url, None, 0, limit)
-    model = LinearDecoder(latent_channels=latent_channels)
-    model.fit(latents, images)
-    return Decoder(model.eval().requires_grad_(False), "linear (least squares)")
+
+def fold_linear_fit(args) -> None:
+    """--linear-fit URL is --train-data URL --baseline linear; baseline names checked."""
+    check_names(args.baseline)
+    if not args.linear_fit:
+        return
+    if args.train_data and args.train_data != args.linear_fit:
+        raise ConfigError("--linear-fit", "", detail=f"fits on {args.linear_fit} but --train-data is "
+                          f"{args.train_data}; give one training set")
+    args.train_data = args.linear_fit
+    if "linear" not in args.baseline:
+        args.baseline = [*args.baseline, "linear"]
+
+
+def training_set(args, latents, images) -> TrainingSet | None:
+    """What the baselines are computed from (jobs/eval/baselines.py): --train-data, the input's
+    training split, or (with neither) the evaluated samples; None when no baseline needs one."""
+    if not args.baseline:
+        return None
+    if args.train_data:
+        _, z, x = load_eval_set(args.train_data, None, 0, TRAINING_SAMPLES)
+        return TrainingSet(f"{args.train_data} ({len(z)} samples)", z, x)
+    if args.held_out_fraction is not None:
+        _, z, x = load_eval_set(args.input, args.held_out_fraction, args.split_seed, TRAINING_SAMPLES, training=True)
+        return TrainingSet(f"the training split of {args.input} ({len(z)} samples)", z, x)
+    return TrainingSet(f"the evaluated samples themselves ({len(latents)}; no --train-data or --held-out-fraction)",
+                       latents, images, is_eval_set=True)
 
 
 def decode_timed(decoder, latents: torch.Tensor, batch: int) -> tuple[torch.Tensor, float]:
@@ -77,7 +104,8 @@ def evaluate(decoders_: list, reference, keys, latents, images, lpips, batch: in
         decoded, seconds = (ref_images, ref_time) if decoder is reference else decode_timed(decoder, latents, batch)
         outputs[decoder.name] = decoded
         row = {"decoder": decoder.name, "is_reference": decoder is reference, "parameters": decoder.num_parameters(),
-               "flops_per_image": count_flops_per_image(decoder, latents), "seconds_per_image": seconds}
+               "flops_per_image": count_flops_per_image(decoder, latents), "seconds_per_image": seconds,
+               **output_looks(decoded)}
         for against, target in (("original", images), ("reference", ref_images)):
             for metric, values in score(target, decoded, lpips).items():
                 row[f"{metric}_vs_{against}"] = sum(values) / len(values)
@@ -94,6 +122,7 @@ def render_markdown(result: dict) -> str:
     head = ["decoder", *columns, "ms / image", "params (M)", "GFLOP / image"]
     lines = [f"# Decoder evaluation: {result['samples']} samples at {result['image_size'][0]}x{result['image_size'][1]} "
              f"on {result['device']}", "", f"LPIPS: {result['lpips']}", "",
+             *([f"Baselines computed from: {result['baselines_from']}", ""] if result.get("baselines_from") else []),
              "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for row in result["rows"]:
         name = row["decoder"] + (" (reference)" if row["is_reference"] else "")
@@ -125,6 +154,7 @@ def render_terminal(result: dict, out_url: str) -> str:
         f"decoder evaluation: {result['samples']} samples at {size[0]}x{size[1]} on {result['device']}",
         *plain_table(head, rows),
         *wrapped(f"LPIPS: {result['lpips']}"),
+        *(wrapped(f"baselines from: {result['baselines_from']}") if result.get("baselines_from") else []),
         *wrapped(f"every column: {out_url.rstrip('/')}/eval.md (and eval.json, grid.png)"),
     ])
 
@@ -141,7 +171,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decoder", action="append", default=[], help="a decoder name or checkpoint (repeatable)")
     parser.add_argument("--model", help="the model whose VAE is the reference decoder (default: the input's)")
     parser.add_argument("--linear-fit", metavar="TRAIN_URL", help="also fit and evaluate the least-squares linear "
-                        "decoder on this encode output")
+                        "decoder on this encode output (the same as --train-data TRAIN_URL --baseline linear)")
+    parser.add_argument("--baseline", action="append", default=[], help="a baseline row (repeatable): grey, "
+                        "mean-colour, linear, untrained:ARCH")
+    parser.add_argument("--train-data", metavar="TRAIN_URL", help="the encode output the baselines are computed "
+                        "from (default: the input's training split with --held-out-fraction)")
     parser.add_argument("--held-out-fraction", type=float, help="evaluate only this held-out split (as in training); "
                         "default: every sample of INPUT")
     parser.add_argument("--split-seed", type=int, default=0)
@@ -153,8 +187,9 @@ def main(argv: list[str] | None = None) -> int:
                         "features) for a Fréchet distance, e.g. your I3D for FVD")
     parser.add_argument("--out", required=True, help="where eval.json, eval.md and grid.png go (any fsspec URL)")
     args = parser.parse_args(argv)
-    if not args.decoder and not args.linear_fit:
-        raise ConfigError("--decoder", "", detail="give at least one --decoder (or --linear-fit)")
+    if not args.decoder and not args.linear_fit and not args.baseline:
+        raise ConfigError("--decoder", "", detail="give at least one --decoder (or --baseline, --linear-fit)")
+    fold_linear_fit(args)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     job = OutputLayout(args.input).read_job()
     args.model = args.model or (job or {}).get("spec", {}).get("model", {}).get("reference") or "tiny"
@@ -169,8 +204,9 @@ def main(argv: list[str] | None = None) -> int:
             chosen.append(decoders.load(name, device=device))
         except (ValueError, FileNotFoundError) as exc:
             raise ConfigError("--decoder", "", detail=str(exc)) from None
-    if args.linear_fit:
-        chosen.append(fit_linear(args.linear_fit, latents.shape[1], 4096).to(device))
+    training = training_set(args, latents, images)
+    upscale = images.shape[-1] // latents.shape[-1]
+    chosen += [b.to(device) for b in baseline_decoders(args.baseline, training, latents.shape[1], upscale)]
     for decoder in chosen:
         if decoder.latent_channels != latents.shape[1]:
             raise ConfigError("--decoder", "", detail=f"{decoder.name} decodes {decoder.latent_channels}-channel "
@@ -180,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     except LPIPSWeightsMissing:  # said once, on the table's LPIPS line (lpips_status)
         lpips = None
     result = evaluate(chosen, reference, keys, latents, images, lpips, args.batch_size)
+    if training is not None:
+        result["baselines_from"] = training.description
     outputs = result.pop("_outputs")
     write_files(args.out, result, render_markdown(result), render_grid([("original", images), *outputs.items()]))
     print(render_terminal(result, args.out))

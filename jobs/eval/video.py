@@ -133,8 +133,10 @@ def run(args, device: str) -> int:
     from pipelines.config import MODEL_VIDEO_VAE
     from pipelines.stages.video import load_video_decoder
 
-    if args.linear_fit:
-        raise ConfigError("--linear-fit", "", detail="the linear decoder is fitted on images; this is a video output")
+    if args.linear_fit or args.baseline:
+        # Video eval compares against the reference decode (the clips have no originals to score against).
+        raise ConfigError("--linear-fit" if args.linear_fit else "--baseline", "", detail="baselines are computed "
+                          "from training images; this is a video output (compared against its reference decode)")
     keys, latents = load_clip_latents(args.input, args.samples)
     features = load_feature_network(args.video_features)
     if features is not None and len(keys) < 2:

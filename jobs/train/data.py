@@ -120,6 +120,13 @@ def latent_statistics(shards: list[Shard], storage, limit: int = 256) -> tuple[f
     return float(stacked.mean()), float(stacked.std())
 
 
+def normalising_scaling(mean: float, std: float) -> dict:
+    """A decoder's scaling_factor and shift_factor that bring latents of this mean and standard
+    deviation to mean 0, std 1 at its first layer (Decoder.to_decoder_space divides by the one and
+    adds the other)."""
+    return {"scaling_factor": float(f"{std:.6g}"), "shift_factor": float(f"{-mean / std:.6g}")}
+
+
 def first_sample(shards: list[Shard], storage) -> tuple[str, np.ndarray, np.ndarray]:
     """(key, latents, image) of the first training sample, to check the data before training."""
     shard = next((s for s in shards if s.train_keys), None)

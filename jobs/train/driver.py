@@ -29,7 +29,7 @@ import time
 import uuid
 
 from jobs.train.checkpoint import DECODER_DIR, public_config
-from jobs.train.data import first_sample, latent_statistics, scan
+from jobs.train.data import first_sample, latent_statistics, normalising_scaling, scan
 from jobs.train.progress import TrainDisplay
 from jobs.train.spec import TrainDecoderSpec
 from pipelines.errors import ConfigError
@@ -110,7 +110,7 @@ def _latent_scaling(spec: TrainDecoderSpec, shards) -> dict:
     if not std > 0:
         raise ConfigError("data.urls", "", detail=f"the training latents are constant ({mean}): nothing to learn from; "
                           "set normalize_latents: false to train on them anyway")
-    return {"scaling_factor": float(f"{std:.6g}"), "shift_factor": float(f"{-mean / std:.6g}")}
+    return normalising_scaling(mean, std)
 
 
 def _storage(spec: TrainDecoderSpec):
