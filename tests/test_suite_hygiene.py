@@ -5,9 +5,11 @@ test's processes are ended, and a stuck test times out with its stack instead of
 from __future__ import annotations
 
 import json
+import os
 
 import psutil
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INNER_TESTS = '''
 import json, os, subprocess, sys, time
 
@@ -67,6 +69,8 @@ def test_a_stuck_test(processes):
 def test_leftovers_are_ended_and_a_stuck_test_fails_with_its_stack(pytester, tmp_path, monkeypatch):
     record = tmp_path / "pids.json"
     monkeypatch.setenv("HYGIENE_RECORD", str(record))
+    # The inner session runs in a temporary folder: it finds `tests.conftest` through the repository root.
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])))
     pytester.makepyfile(test_inner=INNER_TESTS)
     result = pytester.runpytest_subprocess("-p", "tests.conftest", "-p", "no:cacheprovider", "-q", timeout=300)
     output = result.stdout.str()

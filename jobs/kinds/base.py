@@ -61,7 +61,8 @@ class JobKind:
 def shard_pipeline(spec, plan, stages: list[StageDef], faults: tuple[Fault, ...], sample_metadata: dict,
                    units: Units, weights: dict, gpus: int | None = None) -> Pipeline:
     """The `Pipeline` of a kind that writes shards: its stages, then the engine's write step."""
-    if is_random_model(spec.model.reference):
+    model = getattr(spec, "model", None)  # a kind may have no model (the tests' toy kind computes squares)
+    if model is not None and is_random_model(model.reference):
         sample_metadata = {**sample_metadata, "weights": NOISE_NOTE}  # every sample says it is noise
     return Pipeline(
         name=spec.name, kind=spec.kind, plan=plan, stages=tuple(stages), output=spec.output, write=spec.stages.write,

@@ -155,10 +155,10 @@ def _not_removable(spec, url: str, fs, verify_output) -> str | None:
 def _is_latentmill_file(relpath: str) -> bool:
     """A file a latentmill job writes under its output (see pipelines/sinks/layout.py)."""
     from pipelines.observe.report import REPORT_JSON, REPORT_MD, REPORT_PNG, RUNS_DIR
-    from pipelines.sinks.layout import INDEX_FILE, JOB_FILE, MARKER_SUFFIX, PLAN_FILE, SHARD_DIR
+    from pipelines.sinks.layout import MARKER_SUFFIX, SHARD_DIR, TOP_FILES
     from pipelines.sinks.lease import LEASE_DIR
 
-    if relpath in (JOB_FILE, PLAN_FILE, INDEX_FILE, REPORT_JSON, REPORT_MD, REPORT_PNG):
+    if relpath in (*TOP_FILES, REPORT_JSON, REPORT_MD, REPORT_PNG):
         return True
     # A shard's tar and manifest (repairs add a revision: 00000.r1.tar), its marker; the lease.
     shard = rf"{SHARD_DIR}/\d+((\.r\d+)?(\.tar|\.parquet)|{re.escape(MARKER_SUFFIX)})"

@@ -45,6 +45,8 @@ PLAN_FILE = "plan.parquet"
 INDEX_FILE = "index.json"
 WIDS_FILE = "wids.json"
 SHARD_DIR = "shards"
+# The files a job writes at the top of its output (shards/, runs/ and the lease folder hold the rest).
+TOP_FILES = (JOB_FILE, PLAN_FILE, INDEX_FILE, WIDS_FILE)
 MARKER_SUFFIX = ".done.json"
 FORMAT_VERSION = 1
 # What every commit marker holds (pipelines/sinks/webdataset_writer.py writes more).
@@ -162,7 +164,7 @@ class OutputLayout:
                 return
         except InvalidJobRecord:
             return  # a latentmill output, damaged: claim() refuses it unless output.mode is overwrite
-        ours = (JOB_FILE, PLAN_FILE, INDEX_FILE, WIDS_FILE, SHARD_DIR, LEASE_DIR)
+        ours = (*TOP_FILES, SHARD_DIR, LEASE_DIR)
         foreign = [f for f in self._listing(self.root) if f.split(".tmp-")[0] not in ours]
         if foreign:
             raise OutputConflict(

@@ -49,7 +49,7 @@ def test_bench_json_reports_counts_without_timing(capsys):
     assert by_name["svd-vae"]["frames"] == 2 and by_name["tae-temporal"]["baseline"] == "svd-vae"
 
 
-def test_bench_times_a_decoder_and_prints_a_table(capsys):
+def test_bench_times_a_decoder_and_prints_a_table(capsys, tmp_path):
     argv = ["--decoders", "taesd,effvit", "--sizes", "64", "--repeats", "2", "--warmup", "1", "--in-process"]
     assert bench.main(argv + ["--json"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
@@ -58,9 +58,13 @@ def test_bench_times_a_decoder_and_prints_a_table(capsys):
         assert r["repeats"] == 2 and r["warmup"] == 1 and 0 < r["min_s"] <= r["median_s"] <= r["max_s"]
         assert r["device"] == "cpu" and r["compute_dtype"] == "float32" and "peak_mem_mb" in r
         assert r["speedup"] is None  # the baseline was not run
-    assert bench.main(argv) == 0
+    markdown = tmp_path / "bench.md"
+    assert bench.main(argv + ["--markdown", str(markdown)]) == 0
     out = capsys.readouterr().out
-    assert "| taesd | cpu | float32 | 64x64 |" in out and "machine:" in out
+    # The terminal gets a narrow table; the Markdown file every column.
+    assert any(line.split()[:4] == ["taesd", "cpu", "float32", "64"] for line in out.splitlines()), out
+    assert "machine:" in out and max(len(line) for line in out.splitlines() if str(markdown) not in line) <= 100
+    assert "| taesd | cpu | float32 | 64x64 |" in markdown.read_text()
 
 
 def test_bench_rejects_unknown_decoders():

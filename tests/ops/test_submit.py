@@ -112,7 +112,7 @@ def test_submit_stop_resubmit_logs_verify_and_a_finished_job_is_recognised(clust
     code, logs, _ = cli(capsys, "logs", second, "--address", cluster.address)
     assert code == 0
     assert f"latentmill run spec.yaml --date {DATE}" in logs
-    assert f"long-job: generated {runs[-1]['generated']} samples" in logs
+    assert f"long-job: {runs[-1]['generated']} images generated" in logs
     # The shipped prompt file is what the samples were made from.
     code, status_text, _ = cli(capsys, "status", second, "--address", cluster.address)
     assert "job long-job, date 2026-11-20" in status_text
