@@ -47,6 +47,7 @@ def read_json(path: str) -> dict:
 
 def exists(path: str) -> bool:
     if "://" in path:
+        # lazy: keeps fsspec out of processes that never call this
         import fsspec
 
         fs, p = fsspec.core.url_to_fs(path)
@@ -65,6 +66,7 @@ def safetensors_metadata(path: str) -> dict[str, str]:
 def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     """Tensors of a checkpoint file: safetensors, or a pickle loaded with `weights_only=True`."""
     if path.endswith(SAFE_SUFFIXES):
+        # lazy: keeps safetensors out of processes that never call this
         from safetensors.torch import load as load_safetensors
 
         return load_safetensors(read_bytes(path))

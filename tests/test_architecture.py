@@ -126,3 +126,43 @@ def test_no_switch_on_kinds_outside_their_files():
             if KIND_SWITCH.search(line):
                 switches.append(f"{name}:{number}: {line.strip()}")
     assert switches == []
+
+
+def unexplained_local_imports(source: str) -> list[int]:
+    """Lines of function-local imports with no `# why` comment. A run of adjacent imports shares one
+    comment, on its first import's line or the line above it."""
+    lines = source.splitlines()
+    found = []
+
+    def explained(node) -> bool:
+        return "#" in lines[node.lineno - 1] or lines[node.lineno - 2].strip().startswith("#")
+
+    def visit(body: list) -> None:
+        previous = None
+        for node in body:
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                if not (isinstance(previous, (ast.Import, ast.ImportFrom)) or explained(node)):
+                    found.append(node.lineno)
+            else:
+                for field in ("body", "orelse", "finalbody", "handlers"):
+                    if isinstance(getattr(node, field, None), list):
+                        visit(getattr(node, field))
+            previous = node
+
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            visit(node.body)
+    return sorted(set(found))
+
+
+def test_the_local_import_check_finds_an_unexplained_one():
+    source = "def f():\n    x = 1\n    import torch\n    import ray\n\n\ndef g():\n    # torch: actors only\n    import torch\n"
+    assert unexplained_local_imports(source) == [3]
+
+
+def test_every_function_local_import_says_why():
+    """Function-local imports only keep heavy dependencies (torch, diffusers, ray...) out of processes
+    that never need them, or keep `latentmill`'s start fast; each says which, in a comment."""
+    unexplained = [f"{name}:{line}" for name, path in module_files().items()
+                   for line in unexplained_local_imports(open(path, encoding="utf-8").read())]
+    assert unexplained == []
