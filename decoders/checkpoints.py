@@ -14,6 +14,7 @@ import json
 import os
 import pickle
 
+import fsspec
 import torch
 from torch import nn
 
@@ -30,8 +31,6 @@ class CheckpointMismatchError(ValueError):
 
 def _open(path: str, mode: str = "rb"):
     if "://" in path:
-        import fsspec  # only needed for remote paths
-
         return fsspec.open(path, mode).open()
     return open(path, mode)
 
@@ -47,9 +46,6 @@ def read_json(path: str) -> dict:
 
 def exists(path: str) -> bool:
     if "://" in path:
-        # lazy: keeps fsspec out of processes that never call this
-        import fsspec
-
         fs, p = fsspec.core.url_to_fs(path)
         return fs.exists(p)
     return os.path.exists(path)

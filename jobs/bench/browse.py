@@ -23,6 +23,7 @@ import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
+import fsspec
 import numpy as np
 
 from infra.local_s3 import LocalS3
@@ -112,9 +113,6 @@ def synthetic_pngs() -> list[bytes]:
 
 
 def copy_to_s3(server, url: str) -> tuple[str, list[str]]:
-    # lazy: keeps fsspec out of processes that never call this
-    import fsspec
-
     s3 = fsspec.filesystem("s3", key=server.key, secret=server.secret,
                            client_kwargs={"endpoint_url": server.endpoint, "region_name": "us-east-1"})
     started = time.perf_counter()

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from functools import partial
 
 import torch
+import yaml
 
 import decoders
 from decoders.bench import machine
@@ -232,8 +233,6 @@ E2E_LAYOUTS = {  # name: (GPUs the layout needs, denoise num_gpus, decode num_gp
 
 def e2e_spec(sizes: Sizes, decoder: str, denoise_gpus: float, decode_gpus: float, url: str):
     # lazy: keeps pyarrow, PIL, numpy out of processes that never call this
-    import yaml
-
     from jobs.spec import parse_spec
 
     batch = 2 if sizes.tiny else 8
@@ -317,9 +316,6 @@ def measured_profiles(decode: list[dict], denoise: list[dict], video: list[dict]
 
 
 def write_profiles(path: str, profiles: dict, machine_line: str) -> None:
-    # lazy: keeps yaml out of processes that never call this
-    import yaml
-
     header = (f"# Stage profiles for `latentmill bench scheduler --profiles {path}`, measured by `latentmill bench gpu`\n"
               f"# on {machine_line}, {dt.date.today().isoformat()}: seconds per item on ONE GPU (random full-size\n"
               "# weights, which cost what the trained ones do).\n\n")

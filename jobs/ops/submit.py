@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import fsspec
+import yaml
 
 import decoders
 from decoders.references import is_path
@@ -152,9 +153,6 @@ def submit(spec_path: str, *, address: str | None, overrides: list[str] = (), da
     check_output_for_cluster(spec.output.url)
     with tempfile.TemporaryDirectory(prefix="latentmill-submit-") as workdir:
         _ship_local_files(data, date, workdir)
-        # lazy: keeps yaml out of processes that never call this
-        import yaml
-
         Path(workdir, SPEC_FILE).write_text(yaml.safe_dump(data, sort_keys=False))
         client = connect(address)
         existing = {j.submission_id: str(j.status) for j in client.list_jobs() if j.submission_id}

@@ -28,6 +28,7 @@ import posixpath
 import time
 import uuid
 
+import yaml
 from pyarrow.fs import FSSpecHandler, PyFileSystem
 
 import decoders
@@ -145,9 +146,6 @@ def train_decoder(spec: TrainDecoderSpec, *, progress=True, connect=None, wait: 
 def finished_report(spec: TrainDecoderSpec) -> dict | None:
     """The report of this spec's training where its output holds the finished result (the decoder's
     saved training spec has this spec's identity, and report.json, written last, exists); else None."""
-    # lazy: keeps yaml out of processes that never call this
-    import yaml
-
     fs, root = open_output(spec.output.url, spec.output.storage)
     saved_spec, report = posixpath.join(root, DECODER_DIR, "training_spec.yaml"), posixpath.join(root, "report.json")
     try:
