@@ -253,6 +253,7 @@ class Decoder(nn.Module):
 
     def save_file(self, path: str | os.PathLike) -> None:
         """One self-contained .safetensors file: weights plus config and name in its header."""
+        # lazy: keeps safetensors out of processes that never call this
         from safetensors.torch import save_file
 
         state = {k: v.contiguous() for k, v in self.model.state_dict().items()}

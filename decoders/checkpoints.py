@@ -14,6 +14,7 @@ import json
 import os
 import pickle
 
+import fsspec
 import torch
 from torch import nn
 
@@ -30,8 +31,6 @@ class CheckpointMismatchError(ValueError):
 
 def _open(path: str, mode: str = "rb"):
     if "://" in path:
-        import fsspec  # only needed for remote paths
-
         return fsspec.open(path, mode).open()
     return open(path, mode)
 
@@ -47,8 +46,6 @@ def read_json(path: str) -> dict:
 
 def exists(path: str) -> bool:
     if "://" in path:
-        import fsspec
-
         fs, p = fsspec.core.url_to_fs(path)
         return fs.exists(p)
     return os.path.exists(path)
@@ -65,6 +62,7 @@ def safetensors_metadata(path: str) -> dict[str, str]:
 def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     """Tensors of a checkpoint file: safetensors, or a pickle loaded with `weights_only=True`."""
     if path.endswith(SAFE_SUFFIXES):
+        # lazy: keeps safetensors out of processes that never call this
         from safetensors.torch import load as load_safetensors
 
         return load_safetensors(read_bytes(path))

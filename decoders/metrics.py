@@ -125,6 +125,7 @@ class LPIPS(torch.nn.Module):
         super().__init__()
         path = require_lpips_weights()
         self.verified = _is_published_alexnet(path)
+        # lazy: keeps lpips out of processes that never call this
         import lpips
 
         # lpips's own linear heads ship inside the package; the trunk comes from the cache above.

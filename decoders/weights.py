@@ -39,6 +39,7 @@ def fetch(weights: HubWeights, name: str, random_name: str | None = None) -> str
 
     Downloads into the hub cache when they are not there and the hub is reachable.
     """
+    # lazy: keeps huggingface_hub out of processes that never call this
     from huggingface_hub import constants, hf_hub_download
 
     paths = []

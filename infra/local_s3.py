@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -26,8 +27,8 @@ _POLICY = '{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action":
 
 def _serve(port: int, buckets: list[str], interactive: bool) -> None:
     os.environ["INITIAL_NO_AUTH_ACTION_COUNT"] = str(_SETUP_ACTIONS)  # read when moto is imported
-    import logging
 
+    # lazy: keeps boto3, moto out of processes that never call this
     import boto3
     from moto.server import ThreadedMotoServer
 

@@ -59,6 +59,7 @@ def connect_ray(address: str | None = None, verbose: bool = True) -> None:
 
     `verbose=False` (the command line without --verbose): Ray's own lines (its logger's warnings,
     workers' output, task-retry notices) go to Ray's logs, not to the screen (jobs/ray_logs.py)."""
+    # lazy: keeps ray out of processes that never call this
     import ray
 
     if ray.is_initialized():

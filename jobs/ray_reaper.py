@@ -40,6 +40,7 @@ def start_reaper() -> subprocess.Popen:
 
 
 def watch(driver_pid: int, pipe_fd: int) -> None:
+    # lazy: keeps psutil out of processes that never call this
     import psutil
 
     try:
@@ -62,6 +63,7 @@ def watch(driver_pid: int, pipe_fd: int) -> None:
 def end_all(seen: dict) -> None:
     """SIGTERM to every process still running (the same process: psutil compares start times),
     and to their own children started since, then SIGKILL to those that remain after GRACE_S."""
+    # lazy: keeps psutil out of processes that never call this
     import psutil
 
     alive = [p for p in seen.values() if p.is_running()]

@@ -23,6 +23,7 @@ def webdataset(url: str, storage: StorageConfig | None = None):
 
     Add decoding as usual, e.g. `webdataset(url).compose(wds.decode("pil"))`.
     """
+    # lazy: keeps webdataset out of processes that never call this
     import webdataset as wds
 
     options = storage_options(url, storage)
@@ -32,6 +33,7 @@ def webdataset(url: str, storage: StorageConfig | None = None):
             with fsspec.open(shard["url"], "rb", **options) as stream:
                 yield {**shard, "stream": stream}
 
+    # lazy: keeps webdataset out of processes that never call this
     from webdataset.tariterators import group_by_keys, tar_file_expander
 
     return wds.DataPipeline(wds.SimpleShardList(shard_urls(url, storage)), open_with_fsspec, tar_file_expander, group_by_keys)
@@ -39,6 +41,7 @@ def webdataset(url: str, storage: StorageConfig | None = None):
 
 def ray_dataset(url: str, storage: StorageConfig | None = None, **read_options):
     """`ray.data.read_webdataset` over the committed shards, through an fsspec filesystem."""
+    # lazy: keeps ray out of processes that never call this
     import ray
 
     paths = [fsspec.core.split_protocol(u)[1] for u in shard_urls(url, storage)]

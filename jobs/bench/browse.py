@@ -23,7 +23,10 @@ import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
+import fsspec
 import numpy as np
+
+from infra.local_s3 import LocalS3
 
 CONNECTIONS = 6  # what a browser opens to one host
 IMAGES = 64  # distinct synthetic images, cycled
@@ -41,8 +44,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.where in ("local", "both"):
         rows.append(("local disk", args.samples, *measure(url, [], key_of(args.samples))))
     if args.where in ("s3", "both"):
-        from infra.local_s3 import LocalS3
-
         server = LocalS3(buckets=("latentmill",))
         try:
             s3_url, flags = copy_to_s3(server, url)
@@ -55,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def synthesise(url: str, samples: int, per_shard: int) -> str:
     """A generate output of `samples` small PNGs written by the real writer (reused when complete)."""
+    # lazy: keeps pyarrow, PIL out of processes that never call this
     from jobs.local import pipeline_for
     from jobs.spec import parse_spec
     from pipelines.sinks.layout import OutputLayout
@@ -96,6 +98,7 @@ def bench_spec(url: str, samples: int, per_shard: int) -> dict:
 
 def synthetic_pngs() -> list[bytes]:
     """Smooth colour pictures (PNG compresses them as it would a photo, not as a flat colour)."""
+    # lazy: keeps PIL out of processes that never call this
     from PIL import Image
 
     y, x = np.mgrid[0:64, 0:64]
@@ -110,8 +113,6 @@ def synthetic_pngs() -> list[bytes]:
 
 
 def copy_to_s3(server, url: str) -> tuple[str, list[str]]:
-    import fsspec
-
     s3 = fsspec.filesystem("s3", key=server.key, secret=server.secret,
                            client_kwargs={"endpoint_url": server.endpoint, "region_name": "us-east-1"})
     started = time.perf_counter()

@@ -28,6 +28,11 @@ from dataclasses import dataclass
 from functools import partial
 
 import torch
+import yaml
+
+import decoders
+from decoders.bench import machine
+from pipelines.stages.gpu_settings import configure_backends, prepare
 
 MARK_START, MARK_END = "<!-- bench-gpu:start -->", "<!-- bench-gpu:end -->"
 LIGHT_DECODERS = ("taesd", "tae-192", "effvit", "lean")  # taesd: the architecture taesdxl's weights fit
@@ -114,8 +119,6 @@ def decoder_rows(sizes: Sizes) -> list[dict]:
 
 
 def decoder_row(arch: str, size: int, dtype: str, batch: int, sizes: Sizes) -> dict:
-    import decoders
-
     row = {"decoder": arch, "size": size, "dtype": dtype, "batch": batch}
     try:
         dec = decoders.build(f"random:{arch}" + ("-tiny" if sizes.tiny else ""), device=device(),
@@ -142,8 +145,8 @@ def free_cuda() -> None:
 # -- part 2: SDXL denoise ------------------------------------------------------------------------------
 
 def denoise_rows(sizes: Sizes) -> list[dict]:
+    # lazy: keeps fsspec out of processes that never call this
     from pipelines.models.loading import load_denoise_pipeline
-    from pipelines.stages.gpu_settings import configure_backends, prepare
 
     dtype = "float16" if torch.cuda.is_available() else "float32"  # CPUs run fp16 convolutions slowly or not at all
     configure_backends(device())
@@ -171,6 +174,7 @@ def denoise_rows(sizes: Sizes) -> list[dict]:
 # -- part 4: SVD-XT ------------------------------------------------------------------------------------
 
 def video_rows(sizes: Sizes) -> list[dict]:
+    # lazy: keeps PIL out of processes that never call this
     from PIL import Image
 
     from pipelines.models.loading import load_video_pipeline
@@ -197,7 +201,7 @@ def video_rows(sizes: Sizes) -> list[dict]:
 
 
 def video_decode_row(name: str, z: torch.Tensor, denoise_s: float, dtype: str, sizes: Sizes) -> dict:
-    import decoders
+    # lazy: keeps fsspec out of processes that never call this
     from pipelines.models.loading import ensure_tiny_svd, load_model_vae
 
     h, w = sizes.video_size
@@ -228,8 +232,7 @@ E2E_LAYOUTS = {  # name: (GPUs the layout needs, denoise num_gpus, decode num_gp
 
 
 def e2e_spec(sizes: Sizes, decoder: str, denoise_gpus: float, decode_gpus: float, url: str):
-    import yaml
-
+    # lazy: keeps pyarrow, PIL, numpy out of processes that never call this
     from jobs.spec import parse_spec
 
     batch = 2 if sizes.tiny else 8
@@ -250,9 +253,11 @@ def e2e_spec(sizes: Sizes, decoder: str, denoise_gpus: float, decode_gpus: float
 
 def e2e_rows(sizes: Sizes, address: str | None, workdir: str) -> list[dict]:
     try:
+        # lazy: keeps ray out of processes that never call this
         import ray
     except ImportError:
         return [{"layout": "-", "decoder": "-", "skipped": "Ray is not installed here: part 3 needs it"}]
+    # lazy: keeps pyarrow, PIL, numpy out of processes that never call this
     from jobs.local import connect_ray, run_job
 
     connect_ray(address)
@@ -311,8 +316,6 @@ def measured_profiles(decode: list[dict], denoise: list[dict], video: list[dict]
 
 
 def write_profiles(path: str, profiles: dict, machine_line: str) -> None:
-    import yaml
-
     header = (f"# Stage profiles for `latentmill bench scheduler --profiles {path}`, measured by `latentmill bench gpu`\n"
               f"# on {machine_line}, {dt.date.today().isoformat()}: seconds per item on ONE GPU (random full-size\n"
               "# weights, which cost what the trained ones do).\n\n")
@@ -388,8 +391,6 @@ def parse_args(argv):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from decoders.bench import machine
-
     args = parse_args(sys.argv[1:] if argv is None else argv)
     parts = {int(x) for x in args.parts.split(",") if x.strip()}
     sizes = SMOKE if args.smoke else Sizes(tiny=False)

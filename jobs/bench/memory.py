@@ -6,9 +6,14 @@ from __future__ import annotations
 import os
 import resource
 import shutil
+import tempfile
 import time
 
 from jobs.bench.common import WRITE_SLOTS, run_in_child
+from pipelines.inprocess import Done, InProcessPool
+from pipelines.observe.accounting import RunAccounting
+from pipelines.observe.run_report import run_report
+from pipelines.scheduler import ShardQueue, ShardScheduler
 
 
 def instant_stage(last: bool):
@@ -30,8 +35,6 @@ class InstantRuntime:
         return ref.value
 
     def write(self, work):
-        from pipelines.inprocess import Done
-
         keys = sum(len(r.value["keys"]) for r in work.outputs)
         return Done({"shard": work.shard.name, "samples": keys, "failed": 0, "failed_keys": [], "rejected": 0,
                      "tar_bytes": 0, "tar_sha256": "0" * 64, "manifest_sha256": "0" * 64, "write_seconds": 0.01})
@@ -42,14 +45,8 @@ def memory_dry_run(samples: int, batch_size: int, shard: int) -> dict:
     written to index.json (in a temporary folder) as the runner writes it. Returns the peak RSS and
     what it took, with the modules a real driver holds (Ray, pyarrow, the runner) loaded, so the
     baseline is a driver's."""
-    import tempfile
-
     import pipelines.runner  # noqa: F401  (Ray, pyarrow, the sinks: what a driver process has loaded)
-    from pipelines.inprocess import InProcessPool
-    from pipelines.observe.accounting import RunAccounting
-    from pipelines.observe.run_report import run_report
     from pipelines.plan import build_plan
-    from pipelines.scheduler import ShardQueue, ShardScheduler
     from pipelines.sinks.layout import OutputLayout
     from pipelines.sinks.shard_index import ShardIndex
 

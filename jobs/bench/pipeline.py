@@ -25,10 +25,14 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
 
+from PIL import Image
+
+import decoders
 from pipelines.config import MODEL_VAE
 
 DEFAULT_SPEC = """
@@ -66,6 +70,7 @@ def parse_args(argv):
 
 
 def load_bench_spec(args, output_url: str):
+    # lazy: keeps pyarrow, numpy out of processes that never call this
     from jobs.spec import load_spec, parse_spec
 
     overrides = [*args.overrides, f"output.url={output_url}"]
@@ -80,6 +85,7 @@ def actor_threads(num_cpus: float) -> int:
 
 def _timed(fn, batches: list, threads: int) -> tuple[float, list]:
     """Seconds per item over `batches` after one untimed warm-up call; returns outputs too."""
+    # lazy: keeps torch out of processes that never call this
     import torch
 
     torch.set_num_threads(threads)
@@ -95,6 +101,7 @@ def _timed(fn, batches: list, threads: int) -> tuple[float, list]:
 def measure_stages(spec, plan, batches: int, workdir: str, all_cores: int | None = None) -> dict:
     """(a) Each stage alone, in this process, on the threads and device its actor would use; with
     `all_cores`, also on that many threads (per_item_all_cores_s), for the shared-CPU bound."""
+    # lazy: keeps pyarrow, numpy out of processes that never call this
     from jobs.local import pipeline_for
 
     denoise_def, decode_def = pipeline_for(spec, plan).stages
@@ -141,6 +148,7 @@ def measure_stages(spec, plan, batches: int, workdir: str, all_cores: int | None
 
 
 def _writer(spec, workdir, shard, metadata, decoded):
+    # lazy: keeps pyarrow, numpy out of processes that never call this
     from pipelines.sinks.webdataset_writer import write_shard
 
     url = os.path.join(workdir, "write-alone")
@@ -153,6 +161,7 @@ def _writer(spec, workdir, shard, metadata, decoded):
 
 def run_whole_pipeline(spec, address: str | None) -> dict:
     """(b) The whole pipeline on a fresh output."""
+    # lazy: keeps pyarrow, numpy out of processes that never call this
     from jobs.local import run_job
 
     report = run_job(spec, address=address, progress=False)
@@ -170,6 +179,7 @@ def run_whole_pipeline(spec, address: str | None) -> dict:
 
 def run_naive_loop(spec, plan, workdir: str) -> dict:
     """(c) One diffusers call per batch, decoding inside it, PNG files saved; all cores."""
+    # lazy: keeps torch, diffusers out of processes that never call this
     import diffusers
     import torch
 
@@ -184,8 +194,6 @@ def run_naive_loop(spec, plan, workdir: str) -> dict:
         pipe.scheduler = getattr(diffusers, SCHEDULERS[spec.sampler.scheduler]).from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     if spec.decoder != MODEL_VAE:
-        import decoders
-
         decoder = decoders.load(spec.decoder, device=device)
     out = os.path.join(workdir, "naive")
     os.makedirs(out, exist_ok=True)
@@ -203,8 +211,6 @@ def run_naive_loop(spec, plan, workdir: str) -> dict:
         if spec.decoder == MODEL_VAE:
             images = pipe(**kwargs, output_type="pil").images
         else:
-            from PIL import Image
-
             pixels = decoder.decode(pipe(**kwargs, output_type="latent").images.float())
             arrays = (pixels * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
             images = [Image.fromarray(a) for a in arrays]
@@ -233,12 +239,14 @@ def bound_of(stages: dict, shared_cores: int | None) -> dict:
 
 
 def run_bench(args) -> dict:
+    # lazy: keeps pyarrow, numpy out of processes that never call this
     from jobs.local import connect_ray, plan_for
 
     workdir = args.workdir or tempfile.mkdtemp(prefix="latentmill-bench-")
     spec = load_bench_spec(args, os.path.join(workdir, "pipeline"))
     plan = plan_for(spec)
     connect_ray(args.address)
+    # lazy: keeps ray out of processes that never call this
     import ray
 
     gpus = ray.cluster_resources().get("GPU", 0)
@@ -306,8 +314,6 @@ def main(argv=None) -> int:
         return 0
     result = run_bench(args)
     if not args.workdir:
-        import shutil
-
         shutil.rmtree(result["workdir"], ignore_errors=True)
     print(json.dumps(result, indent=2) if args.json else format_table(result))
     return 0

@@ -32,6 +32,8 @@ import os
 import tarfile
 import time
 
+import numpy as np
+
 from jobs.bench.common import STAGE_CPUS, WRITE_CPUS, WRITE_SLOTS, synthetic_kwargs
 from jobs.bench.steady import SinkRecord
 
@@ -42,13 +44,12 @@ class RayDataStage:
     """The same synthetic stage, behind Ray Data's batch format (dicts of columns)."""
 
     def __init__(self, **kwargs):
+        # lazy: keeps PIL out of processes that never call this
         from pipelines.stages.synthetic import SyntheticStage
 
         self.stage = SyntheticStage(**kwargs)
 
     def __call__(self, batch: dict) -> dict:
-        import numpy as np
-
         ids = [int(i) for i in batch["id"]]
         keys = [f"{i:09d}" for i in ids]
         if self.stage.emits == "latents":
@@ -61,6 +62,7 @@ class RayDataStage:
 
 def source(images: int, shard: int, configuration: str):
     """The ids to generate: one block per shard on light read tasks (tuned), or Ray Data's default."""
+    # lazy: keeps ray out of processes that never call this
     import ray.data
 
     if configuration == "defaults":
@@ -90,6 +92,7 @@ def file_events(url: str) -> list[tuple[float, int]]:
 
 
 def run_ray_data(profile: dict, split: dict, url: str, images: int, args, configuration: str = "tuned") -> dict:
+    # lazy: keeps ray out of processes that never call this
     import ray.data
 
     ray.data.DataContext.get_current().enable_progress_bars = False

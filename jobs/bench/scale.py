@@ -18,6 +18,7 @@ import time
 import psutil
 import yaml
 
+from infra.local_s3 import LocalS3
 from jobs.bench.sampling import PeriodicSampler
 
 SCALE_SPEC = {
@@ -68,6 +69,7 @@ class MemorySampler(PeriodicSampler):
 
 
 def run_one(target: str, images: int, url: str, storage: dict | None, exclude: set[int]) -> dict:
+    # lazy: keeps pyarrow, PIL, numpy out of processes that never call this
     from jobs.local import run_job
     from jobs.spec import parse_spec
     from pipelines.verify import verify_output
@@ -106,14 +108,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="one JSON object per run instead of the table")
     args = parser.parse_args(argv)
 
+    # lazy: keeps pyarrow, PIL, numpy out of processes that never call this
     from jobs.local import connect_ray
 
     workdir = args.workdir or tempfile.mkdtemp(prefix="latentmill-bench-scale-")
     server = None
     exclude: set[int] = set()
     if "s3" in args.targets:
-        from infra.local_s3 import LocalS3
-
         server = LocalS3(buckets=("bench",))
         os.environ["LATENTMILL_BENCH_S3_KEY"], os.environ["LATENTMILL_BENCH_S3_SECRET"] = server.key, server.secret
         exclude.add(server.process.pid)

@@ -57,6 +57,8 @@ from jobs.bench.memory import memory_dry_run, memory_table
 from jobs.bench.raydata import CONFIGURATIONS, run_ray_data
 from jobs.bench.sampling import PeriodicSampler
 from jobs.bench.steady import SinkRecord, steady_state, summary
+from pipelines.autoscale import best_split, split_throughput
+from pipelines.scheduler import shards_in_flight
 
 PROFILES_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "profiles.yaml")
 
@@ -98,6 +100,7 @@ class CpuClock(PeriodicSampler):
 
 def synthetic_shard(shard: int, size: int) -> tuple[list, dict]:
     """The planned samples and the last stage's batch of one shard of synthetic output."""
+    # lazy: keeps PIL out of processes that never call this
     from pipelines.stages.synthetic import tiny_png
 
     samples = [{"key": f"{i:09d}", "index": i, "prompt": "synthetic", "seed": i}
@@ -111,6 +114,7 @@ def write_cpu_per_item(profile: dict, workdir: str, shards: int = 3) -> float:
     """CPU seconds the shard writer spends per item on this machine: whole shards of the synthetic
     payload written here with the real writer, timed in CPU time (not wall time, which other
     processes on a loaded machine would inflate)."""
+    # lazy: keeps pyarrow, PIL out of processes that never call this
     from pipelines.sinks.webdataset_writer import write_shard
 
     size = profile["samples_per_shard"]
@@ -127,6 +131,7 @@ def warm_write_workers(profile: dict, workdir: str) -> None:
     """Start Ray's task workers for writes (and their imports) before a run, as a long job has them:
     on a fresh local Ray the first writes of a short run would otherwise wait for worker processes
     and then commit in one burst, which says nothing about the steady state."""
+    # lazy: keeps ray, pyarrow, PIL out of processes that never call this
     import ray
 
     from pipelines.sinks.webdataset_writer import write_shard
@@ -144,6 +149,7 @@ def build_pipeline(profile: dict, split: dict, url: str, images: int, time_scale
                    gpus: int | None = None, gpu_share: float = 1.0):
     """A generate-like pipeline whose stages are synthetic. `split`: actors per stage, or "auto";
     `gpus`: the auto stages' GPU budget; `gpu_share`: each actor's num_gpus."""
+    # lazy: keeps pyarrow, PIL out of processes that never call this
     from pipelines.config import OutputConfig, StageResources, WriteResources
     from pipelines.pipeline import Pipeline, StageDef
     from pipelines.plan import build_plan
@@ -175,6 +181,7 @@ def commit_events(url: str) -> list[tuple[float, int]]:
 
 
 def run_latentmill(profile: dict, split, url: str, images: int, args, gpus: int | None = None) -> dict:
+    # lazy: keeps ray, pyarrow, PIL out of processes that never call this
     from pipelines.runner import run_pipeline
 
     pipeline = build_pipeline(profile, split, url, images, args.time_scale, tuple(args.latent_shape), gpus)
@@ -226,9 +233,8 @@ def converged_rate(report: dict, events: list[tuple[float, int]]) -> float | Non
 
 def run_child(job: dict) -> dict:
     """Runs in a fresh process: a local Ray with `gpus` logical GPUs, then the runs asked for."""
+    # lazy: keeps ray out of processes that never call this
     import ray
-
-    from pipelines.autoscale import best_split, split_throughput
 
     args = argparse.Namespace(**job["args"])
     gpus, profile = job["gpus"], job["profile"]
@@ -299,8 +305,6 @@ def repeated_runs(profile: dict, split: dict, workdir: str, images: int, args, i
 
 def in_flight(profile: dict, split, gpus: int | None) -> int:
     """The shards the engine keeps active for this split (pipelines/scheduler.py)."""
-    from pipelines.scheduler import shards_in_flight
-
     actors = gpus if split == "auto" else sum(split.values())
     first = next(iter(profile["stages"].values()))
     return shards_in_flight(actors, first["batch_size"], profile["samples_per_shard"], WRITE_SLOTS)

@@ -28,14 +28,13 @@ import numpy as np
 
 from jobs.bench.pipeline import DEFAULT_SPEC
 from jobs.bench.steady import summary
+from pipelines.pipeline import stage_class
 
 
 class DenoiseColumns:
     """A latentmill stage behind Ray Data's batch format: columns in, columns out."""
 
     def __init__(self, cls: str, kwargs: dict):
-        from pipelines.pipeline import stage_class
-
         self.stage = stage_class(cls)(**kwargs)
 
     def __call__(self, batch: dict) -> dict:
@@ -52,6 +51,7 @@ class DecodeColumns(DenoiseColumns):
 
 
 def run_ray_data(spec_path: str, images: int, url: str) -> None:
+    # lazy: keeps ray, pyarrow out of processes that never call this
     import ray
     import ray.data
 

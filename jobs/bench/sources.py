@@ -45,6 +45,7 @@ IMPORTS = {"sources": [], "cli": ["jobs.cli", "jobs.local", "jobs.spec"]}
 
 def write_list(directory: str, count: int, fmt: str) -> str:
     """`count` rows: image (relative path), caption, aesthetic (kept as metadata)."""
+    # lazy: keeps pyarrow out of processes that never call this
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -58,6 +59,7 @@ def write_list(directory: str, count: int, fmt: str) -> str:
         "aesthetic": pa.array((i % 100) / 10 for i in range(count)),
     })
     if fmt == "parquet":
+        # lazy: keeps pyarrow out of processes that never call this
         import pyarrow.parquet as pq
 
         pq.write_table(table, path + ".tmp")

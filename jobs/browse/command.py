@@ -12,12 +12,14 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 def browse_command(args, storage: StorageConfig) -> int:
+    # lazy: keeps numpy out of processes that never call this
     from jobs.browse.site import Site
 
     layout = open_job_output(args.output, storage)
     layout.check_reachable()
     site = Site(layout, storage)
     if args.export:
+        # lazy: keeps numpy out of processes that never call this
         from jobs.browse.export import export
 
         site.catalog.wait()
@@ -31,6 +33,7 @@ def browse_command(args, storage: StorageConfig) -> int:
 
 
 def serve(site, host: str, port: int) -> int:
+    # lazy: keeps numpy out of processes that never call this
     from jobs.browse.server import make_server
 
     try:

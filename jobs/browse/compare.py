@@ -13,6 +13,7 @@ from jobs.browse.media import MediaError, load_latents, png_bytes, read_file
 from jobs.kinds import KINDS
 from jobs.kinds.base import Comparison
 from pipelines.config import MODEL_VAE, StorageConfig
+from pipelines.models.decoding import load_decoder
 from pipelines.sample_access import manifest_row
 from pipelines.sinks.layout import OutputLayout
 
@@ -37,8 +38,6 @@ class LatentDecoder:
     def decode_png(self, latents: np.ndarray) -> bytes:
         # torch and diffusers load only when a page asks for a decode: the server starts without them.
         import torch
-
-        from pipelines.models.decoding import load_decoder
 
         with self._lock:
             if self._vae is None:

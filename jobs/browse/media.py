@@ -72,6 +72,7 @@ def thumbnail_from(data: bytes, ext: str, px: int = THUMB_PX) -> bytes:
 
 
 def first_frame(mp4: bytes) -> Image.Image:
+    # lazy: keeps av out of processes that never call this
     import av
 
     with av.open(io.BytesIO(mp4)) as container:

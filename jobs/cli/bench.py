@@ -28,48 +28,56 @@ def add_parser(commands) -> None:
 
 # Each imports its benchmark when it runs: they load torch or Ray, which other commands do not need.
 def _eval(args) -> int:
+    # lazy: keeps torch, pyarrow, numpy out of processes that never call this
     from jobs.eval.images import main
 
     return main(args.rest)
 
 
 def _bench_decoders(args) -> int:
+    # lazy: keeps torch out of processes that never call this
     from decoders.bench import main
 
     return main(args.rest)
 
 
 def _bench_gpu(args) -> int:
+    # lazy: keeps torch out of processes that never call this
     from jobs.bench.gpu import main
 
     return main(args.rest)
 
 
 def _bench_scale(args) -> int:
+    # lazy: keeps psutil out of processes that never call this
     from jobs.bench.scale import main
 
     return main(args.rest)
 
 
 def _bench_sources(args) -> int:
+    # lazy: keeps `latentmill` start fast (first phase line within ~1 s)
     from jobs.bench.sources import main
 
     return main(args.rest)
 
 
 def _bench_pipeline(args) -> int:
+    # lazy: keeps `latentmill` start fast (first phase line within ~1 s)
     from jobs.bench.pipeline import main
 
     return main(args.rest)
 
 
 def _bench_browse(args) -> int:
+    # lazy: keeps numpy out of processes that never call this
     from jobs.bench.browse import main
 
     return main(args.rest)
 
 
 def _bench_scheduler(args) -> int:
+    # lazy: keeps numpy out of processes that never call this
     from jobs.bench.scheduler import main
 
     return main(args.rest)

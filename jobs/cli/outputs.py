@@ -102,6 +102,7 @@ def _report(args) -> int:
 
 
 def _get(args) -> int:
+    # lazy: keeps pyarrow out of processes that never call this
     from pipelines.observe.report import open_job_output
     from pipelines.sample_access import key_file, manifest_row, read_files
 

@@ -79,6 +79,7 @@ def _run_shown(args, display: LiveProgress | None) -> int:
 
 def _print_shard_summary(spec, report: dict) -> int:
     """The run's summary; exit 1 while the output holds failed samples (as `verify` counts them)."""
+    # lazy: keeps pyarrow, numpy out of processes that never call this
     from pipelines.models.random_models import NOISE_NOTE, is_random_model
     from pipelines.verify import failed_samples  # reads the output's index and manifests (pyarrow)
 

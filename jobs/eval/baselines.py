@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
+import decoders
+from decoders.base import Decoder
 from jobs.train.data import normalising_scaling
 from pipelines.errors import ConfigError
 
@@ -52,7 +54,7 @@ def mean_colour(images: torch.Tensor) -> tuple[float, float, float]:
 
 
 def constant_decoder(colour, name: str, latent_channels: int, upscale: int):
-    from decoders.base import Decoder
+    # lazy: keeps diffusers out of processes that never call this
     from decoders.constant import ConstantDecoder
 
     blocks = (3,) * (upscale.bit_length())  # 2 ** (len - 1) == upscale
@@ -62,8 +64,6 @@ def constant_decoder(colour, name: str, latent_channels: int, upscale: int):
 
 def untrained_decoder(arch: str, latents: torch.Tensor, name: str):
     """`arch` with a train-decoder job's initial weights, normalising `latents` as that job would."""
-    import decoders
-
     try:
         decoder = decoders.build(f"random:{arch}", device="cpu")
     except ValueError as exc:
@@ -79,7 +79,7 @@ def untrained_decoder(arch: str, latents: torch.Tensor, name: str):
 
 def baseline_decoders(names: list[str], training: TrainingSet | None, latent_channels: int, upscale: int) -> list:
     """The named baselines as Decoders on the CPU, in the order given."""
-    from decoders.base import Decoder
+    # lazy: keeps diffusers out of processes that never call this
     from decoders.linear import LinearDecoder
 
     chosen = []

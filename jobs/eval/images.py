@@ -19,14 +19,18 @@ import argparse
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
+import decoders
+from decoders.metrics import LPIPS, LPIPSWeightsMissing, lpips_status, score
 from jobs.eval import video as eval_video
 from jobs.eval.baselines import TrainingSet, baseline_decoders, check_names, output_looks
 from jobs.eval.common import format_cell, plain_table, render_grid, wrapped, write_files
 from jobs.eval.video import is_video_output, timed_decode
 from jobs.train.data import Shard, held_out_samples, scan
-from pipelines.config import StorageConfig
+from pipelines.config import MODEL_VAE, StorageConfig
 from pipelines.errors import ConfigError
+from pipelines.models.decoding import load_decoder
 from pipelines.sinks.layout import OutputLayout
 
 
@@ -87,16 +91,12 @@ def decode_timed(decoder, latents: torch.Tensor, batch: int) -> tuple[torch.Tens
 
 
 def count_flops_per_image(decoder, latents: torch.Tensor) -> int:
-    from torch.utils.flop_counter import FlopCounterMode
-
     with FlopCounterMode(display=False) as counter:
         decoder.decode(latents[:1])
     return int(counter.get_total_flops())
 
 
 def evaluate(decoders_: list, reference, keys, latents, images, lpips, batch: int = 8) -> dict:
-    from decoders.metrics import lpips_status, score
-
     ref_images, ref_time = decode_timed(reference, latents, batch)
     rows = []
     outputs = {}
@@ -161,11 +161,6 @@ def render_terminal(result: dict, out_url: str) -> str:
 
 @torch.no_grad()  # not torch.set_grad_enabled(False): a caller in the same process (tests) trains after
 def main(argv: list[str] | None = None) -> int:
-    import decoders
-    from decoders.metrics import LPIPS, LPIPSWeightsMissing
-    from pipelines.config import MODEL_VAE
-    from pipelines.models.decoding import load_decoder
-
     parser = argparse.ArgumentParser(prog="latentmill eval", description=__doc__.splitlines()[0])
     parser.add_argument("input", help="an encode output (latents + images), or a video output that kept its latents")
     parser.add_argument("--decoder", action="append", default=[], help="a decoder name or checkpoint (repeatable)")

@@ -20,8 +20,14 @@ import time
 import numpy as np
 import torch
 
+import decoders
+from decoders.metrics import LPIPS, LPIPSWeightsMissing, lpips_status
+from decoders.video_metrics import compare_videos
 from jobs.eval.common import format_cell, plain_table, render_grid, wrapped, write_files
+from pipelines.config import MODEL_VIDEO_VAE
 from pipelines.errors import ConfigError
+from pipelines.readers import webdataset
+from pipelines.stages.video import load_video_decoder
 
 FRECHET_MISSING = ("not computed: FVD needs a video feature network (I3D trained on Kinetics), whose weights "
                    "latentmill does not ship or download; pass --video-features MODULE:CALLABLE, a function "
@@ -34,8 +40,6 @@ def is_video_output(job: dict | None) -> bool:
 
 def load_clip_latents(url: str, limit: int) -> tuple[list[str], torch.Tensor]:
     """(keys, latents (B, F, C, h, w)) of the first `limit` clips, in shard order."""
-    from pipelines.readers import webdataset
-
     keys, latents = [], []
     for sample in webdataset(url):
         if "latent.npy" not in sample:
@@ -85,9 +89,6 @@ def decode_timed(decoder, latents: torch.Tensor, chunk_frames: int | None) -> tu
 
 def evaluate_video(decoders_: list, reference, keys, latents, lpips, features, features_name,
                    chunk_frames: int | None) -> dict:
-    from decoders.metrics import lpips_status
-    from decoders.video_metrics import compare_videos
-
     perceptual = {}
     if lpips is not None:  # values from unverified trunk weights never carry the name LPIPS
         perceptual["lpips" if lpips.verified else "lpips_test_only"] = lambda a, b: lpips(b, a)
@@ -128,11 +129,6 @@ def render_markdown(result: dict) -> str:
 
 def run(args, device: str) -> int:
     """The video branch of `latentmill eval` (jobs/eval/images.py parses the arguments)."""
-    import decoders
-    from decoders.metrics import LPIPS, LPIPSWeightsMissing
-    from pipelines.config import MODEL_VIDEO_VAE
-    from pipelines.stages.video import load_video_decoder
-
     if args.linear_fit or args.baseline:
         # Video eval compares against the reference decode (the clips have no originals to score against).
         raise ConfigError("--linear-fit" if args.linear_fit else "--baseline", "", detail="baselines are computed "

@@ -42,6 +42,7 @@ CRON_FIELD = re.compile(r"^[\d*/,\-A-Za-z?]+$")
 
 def render(spec_path: str, image: str, schedule: str | None = None, overrides: list[str] = ()) -> dict[str, dict]:
     """file name -> manifest, each validated against its schema."""
+    # lazy: keeps pyarrow, PIL, numpy out of processes that never call this
     from jobs.ops.submit import check_output_for_cluster
     from jobs.spec import load_spec, read_spec_text, spec_data
 
@@ -206,6 +207,7 @@ def _ray(kind: str, name: str, spec: dict) -> dict:
 
 def _ship_prompts(data: dict, files: dict) -> None:
     """A local prompt file goes into the ConfigMap; decoder checkpoints must be on shared storage."""
+    # lazy: keeps fsspec out of processes that never call this
     from jobs.ops.submit import is_local
 
     prompts = data.get("prompts")

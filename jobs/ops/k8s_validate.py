@@ -87,6 +87,7 @@ def core_schema(kind: str) -> dict:
 
 def validate_manifest(manifest, source: str = "<manifest>") -> list[str]:
     """Every schema error of one manifest, as 'source: Kind/name: field.path: problem' lines."""
+    # lazy: keeps jsonschema out of processes that never call this
     import jsonschema
 
     if not isinstance(manifest, dict):

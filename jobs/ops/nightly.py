@@ -59,6 +59,7 @@ def run_with_upkeep(spec, run: Callable[[], dict]) -> dict:
 
 
 def _verify_and_publish(spec) -> dict:
+    # lazy: keeps pyarrow, PIL, numpy out of processes that never call this
     from pipelines.verify import verify_output
 
     result = verify_output(spec.output.url, spec.output.storage)
@@ -77,6 +78,7 @@ def _run_counts(report: dict) -> dict:
 
 
 def _publish(spec, result: dict) -> dict:
+    # lazy: keeps pyarrow, PIL out of processes that never call this
     from pipelines.sinks.storage import open_output, write_json
 
     outputs = DatedOutputs(spec.run_date.output_template)
@@ -113,6 +115,7 @@ def apply_retention(spec, outputs: DatedOutputs, fs, root_path: str) -> tuple[li
     Returns (removed urls, urls kept although old, with why). A candidate is deleted only if its
     latentmill.json names this job, it verifies, and it holds only latentmill's files.
     """
+    # lazy: keeps pyarrow, PIL, numpy out of processes that never call this
     from pipelines.verify import verify_output
 
     today = spec.run_date.date
@@ -132,6 +135,7 @@ def apply_retention(spec, outputs: DatedOutputs, fs, root_path: str) -> tuple[li
 
 
 def _not_removable(spec, url: str, fs, verify_output) -> str | None:
+    # lazy: keeps pyarrow, PIL out of processes that never call this
     from pipelines.sinks.layout import OutputLayout
 
     try:
@@ -154,6 +158,7 @@ def _not_removable(spec, url: str, fs, verify_output) -> str | None:
 
 def _is_latentmill_file(relpath: str) -> bool:
     """A file a latentmill job writes under its output (see pipelines/sinks/layout.py)."""
+    # lazy: keeps pyarrow, PIL out of processes that never call this
     from pipelines.observe.report import REPORT_JSON, REPORT_MD, REPORT_PNG, RUNS_DIR
     from pipelines.sinks.layout import MARKER_SUFFIX, SHARD_DIR, TOP_FILES
     from pipelines.sinks.lease import LEASE_DIR

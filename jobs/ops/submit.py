@@ -25,7 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import fsspec
+import yaml
 
+import decoders
+from decoders.references import is_path
+from jobs.dates import PLACEHOLDER, parse_date
 from jobs.ops.entrypoint import job_entrypoint
 from pipelines.errors import ConfigError, LatentmillError
 
@@ -70,6 +74,7 @@ def _auth_headers() -> dict[str, str]:
 
 def connect(address: str | None):
     """A JobSubmissionClient for the cluster, or a clear error within CONNECT_TIMEOUT_S."""
+    # lazy: keeps requests out of processes that never call this
     import requests
 
     url = cluster_address(address)
@@ -88,6 +93,7 @@ def connect(address: str | None):
         )
     if response.status_code != 200:
         raise ClusterError(f"{url} is not a Ray dashboard with the Jobs API (GET /api/version: {response.status_code})")
+    # lazy: keeps ray out of processes that never call this
     from ray.job_submission import JobSubmissionClient
 
     try:
@@ -137,7 +143,7 @@ def next_attempt(base: str, existing: dict[str, str], again: bool) -> tuple[str,
 
 def submit(spec_path: str, *, address: str | None, overrides: list[str] = (), date: str | None = None,
            again: bool = False) -> Submission:
-    from jobs.dates import parse_date
+    # lazy: keeps pyarrow, PIL, numpy out of processes that never call this
     from jobs.spec import parse_spec, read_spec_text, spec_data
 
     date = parse_date(date)
@@ -147,8 +153,6 @@ def submit(spec_path: str, *, address: str | None, overrides: list[str] = (), da
     check_output_for_cluster(spec.output.url)
     with tempfile.TemporaryDirectory(prefix="latentmill-submit-") as workdir:
         _ship_local_files(data, date, workdir)
-        import yaml
-
         Path(workdir, SPEC_FILE).write_text(yaml.safe_dump(data, sort_keys=False))
         client = connect(address)
         existing = {j.submission_id: str(j.status) for j in client.list_jobs() if j.submission_id}
@@ -183,16 +187,11 @@ def check_output_for_cluster(url: str) -> None:
 
 def _ship_local_files(data: dict, date: str, workdir: str) -> None:
     """Copy local files the spec names into workdir/inputs and point the spec at the copies."""
-    from jobs.dates import PLACEHOLDER
-
     prompts = data.get("prompts")
     if isinstance(prompts, dict) and isinstance(prompts.get("file"), str):
         prompts["file"] = _ship(prompts["file"].replace(PLACEHOLDER, date), "prompts.file", workdir, dirs=False)
     decoder = data.get("decoder")
     if isinstance(decoder, str):
-        import decoders
-        from decoders.references import is_path
-
         if decoder not in decoders.available() and is_path(decoder):
             data["decoder"] = _ship(decoder, "decoder", workdir, dirs=True)
 

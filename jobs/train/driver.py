@@ -28,6 +28,12 @@ import posixpath
 import time
 import uuid
 
+import yaml
+from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+import decoders
+from decoders import ARCHITECTURES
+from decoders.metrics import LPIPSWeightsMissing, require_lpips_weights
 from jobs.train.checkpoint import DECODER_DIR, public_config
 from jobs.train.data import first_sample, latent_statistics, normalising_scaling, scan
 from jobs.train.progress import TrainDisplay
@@ -49,8 +55,6 @@ def run_name(spec: TrainDecoderSpec) -> str:
 
 def decoder_identity(spec: TrainDecoderSpec) -> dict:
     """The class and config of the decoder the spec trains (built on the meta device: no memory)."""
-    import decoders
-
     if spec.init_weights:
         dec = decoders.load(spec.init_weights, device="cpu")
         config = dict(dec.model.config)
@@ -63,15 +67,11 @@ def decoder_identity(spec: TrainDecoderSpec) -> dict:
 
 
 def _architecture_class(spec) -> str:
-    from decoders import ARCHITECTURES
-
     return ARCHITECTURES[spec.architecture].class_name
 
 
 def check_before_training(spec: TrainDecoderSpec) -> dict:
     """Every check that needs no worker; returns what the workers need (shards, decoder identity)."""
-    from decoders.metrics import LPIPSWeightsMissing, require_lpips_weights
-
     shards = scan(spec.data.urls, spec.data.storage, spec.data.held_out_fraction, spec.data.split_seed)
     train = sum(len(s.train_keys) for s in shards)
     held = sum(len(s.held_out_keys) for s in shards)
@@ -115,8 +115,6 @@ def _latent_scaling(spec: TrainDecoderSpec, shards) -> dict:
 
 def _storage(spec: TrainDecoderSpec):
     """(storage_path, storage_filesystem) for Ray Train: local paths as they are, others via fsspec."""
-    from pyarrow.fs import FSSpecHandler, PyFileSystem
-
     fs, root = open_output(spec.checkpoint_url, spec.output.storage)
     if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
         os.makedirs(root, exist_ok=True)
@@ -148,8 +146,6 @@ def train_decoder(spec: TrainDecoderSpec, *, progress=True, connect=None, wait: 
 def finished_report(spec: TrainDecoderSpec) -> dict | None:
     """The report of this spec's training where its output holds the finished result (the decoder's
     saved training spec has this spec's identity, and report.json, written last, exists); else None."""
-    import yaml
-
     fs, root = open_output(spec.output.url, spec.output.storage)
     saved_spec, report = posixpath.join(root, DECODER_DIR, "training_spec.yaml"), posixpath.join(root, "report.json")
     try:
@@ -168,6 +164,7 @@ def _canonical(value) -> str:
 
 
 def _train(spec: TrainDecoderSpec, prepared: dict, progress, connect) -> dict:
+    # lazy: keeps ray out of processes that never call this
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer

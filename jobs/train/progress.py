@@ -66,6 +66,7 @@ class TrainDisplay:
 
     def __enter__(self) -> "TrainDisplay":
         if self.tty:
+            # lazy: keeps rich out of processes that never call this
             from rich.console import Console
             from rich.live import Live
 
@@ -128,6 +129,7 @@ class TrainDisplay:
         return f"{self.label}: step {self.state['step']}/{self.steps} | {self.figures()}"
 
     def _view(self):
+        # lazy: keeps rich out of processes that never call this
         from rich.console import Group
         from rich.progress_bar import ProgressBar
         from rich.table import Table

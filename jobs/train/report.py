@@ -74,9 +74,11 @@ def render_markdown(report: dict) -> str:
 def loss_chart(history: list[dict]) -> bytes:
     """One small panel per loss term, each on its own y axis (log where every value is positive):
     on one shared axis the total hid the pixel term under it and small terms lay flat at zero."""
+    # lazy: keeps matplotlib out of processes that never call this
     import matplotlib
 
     matplotlib.use("Agg")
+    # lazy: keeps matplotlib out of processes that never call this
     from matplotlib.figure import Figure
 
     terms = [t for t in LOSS_TERMS if any(t in h for h in history)]

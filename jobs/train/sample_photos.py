@@ -22,6 +22,7 @@ PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "h
 
 
 def load_photo(name: str) -> np.ndarray:
+    # lazy: keeps skimage out of processes that never call this
     import skimage.data
 
     if name not in PHOTOS:

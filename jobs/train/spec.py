@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
+from decoders import ARCHITECTURES
 from pipelines.config import ModelConfig, StorageConfig, require
 
 
@@ -148,8 +149,6 @@ class TrainDecoderSpec:
     progress_every_s: float = 10.0
 
     def __post_init__(self):
-        from decoders import ARCHITECTURES
-
         require(bool(self.name.strip()), "name", "a non-empty name", self.name)
         require(self.architecture in ARCHITECTURES, "architecture", "one of " + ", ".join(ARCHITECTURES),
                 self.architecture)

@@ -8,13 +8,20 @@ import posixpath
 import time
 
 import torch
+import yaml
 
+import decoders
+from decoders.base import Decoder
+from decoders.metrics import LPIPS, LPIPSWeightsMissing, lpips_status, score
+from decoders.training import DecoderTrainer, PatchDiscriminator, TrainableDecoder, TrainSettings
 from jobs.schema import build as build_spec
 from jobs.train.checkpoint import DECODER_DIR, STATE_JSON, STATE_TENSORS, same_decoder, temporary_dir, write_tree
 from jobs.train.data import batches, held_out_samples, shards_from, units, worker_stream
 from jobs.train.progress import tell
 from jobs.train.report import write_report
 from jobs.train.spec import TrainDecoderSpec
+from pipelines.config import MODEL_VAE
+from pipelines.models.decoding import load_decoder
 from pipelines.worker_setup import collector_paused
 
 TELL_EVERY_S = 0.5  # how often rank 0 tells the driver its step (a queue put, not a print)
@@ -25,6 +32,7 @@ def _spec(config: dict) -> TrainDecoderSpec:
 
 
 def _device(use_gpu: bool) -> torch.device:
+    # lazy: keeps ray out of processes that never call this
     import ray.train.torch
 
     return ray.train.torch.get_device() if use_gpu and torch.cuda.is_available() else torch.device("cpu")
@@ -37,8 +45,6 @@ def _precision(spec: TrainDecoderSpec, device: torch.device) -> str:
 
 
 def _decoder(spec: TrainDecoderSpec, latent_scaling: dict):
-    import decoders
-
     if spec.init_weights:
         return decoders.load(spec.init_weights, device="cpu")
     decoder = decoders.build(spec.architecture, tiny=spec.tiny, seed=spec.seed, device="cpu")
@@ -47,17 +53,13 @@ def _decoder(spec: TrainDecoderSpec, latent_scaling: dict):
 
 
 def _reference_decoder(spec: TrainDecoderSpec, device):
-    from pipelines.config import MODEL_VAE
-    from pipelines.models.decoding import load_decoder
-
     return load_decoder(MODEL_VAE, spec.model.reference, str(device), spec.model.dtype)
 
 
 def train_loop(config: dict) -> None:
+    # lazy: keeps ray out of processes that never call this
     import ray.train
     import ray.train.torch
-
-    from decoders.training import DecoderTrainer, PatchDiscriminator, TrainableDecoder, TrainSettings
 
     spec = _spec(config)
     ctx = ray.train.get_context()
@@ -77,8 +79,6 @@ def train_loop(config: dict) -> None:
         discriminator = ray.train.torch.prepare_model(PatchDiscriminator(), move_to_device=device)
     lpips = None
     if loss.lpips_weight > 0:
-        from decoders.metrics import LPIPS
-
         lpips = LPIPS().to(device)
     o = spec.optim
     settings = TrainSettings(
@@ -123,6 +123,7 @@ def train_loop(config: dict) -> None:
 
 def _restore(trainer, history: list, identity: dict) -> int | None:
     """Load the latest checkpoint of this run, if any (a restarted worker group or a rerun driver)."""
+    # lazy: keeps ray out of processes that never call this
     import ray.train
     from safetensors.torch import load_file
 
@@ -141,6 +142,7 @@ def _restore(trainer, history: list, identity: dict) -> int | None:
 
 def _checkpoint(trainer, history: list, identity: dict, rank: int, metrics: dict) -> None:
     """Rank 0 saves the state; every rank reports (Ray Train's report is a collective)."""
+    # lazy: keeps ray out of processes that never call this
     import ray.train
     from safetensors.torch import save_file
 
@@ -158,11 +160,6 @@ def _checkpoint(trainer, history: list, identity: dict, rank: int, metrics: dict
 
 def _finish(spec, config, trainer, decoder, history, resumed_from, device) -> None:
     """Rank 0: the final decoder (EMA weights if on), held-out metrics, spec and report, to the output."""
-    import yaml
-
-    from decoders.base import Decoder
-    from decoders.metrics import LPIPS, LPIPSWeightsMissing
-
     model = trainer.final_model().model.eval().requires_grad_(False)
     final = Decoder(model, f"trained:{spec.architecture}")
     lpips = None
@@ -183,8 +180,6 @@ def _finish(spec, config, trainer, decoder, history, resumed_from, device) -> No
 
 
 def _held_out_metrics(spec, config, decoder, lpips) -> dict:
-    from decoders.metrics import lpips_status, score
-
     shards = shards_from(config["prepared"]["shards"])
     scores: dict[str, list] = {}
     count = 0

@@ -22,6 +22,7 @@ import posixpath
 import fsspec
 
 from decoders.references import is_path as is_path_reference
+from decoders.registry import lookup
 from pipelines.errors import ConfigError
 from pipelines.models.loading import TINY_REFERENCE, TINY_VERSION, cache_dir, remote_version
 from pipelines.models.random_models import RANDOM_VERSION, is_random_model
@@ -42,8 +43,6 @@ def model_fingerprint(reference: str) -> dict:
 def decoder_fingerprint(decoder: str) -> dict:
     """`sdxl-vae` is the model's own VAE (covered by the model's fingerprint); a registered name
     means its published repository; a random build comes from code."""
-    from decoders.registry import lookup
-
     if decoder in ("sdxl-vae", "svd-vae"):  # in a job spec: the model's own (image or video) VAE
         return {"model_vae": True}
     entry = lookup(decoder)
@@ -110,11 +109,13 @@ class _HashCache:
 def hub_revision(repo_id: str, field: str, revision: str = "main") -> str:
     """The commit sha `repo_id` resolves to: asked of the hub, else read from the local HF cache."""
     try:
+        # lazy: keeps huggingface_hub out of processes that never call this
         from huggingface_hub import HfApi
 
         return HfApi().model_info(repo_id, revision=revision, timeout=10).sha
     except Exception:  # offline or unreachable: the local cache says what from_pretrained will load
         pass
+    # lazy: keeps huggingface_hub out of processes that never call this
     from huggingface_hub import constants
 
     ref = os.path.join(constants.HF_HUB_CACHE, f"models--{repo_id.replace('/', '--')}", "refs", revision)

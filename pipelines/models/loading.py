@@ -16,6 +16,7 @@ from pathlib import Path
 
 import fsspec
 
+import decoders
 from decoders import references
 from pipelines.models.random_models import RANDOM_SDXL, RANDOM_SVD_XT, is_random_model
 
@@ -34,9 +35,8 @@ SCHEDULERS = {
 def load_model_vae(reference: str, device: str, dtype: str, tiny=None):
     """The model's own VAE as a `decoders.Decoder`: built for a random model, else its `vae` folder.
     `tiny`: the function that saves the family's built-in tiny model (default: tiny SDXL)."""
-    import decoders
-
     if is_random_model(reference):
+        # lazy: keeps torch out of processes that never call this
         from pipelines.models.random_build import random_vae
 
         return random_vae(reference, device, torch_dtype(dtype))
@@ -63,6 +63,7 @@ def resolve_reference(reference: str, tiny=None) -> str:
 
 
 def ensure_tiny_sdxl() -> Path:
+    # lazy: keeps torch out of processes that never call this
     from pipelines.models.tiny_sdxl import build_tiny_sdxl_pipeline
 
     return ensure_saved(TINY_VERSION, build_tiny_sdxl_pipeline)
@@ -112,6 +113,7 @@ def remote_version(info: dict) -> str:
 
 
 def torch_dtype(name: str):
+    # lazy: keeps torch out of processes that never call this
     import torch
 
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
@@ -120,6 +122,7 @@ def torch_dtype(name: str):
 def load_denoise_pipeline(reference: str, dtype: str, scheduler: str, device: str = "cpu"):
     """An SDXL pipeline without its VAE: the decode stage owns decoding, on its own devices.
     `random:sdxl` is built on `device` directly; other references load on the CPU (move them)."""
+    # lazy: keeps diffusers, transformers out of processes that never call this
     import diffusers
     import transformers
 
@@ -127,6 +130,7 @@ def load_denoise_pipeline(reference: str, dtype: str, scheduler: str, device: st
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
     if reference == RANDOM_SDXL:
+        # lazy: keeps torch out of processes that never call this
         from pipelines.models.random_build import build_random_sdxl
 
         pipe = build_random_sdxl(device, torch_dtype(dtype), with_vae=False)
@@ -142,6 +146,7 @@ def load_denoise_pipeline(reference: str, dtype: str, scheduler: str, device: st
 
 
 def ensure_tiny_svd() -> Path:
+    # lazy: keeps torch out of processes that never call this
     from pipelines.models.tiny_svd import TINY_SVD_VERSION, build_tiny_svd_pipeline
 
     return ensure_saved(TINY_SVD_VERSION, build_tiny_svd_pipeline)
@@ -151,12 +156,14 @@ def load_video_pipeline(reference: str, dtype: str, device: str = "cpu"):
     """A StableVideoDiffusionPipeline with its image encoder, UNet, scheduler and VAE: the VAE's
     encoder makes the conditioning latents; decoding is the decode stage's, on its own devices.
     `random:svd-xt` is built on `device` directly; other references load on the CPU."""
+    # lazy: keeps diffusers, transformers out of processes that never call this
     import diffusers
     import transformers
 
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
     if reference == RANDOM_SVD_XT:
+        # lazy: keeps torch out of processes that never call this
         from pipelines.models.random_build import build_random_svd_xt
 
         pipe = build_random_svd_xt(device, torch_dtype(dtype))

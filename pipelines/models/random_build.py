@@ -10,8 +10,11 @@ import math
 
 import torch
 
+import decoders
+from decoders.loading import model_class
 from pipelines.models import published
 from pipelines.models.random_models import RANDOM_MODELS, RANDOM_SDXL, RANDOM_SVD_XT, SEED
+from pipelines.models.tiny_sdxl import build_tiny_tokenizer
 
 
 def materialise(make, device, dtype: torch.dtype, seed: int) -> torch.nn.Module:
@@ -49,6 +52,7 @@ def seeded_fill_(model: torch.nn.Module, seed: int) -> None:
 
 def sdxl_parts(device="cpu", dtype: torch.dtype = torch.float32, with_vae: bool = True) -> dict:
     """SDXL base 1.0's UNet, text encoders and (a `decoders.Decoder`) VAE."""
+    # lazy: keeps diffusers, transformers out of processes that never call this
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
@@ -67,6 +71,7 @@ def sdxl_parts(device="cpu", dtype: torch.dtype = torch.float32, with_vae: bool 
 
 def svd_xt_parts(device="cpu", dtype: torch.dtype = torch.float32) -> dict:
     """SVD-XT's UNet, image encoder and (a `decoders.Decoder`) temporal VAE."""
+    # lazy: keeps diffusers, transformers out of processes that never call this
     from diffusers import UNetSpatioTemporalConditionModel
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
@@ -83,9 +88,8 @@ def svd_xt_parts(device="cpu", dtype: torch.dtype = torch.float32) -> dict:
 def build_random_sdxl(device="cpu", dtype: torch.dtype = torch.float32, with_vae: bool = True):
     """StableDiffusionXLPipeline of SDXL base 1.0's architecture; `with_vae=False` leaves the VAE
     out (the decode stage owns decoding)."""
+    # lazy: keeps diffusers out of processes that never call this
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
-
-    from pipelines.models.tiny_sdxl import build_tiny_tokenizer
 
     parts = sdxl_parts(device, dtype, with_vae)
     return StableDiffusionXLPipeline(
@@ -98,6 +102,7 @@ def build_random_sdxl(device="cpu", dtype: torch.dtype = torch.float32, with_vae
 def build_random_svd_xt(device="cpu", dtype: torch.dtype = torch.float32):
     """StableVideoDiffusionPipeline of SVD-XT's architecture (its VAE's encoder makes the
     conditioning latents)."""
+    # lazy: keeps diffusers, transformers out of processes that never call this
     from diffusers import EulerDiscreteScheduler, StableVideoDiffusionPipeline
     from transformers import CLIPImageProcessor
 
@@ -112,9 +117,6 @@ def build_random_svd_xt(device="cpu", dtype: torch.dtype = torch.float32):
 def random_vae(reference: str, device, dtype: torch.dtype):
     """The model's own VAE (a `decoders.Decoder`), full size, random weights, on `device`. In
     float16 it is upcast when it decodes (`Decoder.upcast_if_needed`), as diffusers' pipelines do."""
-    import decoders
-    from decoders.loading import model_class
-
     entry = decoders.lookup(RANDOM_MODELS[reference].vae)
     arch = entry.architecture
     model = materialise(lambda: model_class(arch.class_name).from_config(arch.config), device, dtype, SEED + 3)

@@ -41,6 +41,7 @@ def tiny_clip_vocab() -> dict[str, int]:
 
 
 def build_tiny_tokenizer():
+    # lazy: keeps transformers out of processes that never call this
     from transformers import CLIPTokenizer
 
     # CLIP's merges file starts with a version header; an empty merge list is valid BPE.
@@ -49,6 +50,7 @@ def build_tiny_tokenizer():
 
 def build_tiny_sdxl_pipeline():
     """The whole tiny StableDiffusionXLPipeline (VAE included), deterministic for a torch version."""
+    # lazy: keeps diffusers, transformers out of processes that never call this
     from diffusers import (
         AutoencoderKL,
         EulerDiscreteScheduler,

@@ -20,6 +20,7 @@ TINY_TIME_EMBED = 8
 
 def build_tiny_svd_pipeline():
     """The whole tiny StableVideoDiffusionPipeline, deterministic for a torch version."""
+    # lazy: keeps diffusers, transformers out of processes that never call this
     from diffusers import (
         AutoencoderKLTemporalDecoder,
         EulerDiscreteScheduler,

@@ -72,9 +72,11 @@ def _stream_start(run: dict) -> float:
 def render_chart(report: dict) -> bytes | None:
     """PNG bytes, or None when no run has a timeline yet (or matplotlib is missing)."""
     try:
+        # lazy: keeps matplotlib out of processes that never call this
         import matplotlib
 
         matplotlib.use("Agg")
+        # lazy: keeps matplotlib out of processes that never call this
         from matplotlib.figure import Figure
     except ImportError:
         return None
@@ -143,6 +145,7 @@ def _draw_runs(runs, order, total_ax, stage_axes, util_ax, report) -> None:
 
 def _draw_strips(ax, order, strips, end) -> None:
     """One row per stage: utilisation per interval as a colour (white 0 %, dark 100 %)."""
+    # lazy: keeps matplotlib out of processes that never call this
     from matplotlib import colormaps
 
     cmap = colormaps["Greens"]

@@ -121,6 +121,7 @@ class RayGpuGauges:
     """Ray metrics gauges for GPU samples (exported with Ray's other metrics, prefixed `ray_`)."""
 
     def __init__(self):
+        # lazy: keeps ray out of processes that never call this
         from ray.util.metrics import Gauge
 
         tags = ("stage", "gpu")

@@ -21,6 +21,7 @@ LATENCY_BOUNDARIES = [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 30
 def make_metrics(factory=None) -> dict:
     """name -> metric object. `factory` (tests) maps "Counter"/"Gauge"/"Histogram" to classes."""
     if factory is None:
+        # lazy: keeps ray out of processes that never call this
         from ray.util import metrics as ray_metrics
 
         factory = {"Counter": ray_metrics.Counter, "Gauge": ray_metrics.Gauge, "Histogram": ray_metrics.Histogram}

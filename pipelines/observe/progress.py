@@ -108,6 +108,7 @@ def plain_lines(s: dict, label: str) -> list[str]:
 
 def rich_view(s: dict, label: str):
     """The TTY block: a bar with its headline, then the stage table."""
+    # lazy: keeps rich out of processes that never call this
     from rich.console import Group
     from rich.progress_bar import ProgressBar
     from rich.table import Table
@@ -161,6 +162,7 @@ class LiveProgress(logging.Handler):
             logger.setLevel(logging.INFO)
             self._attached = True
         if self.tty and self._live is None:
+            # lazy: keeps rich out of processes that never call this
             from rich.console import Console
             from rich.live import Live
 
@@ -208,6 +210,7 @@ class LiveProgress(logging.Handler):
             self.stream.flush()
 
     def _view(self):
+        # lazy: keeps rich out of processes that never call this
         from rich.spinner import Spinner
 
         if self._snapshot is not None:

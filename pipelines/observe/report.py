@@ -17,6 +17,7 @@ import time
 from pipelines.errors import OutputConflict, OutputError
 from pipelines.models.random_models import NOISE_NOTE, is_random_model
 from pipelines.observe.accounting import percentiles_from_histogram
+from pipelines.observe.chart import render_chart
 from pipelines.observe.gpu_telemetry import stage_gpu_figures
 from pipelines.observe.quality import monitor_cost, quality_summary
 from pipelines.sinks.layout import OutputLayout
@@ -413,8 +414,6 @@ def _quality_lines(q: dict | None) -> list[str]:
 
 def write_job_report(layout: OutputLayout) -> dict:
     """Write report.json, report.md and report.png next to the data; returns the report."""
-    from pipelines.observe.chart import render_chart
-
     report = build_job_report(layout)
     png = render_chart(report)
     write_atomic(layout.fs, layout.path(REPORT_JSON), json.dumps(report, indent=2, sort_keys=True).encode())

@@ -71,6 +71,7 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, (OSError, TimeoutError)):
         return True
     try:
+        # lazy: keeps botocore out of processes that never call this
         import botocore.exceptions as boto
 
         if isinstance(exc, (boto.EndpointConnectionError, boto.ConnectionClosedError, boto.ReadTimeoutError,
@@ -79,6 +80,7 @@ def is_transient(exc: BaseException) -> bool:
     except ImportError:
         pass
     try:
+        # lazy: keeps aiohttp out of processes that never call this
         import aiohttp
 
         return isinstance(exc, aiohttp.ClientError)

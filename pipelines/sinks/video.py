@@ -7,6 +7,7 @@ always give the same bytes: a resumed job writes the clips an uninterrupted one 
 from __future__ import annotations
 
 import io
+import tarfile
 from fractions import Fraction
 
 import numpy as np
@@ -17,6 +18,7 @@ PIXEL_FORMAT = "yuv420p"
 
 def encode_mp4(frames: np.ndarray, fps: int, crf: int = 18, preset: str = "medium") -> bytes:
     """uint8 frames (F, H, W, 3), H and W even (yuv420p halves chroma) -> mp4 bytes."""
+    # lazy: keeps av out of processes that never call this
     import av
 
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
@@ -43,6 +45,7 @@ def encode_mp4(frames: np.ndarray, fps: int, crf: int = 18, preset: str = "mediu
 def probe_mp4(data: bytes, decode: bool = True) -> dict:
     """What an mp4 holds: frames (counted by decoding them all unless `decode=False`), size, fps,
     codec, pixel format, duration. Raises ValueError for bytes that are not a readable video."""
+    # lazy: keeps av out of processes that never call this
     import av
 
     try:
@@ -70,6 +73,7 @@ def probe_mp4(data: bytes, decode: bool = True) -> dict:
 
 def read_frames(data: bytes) -> np.ndarray:
     """All frames of an mp4 as uint8 (F, H, W, 3)."""
+    # lazy: keeps av out of processes that never call this
     import av
 
     with av.open(io.BytesIO(data), mode="r") as container:
@@ -94,8 +98,6 @@ def check_mp4(data: bytes, row: dict) -> list[str]:
 
 def check_clips(tar_bytes: bytes, rows: list[dict]) -> list[str]:
     """`check_mp4` for every clip of a shard (tar bytes) against its manifest row; [] for image shards."""
-    import tarfile
-
     clips = {r["key"]: r for r in rows if r.get("status", "ok") == "ok" and r.get("format") == "mp4"}
     if not clips:
         return []

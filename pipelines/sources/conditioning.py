@@ -115,6 +115,7 @@ class SeededPlan(ShardedPlan):
 def plan_conditioning(source: ConditioningInput, *, samples_per_shard: int, seed: int) -> SeededPlan:
     if source.builtin is not None:
         return SeededPlan(BuiltinImagePlan(source.builtin, samples_per_shard), seed)
+    # lazy: keeps fsspec out of processes that never call this
     from pipelines.sources.images import plan_images
 
     return SeededPlan(plan_images(source.url, samples_per_shard=samples_per_shard, format=source.format,

@@ -12,6 +12,8 @@ import json
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.json as pj
+import pyarrow.parquet as pq
 
 from pipelines.errors import ConfigError
 from pipelines.sources.locations import URL_FIELD, position_keys
@@ -40,14 +42,11 @@ def read_list(url: str, fs, root: str) -> pa.Table:
 
 def _batches(url: str, fs, root: str, f):
     if root.endswith(".parquet"):
-        import pyarrow.parquet as pq
-
         try:
             yield from pq.ParquetFile(f).iter_batches(batch_size=BATCH_ROWS, use_threads=False)
         except (pa.ArrowException, OSError) as exc:
             raise ConfigError(URL_FIELD, "", detail=f"{url}: not a readable Parquet file ({exc})") from None
         return
-    import pyarrow.json as pj
 
     options = pj.ReadOptions(block_size=JSON_BLOCK_BYTES, use_threads=False)
     # Keys that first appear after the first block are not metadata columns (the schema is fixed then).

@@ -56,6 +56,7 @@ def _jsonl_prompt(line: str, number: int, url: str) -> str:
 
 
 def _parquet_prompts(raw: bytes, url: str) -> list[str]:
+    # lazy: keeps pyarrow out of processes that never call this
     from pipelines.tables import table_from_bytes
 
     try:

@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 
 from pipelines.errors import ConfigError
 from pipelines.sources.locations import URL_FIELD, full_url
+from pipelines.tables import table_from_bytes
 
 INDEX_FILE, JOB_FILE = "index.json", "latentmill.json"  # as pipelines/sinks/layout.py writes them
 KEY_AND_EXTENSION = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")
@@ -83,6 +84,7 @@ def scan_tar(fs, path: str, url: str) -> list[dict]:
 
 def _tar_paths(url: str, fs, root: str) -> list[str]:
     if is_pattern(url):
+        # lazy: keeps braceexpand out of processes that never call this
         from braceexpand import braceexpand
 
         return [fs._strip_protocol(u) for part in url.split("::") for u in braceexpand(part.strip())]
@@ -119,8 +121,6 @@ def _committed(url: str, fs, root: str) -> list[dict]:
 
 
 def _latentmill_shard(url: str, fs, root: str, shard: dict) -> pa.Table:
-    from pipelines.tables import table_from_bytes
-
     manifest = table_from_bytes(fs.cat_file(posixpath.join(root, shard["manifest"])))
     if "status" in manifest.column_names:  # failed samples have no data in the tar
         manifest = manifest.filter(pc.equal(manifest.column("status"), "ok"))

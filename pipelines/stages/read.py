@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from pipelines.config import ImageConfig, StorageConfig
+from pipelines.sources.conditioning import render_builtin
 from pipelines.sources.fetch import read_member, read_members
 from pipelines.sources.pixel_rules import DEFAULT_MAX_PIXELS, PixelRules
 from pipelines.sources.pixels import load_pixels, readable_reason
@@ -72,8 +73,6 @@ class RenderBuiltinImages:
         self.image = image
 
     def __call__(self, batch: dict) -> dict:
-        from pipelines.sources.conditioning import render_builtin
-
         samples = batch["samples"]
         pixels = [render_builtin(s["source"]["builtin"], self.image.height, self.image.width) for s in samples]
         return pixel_batch(samples, pixels, self.image)
