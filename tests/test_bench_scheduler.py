@@ -45,7 +45,7 @@ def test_bench_scheduler_command_puts_both_systems_through_the_one_steady_rule(p
     profiles.write_text(yaml.safe_dump({"profiles": {"tiny": PROFILE}}, sort_keys=False))  # chain order
     command = [sys.executable, "-m", "jobs.cli", "bench", "scheduler", "--gpus", "4", "--profiles", str(profiles),
                "--seconds", "2", "--time-scale", "1", "--cpus", "2", "--workdir", str(tmp_path), "--repeats", "1",
-               "--json"]
+               "--json", "--record", str(tmp_path / "record.jsonl")]
     done = processes.run(command, cwd=REPO, timeout=900)  # it starts Ray clusters of its own
     assert done.returncode == 0, done.stderr[-3000:]
     table, result = done.stdout.split("\n[")[0], json.loads("[" + done.stdout.split("\n[", 1)[1])[0]
@@ -72,6 +72,9 @@ def test_bench_scheduler_command_puts_both_systems_through_the_one_steady_rule(p
     assert latentmill["driver_cpu_ms_per_item"] > 0
     tuned = result["runs"]["ray_data tuned"][0]
     assert tuned["files"] == 24 and tuned["rows_per_file"] == {"min": 16, "max": 16}  # min_rows_per_file = shard
+    # The record kept the result as it finished; its tables are the run's (a long run keeps what it measured).
+    again = processes.run(command[:5] + ["--tables-from", str(tmp_path / "record.jsonl")], cwd=REPO, timeout=120)
+    assert again.returncode == 0 and again.stdout.strip() == table.split("\n", 1)[1].strip(), again.stderr[-2000:]
 
 
 def test_bench_scheduler_refuses_zero_repeats():

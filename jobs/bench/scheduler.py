@@ -418,6 +418,9 @@ def parse_args(argv):
     parser.add_argument("--memory-samples", default="100000,10000000")
     parser.add_argument("--workdir", help="where outputs go while a run lasts (default: the temp folder)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON too")
+    parser.add_argument("--record", help="append each GPU count's result to this JSON-lines file as it finishes "
+                                         "(a long benchmark keeps what it measured if it is interrupted)")
+    parser.add_argument("--tables-from", metavar="RECORD", help="instead: print the tables of a --record file")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -444,18 +447,41 @@ def main(argv: list[str] | None = None) -> int:
     if args.memory:
         print(memory_table(profiles[names[0]], [int(n) for n in args.memory_samples.split(",")]))
         return 0
+    if args.tables_from:
+        return print_tables(read_record(args.tables_from), args)
     started = time.perf_counter()
-    results = []
+    results, failed = [], []
     shared = {k: v for k, v in vars(args).items() if k not in ("child", "profile")}
     for name in names:
         for gpus in [int(g) for g in args.gpus.split(",")]:
             job = {"name": name, "profile": profiles[name], "gpus": gpus, "mode": "auto" if args.auto else "scale",
                    "args": shared}
-            result = run_in_child(job)
+            try:
+                result = run_in_child(job)
+            except RuntimeError as error:  # one GPU count failing keeps the others' results
+                failed.append(f"{name} at {gpus} GPUs")
+                print(f"error: {error}", file=sys.stderr, flush=True)
+                continue
             results.append(result)
+            if args.record:
+                with open(args.record, "a") as record:
+                    record.write(json.dumps(result) + "\n")
             print(f"done: {name} at {gpus} GPUs ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
     print(f"time scale {args.time_scale} (per-item times x {args.time_scale}); {args.cpus:g} CPUs; "
           f"benchmark wall time {time.perf_counter() - started:.0f} s")
+    print_tables(results, args)
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def read_record(path: str) -> list[dict]:
+    with open(path) as record:
+        return [json.loads(line) for line in record if line.strip()]
+
+
+def print_tables(results: list[dict], args) -> int:
     print(auto_table(results) if args.auto else scale_table(results))
     if args.json:
         print(json.dumps(results))
