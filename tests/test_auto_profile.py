@@ -139,6 +139,7 @@ def test_a_real_run_starts_from_the_profile_split_and_rebalances_from_measured_t
     pipeline = dataclasses.replace(pipeline, auto_start=starting_times(section))
     report = run_pipeline(pipeline, progress=False, start_timeout_s=300)
     notes = [n for n in report["notes"] if n.startswith("concurrency auto")]
+    assert len(notes) >= 2, report["notes"]  # the starting split, then at least the decision after warm-up
     assert notes[0].startswith(f"concurrency auto: starting split 2/6 (denoise/decode) of 8 actors from profile "
                                f"wrong in {file}"), notes
     assert "(was denoise 2, decode 6) after warm-up" in notes[1], notes

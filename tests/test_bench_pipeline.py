@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from PIL import Image
 
@@ -18,7 +19,8 @@ def test_bench_pipeline_takes_a_random_model_in_every_part(ray_cluster, tmp_path
             "stages.decode.batch_size=4", "stages.denoise.concurrency=1"]
     argv = [arg for item in sets for arg in ("--set", item)]
     code = main([*argv, "--stage-batches", "1", "--address", ray_cluster, "--workdir", str(tmp_path), "--json"])
-    result = json.loads(capsys.readouterr().out)
+    out = capsys.readouterr().out
+    result = json.loads(out[re.search(r"^\{$", out, re.M).start():])  # the JSON object, whatever came before
     assert code == 0 and result["spec"]["model"] == "random:sdxl-tiny" and result["spec"]["size"] == "64x64"
     # (a) each stage alone, (b) the pipeline, (c) the naive diffusers loop: all on the random build.
     assert all(result["stages"][name]["per_item_s"] > 0 for name in ("denoise", "decode", "write"))
