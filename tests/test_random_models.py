@@ -91,7 +91,7 @@ def test_random_models_are_references_of_their_own_kind_of_job(tmp_path):
     spec = _parse(spec_dict(str(tmp_path / "o")), ["model.reference=random:sdxl"])
     assert spec.model.reference == "random:sdxl"
     with pytest.raises(ConfigError, match=r"--set model.reference=random:svd-xt: model.reference: 'random:svd-xt' is a 'svd' model; this job "
-                                          r"needs a 'sdxl' model \(random:sdxl for random weights\)"):
+                                          r"needs a 'sdxl' model \(random:sdxl, random:sdxl-tiny for random weights\)"):
         _parse(spec_dict(str(tmp_path / "o")), ["model.reference=random:svd-xt"])
     video = kind_spec_dict("generate-video", str(tmp_path / "v"))
     assert _parse(video, ["model.reference=random:svd-xt"]).model.reference == "random:svd-xt"
