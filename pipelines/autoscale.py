@@ -7,6 +7,10 @@ objective: the minimum can only rise by feeding the current minimum). Per-item t
 while the job runs, over the last batches of each stage, so the first decision comes after a short
 warm-up and later ones follow drift (a decoder that slows down on some prompts, say).
 
+The first split, before anything is measured, is even, or the best split for a profile's per-item
+times when the job names one (`StartingTimes`: `latentmill bench gpu` measures them on real GPUs),
+so a job whose stages differ tenfold does not spend its warm-up on the wrong split.
+
 Moving a GPU is not free (an actor retires after its calls, another loads its model), so a new
 split is taken only when it promises `min_gain` more throughput than the current one, and not
 sooner than `cooldown_s` after the last change. Co-location (a light stage sharing the heavy
@@ -51,6 +55,19 @@ def colocated_throughput(per_item_s: dict[str, float], gpus: int, sharing_effici
 
 
 @dataclass(frozen=True)
+class StartingTimes:
+    """Seconds per item on one GPU, per stage, to take the first split from, and where they come
+    from ("profile sdxl-1024-vae in jobs/bench/profiles.gpu.yaml"); measured times take over after warm-up."""
+
+    per_item_s: dict[str, float]
+    source: str
+
+    def __post_init__(self):
+        if not self.per_item_s or min(self.per_item_s.values()) <= 0:
+            raise ValueError(f"starting times must be positive seconds per item, got {self.per_item_s}")
+
+
+@dataclass(frozen=True)
 class Decision:
     at_s: float  # seconds since the rebalancer started
     split: dict[str, int]
@@ -83,6 +100,7 @@ class GpuRebalancer:
 
     stages: tuple[str, ...]
     slots: int  # actors to split (GPUs, when each actor holds one)
+    start: StartingTimes | None = None  # the first split's times; None: an even first split
     warmup_batches: int = 3  # batches per stage measured before the first decision
     window: int = 32  # batches per stage the per-item time is measured over
     min_gain: float = 0.05
@@ -95,11 +113,26 @@ class GpuRebalancer:
     def __post_init__(self):
         if self.slots < len(self.stages):
             raise ValueError(f"concurrency auto: {self.slots} actors cannot give each of {len(self.stages)} stages one")
+        if self.start is not None and set(self.stages) - set(self.start.per_item_s):
+            missing = ", ".join(sorted(set(self.stages) - set(self.start.per_item_s)))
+            raise ValueError(f"concurrency auto: {self.start.source} has no time for stage(s) {missing}")
         self._batches = {name: deque(maxlen=self.window) for name in self.stages}
 
     def initial_split(self) -> dict[str, int]:
-        """Before anything is measured: as even as the GPUs allow (the first decision corrects it)."""
-        return best_split({name: 1.0 for name in self.stages}, self.slots)
+        """Before anything is measured: the best split for the starting times, else as even as the
+        GPUs allow (the first decision after warm-up corrects either)."""
+        times = self.start.per_item_s if self.start is not None else {}
+        return best_split({name: times.get(name, 1.0) for name in self.stages}, self.slots)
+
+    def describe_start(self) -> str:
+        """The phase line / report note saying the first split and where it came from."""
+        split = self.initial_split()
+        counts = "/".join(str(split[name]) for name in self.stages)
+        text = f"concurrency auto: starting split {counts} ({'/'.join(self.stages)}) of {self.slots} actors"
+        if self.start is None:
+            return text + ", even: nothing measured yet (stages.auto_profile starts from measured times)"
+        times = ", ".join(f"{n} {1000 * self.start.per_item_s[n]:.1f} ms/item" for n in self.stages)
+        return f"{text} from {self.start.source} ({times}); measured times take over after warm-up"
 
     def record(self, stage: str, items: int, busy_s: float, warm: bool = True) -> None:
         """`warm`: False for an actor's first batch, which carries its cold start (lazy imports and
@@ -134,12 +167,13 @@ class GpuRebalancer:
         return decision
 
 
-def rebalancer_for(stages, gpus: float | None, cluster_gpus: float) -> GpuRebalancer | None:
+def rebalancer_for(stages, gpus: float | None, cluster_gpus: float,
+                   start: StartingTimes | None = None) -> GpuRebalancer | None:
     """The rebalancer of a chain's `concurrency: auto` stages (None when it has none).
 
     `stages`: the chain's StageDefs; `gpus`: the spec's `stages.gpus` budget, else the cluster's
-    GPUs. The split is in actors: each holds its stage's `num_gpus` (one by default; 0.5 puts two
-    actors on a GPU), the same for every auto stage.
+    GPUs; `start`: the times of the first split (None: even). The split is in actors: each holds
+    its stage's `num_gpus` (one by default; 0.5 puts two actors on a GPU), the same for every auto stage.
     """
     auto = [s for s in stages if s.resources.concurrency == "auto"]
     if not auto:
@@ -158,4 +192,4 @@ def rebalancer_for(stages, gpus: float | None, cluster_gpus: float) -> GpuRebala
             f"({'stages.gpus' if gpus is not None else 'the cluster'}) for actors of num_gpus={share:g}; "
             f"set stages.gpus to give each stage an actor, or give those stages a number of actors"
         )
-    return GpuRebalancer(names, actors)
+    return GpuRebalancer(names, actors, start=start)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 
+from pipelines.autoscale import StartingTimes
 from pipelines.config import CostConfig, OutputConfig, StageResources, WriteResources
 from pipelines.faults import Fault
 
@@ -78,6 +79,7 @@ class Pipeline:
     faults: tuple[Fault, ...] = ()
     cost: CostConfig | None = None  # prices for the report's cost figures
     gpus: int | None = None  # GPUs the `concurrency: auto` stages share (None: the cluster's)
+    auto_start: StartingTimes | None = None  # the `concurrency: auto` first split's times (None: even)
     units: Units = Units()
 
     def __post_init__(self):

@@ -162,7 +162,11 @@ def _stream(pipeline: Pipeline, layout: OutputLayout, lease: OutputLease, recove
             accounting: RunAccounting, options: RunOptions) -> dict:
     """Start the stage pools and stream the shards left to do through them, committing as they finish."""
     index = recovery.index
-    rebalancer = rebalancer_for(pipeline.stages, pipeline.gpus, ray.cluster_resources().get("GPU", 0))
+    rebalancer = rebalancer_for(pipeline.stages, pipeline.gpus, ray.cluster_resources().get("GPU", 0),
+                                pipeline.auto_start)
+    if rebalancer is not None:
+        accounting.note(rebalancer.describe_start())
+        phase(rebalancer.describe_start())
     pools = make_pools(pipeline, rebalancer)
     phase("starting actors and loading models: " + ", ".join(
         f"{p.name} {p.target or p.min_actors} x ({p.num_cpus:g} CPU, {p.num_gpus:g} GPU)" for p in pools))

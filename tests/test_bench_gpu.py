@@ -57,3 +57,13 @@ def test_profile_leaves_out_what_did_not_fit_in_memory():
     assert profiles["sdxl-64-vae"]["stages"]["decode"] == {"per_item_s": 0.5, "batch_size": 1}  # the batch that fitted
     assert profiles["sdxl-64-light"]["stages"]["decode"]["per_item_s"] == 0.05
     assert profiles["sdxl-64-vae"]["stages"]["denoise"] == {"per_item_s": 3.0, "batch_size": 2}
+
+
+def test_a_short_lease_runs_parts_apart_and_part_5_profiles_only_what_ran(tmp_path):
+    # infra/gpu-bench.sh's second call: `--parts 4,5` measures the video part alone and writes its profile.
+    doc, profile = tmp_path / "gpu-benchmark.md", tmp_path / "profiles.yaml"
+    assert main(["--smoke", "--parts", "4,5", "--compile", "no", "--out", str(doc), "--profile-out", str(profile)]) == 0
+    text = doc.read_text()
+    assert "#### video" in text and "#### decoders" not in text and "#### denoise" not in text
+    assert "GPU figures: pending a GPU" in text and text.count(MARK_END) == 1
+    assert set(load_profiles(str(profile))) == {"svd-xt-64x64"}

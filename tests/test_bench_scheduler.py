@@ -98,7 +98,7 @@ def test_concurrency_auto_rebalances_a_real_run_when_decode_slows_down(ray_clust
     url = str(tmp_path / "out")
     pipeline = build_pipeline(profile, "auto", url, 1600, 1.0, (4, 8, 8), gpus=2, gpu_share=0.25)
     report = run_pipeline(pipeline, progress=False, start_timeout_s=300)
-    notes = [n for n in report["notes"] if n.startswith("concurrency auto")]
+    notes = [n for n in report["notes"] if n.startswith("concurrency auto at ")]  # its decisions
     splits = [tuple(int(k) for k in re.search(r"GPUs split denoise (\d+), decode (\d+)", n).groups()) for n in notes]
     assert len(notes) >= 2, report["notes"]
     assert "(was denoise 4, decode 4) after warm-up" in notes[0] and splits[0][0] > 4

@@ -16,6 +16,7 @@ from jobs.local import pipeline_for
 from jobs.spec import parse_spec
 from pipelines.errors import ConfigError
 from pipelines.models.fingerprint import model_fingerprint
+from pipelines.models.loading import ensure_tiny_sdxl, load_denoise_pipeline
 from pipelines.models.published import PARAMETERS
 from pipelines.models.random_build import materialise, sdxl_parts, seeded_fill_, svd_xt_parts
 from pipelines.models.random_models import NOISE_NOTE, RANDOM_VERSION
@@ -39,6 +40,16 @@ def test_svd_xt_parts_have_the_published_parameter_counts():
     assert count(parts["unet"]) == 1_524_623_082
     assert {name: count(part) for name, part in parts.items()} == PARAMETERS["svd-xt"]
     assert parts["vae"].is_video and not sdxl_parts("meta")["vae"].is_video
+
+
+def test_random_sdxl_tiny_is_the_tiny_models_architecture_built_the_random_way(cache_dir):
+    random_tiny = load_denoise_pipeline("random:sdxl-tiny", "float32", "default", "cpu")
+    saved_tiny = load_denoise_pipeline("tiny", "float32", "default", "cpu")
+    for name in ("unet", "text_encoder", "text_encoder_2"):
+        assert count(getattr(random_tiny, name)) == count(getattr(saved_tiny, name)), name
+    assert random_tiny.vae is None and ensure_tiny_sdxl().exists()  # the decode stage owns the VAE
+    vae = sdxl_parts("meta", reference="random:sdxl-tiny")["vae"]
+    assert count(vae.model) < 10**6 and vae.latent_channels == 4  # the registry's tiny SDXL VAE, not the full one
 
 
 def _tiny_text_encoder():
@@ -80,7 +91,7 @@ def test_random_models_are_references_of_their_own_kind_of_job(tmp_path):
     spec = _parse(spec_dict(str(tmp_path / "o")), ["model.reference=random:sdxl"])
     assert spec.model.reference == "random:sdxl"
     with pytest.raises(ConfigError, match=r"--set model.reference=random:svd-xt: model.reference: 'random:svd-xt' is a 'svd' model; this job "
-                                          r"needs a 'sdxl' model \(random:sdxl for random weights\)"):
+                                          r"needs a 'sdxl' model \(random:sdxl, random:sdxl-tiny for random weights\)"):
         _parse(spec_dict(str(tmp_path / "o")), ["model.reference=random:svd-xt"])
     video = kind_spec_dict("generate-video", str(tmp_path / "v"))
     assert _parse(video, ["model.reference=random:svd-xt"]).model.reference == "random:svd-xt"

@@ -8,7 +8,8 @@ Parts (each prints a markdown table; `--out FILE` writes them into FILE between 
   3 end to end  latentmill jobs on one GPU (denoise 0.75 + decode 0.25) and on two (one each), with the
                 SDXL VAE and with a light decoder: images/s and the gain (needs Ray; skipped without it)
   4 video       random:svd-xt, 14 frames at 576x1024: seconds per clip with the SVD VAE and with tae-temporal
-  5 profile     the measured per-item times as a `bench scheduler` profile file (--profile-out)
+  5 profile     the measured per-item times of the parts run (1 + 2, 4) as a profile file (--profile-out)
+                that `bench scheduler --profiles` and a job's `stages.auto_profile` take
 
 Parts 1, 2 and 4 need only torch, diffusers and this repository (a GPU machine may lack Ray).
 `--smoke` runs the same code at tiny sizes on the CPU (tiny models, 64 px, 2 steps): a test runs it so
@@ -19,6 +20,7 @@ costs are the real models'.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import os
 import statistics
@@ -357,8 +359,8 @@ TABLES = {
 
 
 def render(results: dict, machine_line: str, smoke: bool) -> str:
-    label = ("CPU smoke run (`--smoke`: tiny models, 64 px, 2 steps): checks the command, says nothing about GPUs"
-             if smoke else "measured")
+    label = ("**CPU smoke run** (`--smoke`: tiny models, 64 px, 2 steps): checks the command, says nothing about "
+             "GPUs. GPU figures: pending a GPU" if smoke else "measured")
     lines = [f"Machine: {machine_line}. {label}; {dt.date.today().isoformat()}. Random weights: outputs are noise."]
     for part, rows in results.items():
         lines += ["", f"#### {part}", "", md_table(rows, TABLES[part])]
@@ -384,6 +386,8 @@ def parse_args(argv):
     p.add_argument("--out", help="markdown file to write the tables into (between the bench-gpu markers)")
     p.add_argument("--profile-out", help="profiles YAML for `bench scheduler --profiles` (default on a GPU: "
                    "jobs/bench/profiles.gpu.yaml; none with --smoke)")
+    p.add_argument("--compile", choices=("both", "no", "yes"), default="both",
+                   help="part 2 without and with torch.compile (default both; `no` saves the compile minutes)")
     p.add_argument("--address", help="Ray cluster for part 3 (default: start a local one)")
     p.add_argument("--workdir", default=os.path.join(os.getcwd(), "latentmill-output", "bench-gpu"),
                    help="where part 3's jobs write")
@@ -398,24 +402,32 @@ def main(argv: list[str] | None = None) -> int:
         print("latentmill bench gpu: no CUDA GPU here; run it on a GPU machine, or --smoke to check the code on a CPU",
               file=sys.stderr)
         return 2
-    results = {}
-    if 1 in parts or 5 in parts:
-        results["decoders"] = decoder_rows(sizes)
-    if 2 in parts or 5 in parts:
-        results["denoise"] = denoise_rows(sizes)
-    if 3 in parts:
-        results["end to end"] = e2e_rows(sizes, args.address, args.workdir)
-    if 4 in parts or 5 in parts:
-        results["video"] = video_rows(sizes)
-    text = render(results, machine(), args.smoke)
-    print(text)
-    if args.out:
-        write_section(args.out, text)
+    if args.compile != "both":
+        sizes = dataclasses.replace(sizes, compile=(args.compile == "yes",))
+    # Part 5 writes the profiles of the parts that ran (1 + 2: the SDXL profiles, 4: the SVD-XT one), so
+    # a short GPU lease can run `--parts 1,2,5` and `--parts 4,5` in two calls.
+    steps = [(1 in parts, "decoders", lambda: decoder_rows(sizes)),
+             (2 in parts, "denoise", lambda: denoise_rows(sizes)),
+             (3 in parts, "end to end", lambda: e2e_rows(sizes, args.address, args.workdir)),
+             (4 in parts, "video", lambda: video_rows(sizes))]
     profile_out = args.profile_out or (None if args.smoke else os.path.join("jobs", "bench", "profiles.gpu.yaml"))
+    results, profiles = {}, {}
+    for wanted, part, run in steps:
+        if not wanted:
+            continue
+        results[part] = run()
+        # Written after every part: a run stopped at a time limit keeps the parts it finished.
+        if args.out:
+            write_section(args.out, render(results, machine(), args.smoke))
+        if 5 in parts and profile_out:
+            profiles = measured_profiles(results.get("decoders", []), results.get("denoise", []),
+                                         results.get("video", []), sizes)
+            write_profiles(profile_out, profiles, machine())
+    print(render(results, machine(), args.smoke))
     if 5 in parts and profile_out:
-        profiles = measured_profiles(results["decoders"], results["denoise"], results["video"], sizes)
-        write_profiles(profile_out, profiles, machine())
-        print(f"profile: {profile_out} ({', '.join(profiles)}); `latentmill bench scheduler --profiles {profile_out}`")
+        print(f"profile: {profile_out} ({', '.join(profiles) or 'none measured'}); "
+              f"`latentmill bench scheduler --profiles {profile_out}`, or a job's "
+              f"`stages.auto_profile: {{file: {profile_out}, name: NAME}}`")
     return 0
 
 

@@ -22,6 +22,7 @@ Prints a table (and --json). Needs Ray; the naive loop needs only torch and diff
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -123,6 +124,7 @@ def measure_stages(spec, plan, batches: int, workdir: str, all_cores: int | None
     t_decode, decoded = _timed(decode, latents, c_threads)
     t_decode_all = _timed(decode, latents, all_cores)[0] if all_cores else None
     del decode
+    free_device_memory()
 
     for result in decoded:
         result["timings"] = {}
@@ -179,20 +181,12 @@ def run_whole_pipeline(spec, address: str | None) -> dict:
 
 def run_naive_loop(spec, plan, workdir: str) -> dict:
     """(c) One diffusers call per batch, decoding inside it, PNG files saved; all cores."""
-    # lazy: keeps torch, diffusers out of processes that never call this
-    import diffusers
+    # lazy: keeps torch out of processes that never call this
     import torch
-
-    from pipelines.models.loading import SCHEDULERS, resolve_reference, torch_dtype
 
     torch.set_num_threads(os.cpu_count() or 1)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    pipe = diffusers.StableDiffusionXLPipeline.from_pretrained(
-        resolve_reference(spec.model.reference), torch_dtype=torch_dtype(spec.model.dtype)
-    ).to(device)
-    if spec.sampler.scheduler != "default":
-        pipe.scheduler = getattr(diffusers, SCHEDULERS[spec.sampler.scheduler]).from_config(pipe.scheduler.config)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = naive_pipeline(spec, device)
     if spec.decoder != MODEL_VAE:
         decoder = decoders.load(spec.decoder, device=device)
     out = os.path.join(workdir, "naive")
@@ -219,6 +213,31 @@ def run_naive_loop(spec, plan, workdir: str) -> dict:
     seconds = time.perf_counter() - started
     return {"images": len(samples), "seconds": seconds, "images_per_s": len(samples) / seconds,
             "threads": torch.get_num_threads()}
+
+
+def naive_pipeline(spec, device: str):
+    """The diffusers StableDiffusionXLPipeline a user would call, its VAE inside unless the job has
+    its own decoder. Loaded by the project's loader, not `from_pretrained` alone: a random build
+    (random:sdxl) has no folder to load from, and is built on `device` directly."""
+    # lazy: keeps torch, diffusers out of processes that never call this
+    from pipelines.models.loading import load_denoise_pipeline, load_model_vae
+
+    s = spec.model
+    pipe = load_denoise_pipeline(s.reference, s.dtype, spec.sampler.scheduler, device).to(device)
+    if spec.decoder == MODEL_VAE:
+        pipe.vae = load_model_vae(s.reference, device, s.dtype).model
+    return pipe
+
+
+def free_device_memory() -> None:
+    """Between the parts: the driver's models are gone before the pipeline's actors load theirs on
+    the same GPU (torch keeps freed CUDA memory cached for this process otherwise)."""
+    # lazy: keeps torch out of processes that never call this
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def bound_of(stages: dict, shared_cores: int | None) -> dict:

@@ -214,7 +214,7 @@ def run_latentmill(profile: dict, split, url: str, images: int, args, gpus: int 
         "driver_cpu_cores": driver_cpu / (end - start),
         "driver_cpu_ms_per_batch": 1000 * driver_cpu / (items * events_per_item),
         "driver_cpu_ms_per_item": 1000 * driver_cpu / items,
-        "notes": [n for n in report["notes"] if n.startswith("concurrency auto")],
+        "notes": [n for n in report["notes"] if n.startswith("concurrency auto at ")],
         "converged_items_per_s": converged_rate(report, events) if split == "auto" else None,
     }
 

@@ -11,6 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Callable
 
+from jobs.profiles import starting_times
 from pipelines.config import StageResources, require
 from pipelines.faults import Fault
 from pipelines.models.fingerprint import model_fingerprint
@@ -68,7 +69,7 @@ def shard_pipeline(spec, plan, stages: list[StageDef], faults: tuple[Fault, ...]
         name=spec.name, kind=spec.kind, plan=plan, stages=tuple(stages), output=spec.output, write=spec.stages.write,
         identity={**spec.identity(), "weights": weights}, spec=spec.to_dict(),
         sample_metadata=sample_metadata, max_retries=spec.stages.max_retries, faults=faults, cost=spec.cost,
-        gpus=gpus, units=units,
+        gpus=gpus, auto_start=starting_times(spec.stages), units=units,
     )
 
 

@@ -28,6 +28,7 @@ from jobs.kinds.decoding import (
     monitor_resources,
     monitor_stages,
 )
+from jobs.profiles import AutoProfile, starting_times
 from jobs.schema import LOADER_SET
 from pipelines.config import (
     MODEL_VAE,
@@ -62,6 +63,9 @@ class StagesConfig:
     max_retries: int = 2
     # GPUs the stages with `concurrency: auto` share; default: all the cluster's.
     gpus: int | None = None
+    # The first split of the `concurrency: auto` stages from a profile's per-item times ({file, name}, as
+    # `latentmill bench gpu` writes them) instead of an even one; measured times take over after warm-up.
+    auto_profile: AutoProfile | None = None
 
     def __post_init__(self):
         require(self.max_retries >= 0, "max_retries", "an integer >= 0", self.max_retries)
@@ -148,6 +152,7 @@ def check(spec: JobSpec) -> None:
     if spec.prompts.file is not None:
         check_protocol(spec.prompts.file, "prompts.file")
     check_image_decoder(spec)
+    starting_times(spec.stages)  # the profile file and its times, before any actor starts
 
 
 def plan(spec: JobSpec):

@@ -19,6 +19,7 @@ from jobs.kinds.base import (
     shard_pipeline,
 )
 from jobs.kinds.decoding import decoder_weights
+from jobs.profiles import AutoProfile, starting_times
 from pipelines.config import (
     MODEL_VIDEO_VAE,
     ConditioningInput,
@@ -47,6 +48,8 @@ class VideoStages:
     decode: StageResources = field(default_factory=lambda: StageResources(num_cpus=0.5, batch_size=1))
     write: WriteResources = field(default_factory=WriteResources)
     max_retries: int = 2
+    # The first split of `concurrency: auto` stages from a profile (as for images; e.g. svd-xt-576x1024).
+    auto_profile: AutoProfile | None = None
 
     def __post_init__(self):
         require(self.max_retries >= 0, "max_retries", "an integer >= 0", self.max_retries)
@@ -94,6 +97,7 @@ def check(spec: VideoSpec) -> None:
     check_model(spec.model.reference, spec.model.family)
     check_decoder(spec.decoder, spec.model.family, own=MODEL_VIDEO_VAE, video=True)
     _check_decode_chunks(spec)
+    starting_times(spec.stages)  # the profile file and its times, before any actor starts
 
 
 def _check_decode_chunks(spec: VideoSpec) -> None:

@@ -18,7 +18,7 @@ import fsspec
 
 import decoders
 from decoders import references
-from pipelines.models.random_models import RANDOM_SDXL, RANDOM_SVD_XT, is_random_model
+from pipelines.models.random_models import RANDOM_MODELS, RANDOM_SVD_XT, is_random_model
 
 TINY_REFERENCE = "tiny"
 TINY_VERSION = "tiny-sdxl-v1"
@@ -121,7 +121,8 @@ def torch_dtype(name: str):
 
 def load_denoise_pipeline(reference: str, dtype: str, scheduler: str, device: str = "cpu"):
     """An SDXL pipeline without its VAE: the decode stage owns decoding, on its own devices.
-    `random:sdxl` is built on `device` directly; other references load on the CPU (move them)."""
+    `random:sdxl` (and `random:sdxl-tiny`) is built on `device` directly; other references load on
+    the CPU (move them)."""
     # lazy: keeps diffusers, transformers out of processes that never call this
     import diffusers
     import transformers
@@ -129,11 +130,11 @@ def load_denoise_pipeline(reference: str, dtype: str, scheduler: str, device: st
     # Loading bars in every actor's log would bury the job's own progress.
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
-    if reference == RANDOM_SDXL:
+    if is_random_model(reference) and RANDOM_MODELS[reference].family == "sdxl":  # random:sdxl[-tiny]
         # lazy: keeps torch out of processes that never call this
         from pipelines.models.random_build import build_random_sdxl
 
-        pipe = build_random_sdxl(device, torch_dtype(dtype), with_vae=False)
+        pipe = build_random_sdxl(device, torch_dtype(dtype), with_vae=False, reference=reference)
     else:
         pipe = diffusers.StableDiffusionXLPipeline.from_pretrained(
             resolve_reference(reference), vae=None, dtype=torch_dtype(dtype)

@@ -13,8 +13,8 @@ import torch
 import decoders
 from decoders.loading import model_class
 from pipelines.models import published
-from pipelines.models.random_models import RANDOM_MODELS, RANDOM_SDXL, RANDOM_SVD_XT, SEED
-from pipelines.models.tiny_sdxl import build_tiny_tokenizer
+from pipelines.models.random_models import RANDOM_MODELS, RANDOM_SDXL, RANDOM_SDXL_TINY, RANDOM_SVD_XT, SEED
+from pipelines.models.tiny_sdxl import TINY_SCHEDULER, TINY_UNET, build_tiny_tokenizer, tiny_text_config
 
 
 def materialise(make, device, dtype: torch.dtype, seed: int) -> torch.nn.Module:
@@ -50,22 +50,34 @@ def seeded_fill_(model: torch.nn.Module, seed: int) -> None:
             raise RuntimeError(f"{type(model).__name__}: no initialisation known for buffer {name!r}")
 
 
-def sdxl_parts(device="cpu", dtype: torch.dtype = torch.float32, with_vae: bool = True) -> dict:
-    """SDXL base 1.0's UNet, text encoders and (a `decoders.Decoder`) VAE."""
+def sdxl_configs(reference: str) -> dict:
+    """The configs of an SDXL-family random model: SDXL base 1.0's published ones, or the tiny model's."""
+    if reference == RANDOM_SDXL_TINY:
+        return {"unet": TINY_UNET, "text_encoder": tiny_text_config(), "text_encoder_2": tiny_text_config(),
+                "scheduler": TINY_SCHEDULER}
+    return {"unet": published.SDXL_UNET, "text_encoder": published.SDXL_TEXT_ENCODER,
+            "text_encoder_2": published.SDXL_TEXT_ENCODER_2, "scheduler": published.SDXL_SCHEDULER}
+
+
+def sdxl_parts(device="cpu", dtype: torch.dtype = torch.float32, with_vae: bool = True,
+               reference: str = RANDOM_SDXL) -> dict:
+    """SDXL base 1.0's UNet, text encoders and (a `decoders.Decoder`) VAE (`reference`: random:sdxl-tiny
+    for the tiny model's sizes)."""
     # lazy: keeps diffusers, transformers out of processes that never call this
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
+    configs = sdxl_configs(reference)
     parts = {
-        "unet": materialise(lambda: UNet2DConditionModel(**published.SDXL_UNET), device, dtype, SEED),
-        "text_encoder": materialise(lambda: CLIPTextModel(CLIPTextConfig(**published.SDXL_TEXT_ENCODER)),
+        "unet": materialise(lambda: UNet2DConditionModel(**configs["unet"]), device, dtype, SEED),
+        "text_encoder": materialise(lambda: CLIPTextModel(CLIPTextConfig(**configs["text_encoder"])),
                                     device, dtype, SEED + 1),
         "text_encoder_2": materialise(
-            lambda: CLIPTextModelWithProjection(CLIPTextConfig(**published.SDXL_TEXT_ENCODER_2)), device, dtype, SEED + 2
+            lambda: CLIPTextModelWithProjection(CLIPTextConfig(**configs["text_encoder_2"])), device, dtype, SEED + 2
         ),
     }
     if with_vae:
-        parts["vae"] = random_vae(RANDOM_SDXL, device, dtype)
+        parts["vae"] = random_vae(reference, device, dtype)
     return parts
 
 
@@ -85,17 +97,19 @@ def svd_xt_parts(device="cpu", dtype: torch.dtype = torch.float32) -> dict:
     }
 
 
-def build_random_sdxl(device="cpu", dtype: torch.dtype = torch.float32, with_vae: bool = True):
-    """StableDiffusionXLPipeline of SDXL base 1.0's architecture; `with_vae=False` leaves the VAE
-    out (the decode stage owns decoding)."""
+def build_random_sdxl(device="cpu", dtype: torch.dtype = torch.float32, with_vae: bool = True,
+                      reference: str = RANDOM_SDXL):
+    """StableDiffusionXLPipeline of SDXL base 1.0's architecture (or random:sdxl-tiny's); `with_vae=False`
+    leaves the VAE out (the decode stage owns decoding)."""
     # lazy: keeps diffusers out of processes that never call this
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
 
-    parts = sdxl_parts(device, dtype, with_vae)
+    parts = sdxl_parts(device, dtype, with_vae, reference)
     return StableDiffusionXLPipeline(
         vae=parts["vae"].model if with_vae else None, text_encoder=parts["text_encoder"],
         text_encoder_2=parts["text_encoder_2"], tokenizer=build_tiny_tokenizer(), tokenizer_2=build_tiny_tokenizer(),
-        unet=parts["unet"], scheduler=EulerDiscreteScheduler(**published.SDXL_SCHEDULER), add_watermarker=False,
+        unet=parts["unet"], scheduler=EulerDiscreteScheduler(**sdxl_configs(reference)["scheduler"]),
+        add_watermarker=False,
     )
 
 
@@ -119,5 +133,6 @@ def random_vae(reference: str, device, dtype: torch.dtype):
     float16 it is upcast when it decodes (`Decoder.upcast_if_needed`), as diffusers' pipelines do."""
     entry = decoders.lookup(RANDOM_MODELS[reference].vae)
     arch = entry.architecture
-    model = materialise(lambda: model_class(arch.class_name).from_config(arch.config), device, dtype, SEED + 3)
+    config = arch.tiny if entry.tiny else arch.config
+    model = materialise(lambda: model_class(arch.class_name).from_config(config), device, dtype, SEED + 3)
     return decoders.Decoder(model, entry.name, is_video=entry.is_video).eval()

@@ -1,5 +1,9 @@
 """`random:sdxl` and `random:svd-xt`: the full-size published architectures with random weights.
 
+`random:sdxl-tiny` is the same build (on the device, from a fixed seed, never saved) of the built-in
+tiny model's configuration, as decoders have `random:ARCH-tiny`: tests and CPU smoke runs of
+commands that GPUs run with `random:sdxl` take the same code path in seconds.
+
 This module names them (no torch: the driver checks specs with it); pipelines/models/random_build.py
 builds them.
 
@@ -19,6 +23,7 @@ from dataclasses import dataclass
 
 RANDOM_SDXL = "random:sdxl"
 RANDOM_SVD_XT = "random:svd-xt"
+RANDOM_SDXL_TINY = "random:sdxl-tiny"
 # Part of the job identity: a change to the configs or the fill below must change it.
 RANDOM_VERSION = "published-configs-v1"
 SEED = 0
@@ -35,6 +40,7 @@ class RandomModel:
 RANDOM_MODELS = {
     RANDOM_SDXL: RandomModel(RANDOM_SDXL, "sdxl", "random:sdxl-vae"),
     RANDOM_SVD_XT: RandomModel(RANDOM_SVD_XT, "svd", "random:svd-vae"),
+    RANDOM_SDXL_TINY: RandomModel(RANDOM_SDXL_TINY, "sdxl", "random:sdxl-vae-tiny"),
 }
 
 

@@ -48,19 +48,10 @@ def build_tiny_tokenizer():
     return CLIPTokenizer(vocab=tiny_clip_vocab(), merges=[], model_max_length=77)
 
 
-def build_tiny_sdxl_pipeline():
-    """The whole tiny StableDiffusionXLPipeline (VAE included), deterministic for a torch version."""
-    # lazy: keeps diffusers, transformers out of processes that never call this
-    from diffusers import (
-        AutoencoderKL,
-        EulerDiscreteScheduler,
-        StableDiffusionXLPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
+def tiny_text_config() -> dict:
+    """The CLIPTextConfig values of both tiny text encoders."""
     vocab = tiny_clip_vocab()
-    text_config = CLIPTextConfig(
+    return dict(
         vocab_size=TINY_TEXT_VOCAB,
         hidden_size=TINY_TEXT_HIDDEN,
         intermediate_size=37,
@@ -72,29 +63,53 @@ def build_tiny_sdxl_pipeline():
         eos_token_id=vocab["<|endoftext|>"],
         pad_token_id=vocab["<|endoftext|>"],
     )
+
+
+TINY_UNET = dict(
+    sample_size=16,
+    in_channels=4,
+    out_channels=4,
+    block_out_channels=(32, 64),
+    layers_per_block=1,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+    attention_head_dim=(2, 4),
+    transformer_layers_per_block=(1, 1),
+    use_linear_projection=True,
+    # SDXL's micro-conditioning: 6 time ids embedded, plus the pooled text embedding.
+    addition_embed_type="text_time",
+    addition_time_embed_dim=TINY_TIME_EMBED,
+    projection_class_embeddings_input_dim=6 * TINY_TIME_EMBED + TINY_TEXT_HIDDEN,
+    cross_attention_dim=2 * TINY_TEXT_HIDDEN,
+    norm_num_groups=8,
+)
+TINY_SCHEDULER = dict(
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    steps_offset=1,
+    timestep_spacing="leading",
+)
+
+
+def build_tiny_sdxl_pipeline():
+    """The whole tiny StableDiffusionXLPipeline (VAE included), deterministic for a torch version."""
+    # lazy: keeps diffusers, transformers out of processes that never call this
+    from diffusers import (
+        AutoencoderKL,
+        EulerDiscreteScheduler,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    text_config = CLIPTextConfig(**tiny_text_config())
     torch.manual_seed(0)
     text_encoder = CLIPTextModel(text_config)
     torch.manual_seed(1)
     text_encoder_2 = CLIPTextModelWithProjection(text_config)
     torch.manual_seed(2)
-    unet = UNet2DConditionModel(
-        sample_size=16,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4),
-        transformer_layers_per_block=(1, 1),
-        use_linear_projection=True,
-        # SDXL's micro-conditioning: 6 time ids embedded, plus the pooled text embedding.
-        addition_embed_type="text_time",
-        addition_time_embed_dim=TINY_TIME_EMBED,
-        projection_class_embeddings_input_dim=6 * TINY_TIME_EMBED + TINY_TEXT_HIDDEN,
-        cross_attention_dim=2 * TINY_TEXT_HIDDEN,
-        norm_num_groups=8,
-    )
+    unet = UNet2DConditionModel(**TINY_UNET)
     torch.manual_seed(3)
     # Four levels, so latents are 8x smaller than images as in SDXL: every decoder fits.
     vae = AutoencoderKL(
@@ -109,13 +124,7 @@ def build_tiny_sdxl_pipeline():
         sample_size=128,
         scaling_factor=0.13025,
     )
-    scheduler = EulerDiscreteScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        steps_offset=1,
-        timestep_spacing="leading",
-    )
+    scheduler = EulerDiscreteScheduler(**TINY_SCHEDULER)
     tokenizer = build_tiny_tokenizer()
     return StableDiffusionXLPipeline(
         vae=vae,
