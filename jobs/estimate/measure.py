@@ -79,7 +79,8 @@ def _run_batches(pipeline: Pipeline, pools: list[StagePool], scratch: str) -> di
     write = shard_writer(_writing_to(pipeline, scratch), {})
     times: dict[str, list[BatchTime]] = {name: [] for name in pipeline.stage_names}
     plural = pipeline.units.plural
-    for number, (label, samples) in enumerate(zip(BATCHES, first_batches(pipeline.plan, pipeline.stages[0].resources.batch_size))):
+    batches = first_batches(pipeline.plan, pipeline.stages[0].resources.batch_size)
+    for number, (label, samples) in enumerate(zip(BATCHES, batches)):
         work = ShardWork(ShardPlan(number, shard_name(number), samples), samples, repair=False)
         payload = Batch(work, samples).payload()
         for pool in pools:
