@@ -49,6 +49,8 @@ def test_the_bottleneck_is_the_lowest_capacity_and_the_wall_time_adds_start_up_f
     assert p["cost"]["total"] == pytest.approx(cpu_s / 3600 * 0.04, abs=1e-6)
     assert p["cost"]["per_1000_images"] == pytest.approx(1000 * cpu_s / 3600 * 0.04 / 128, abs=1e-6)
     assert p["auto"] == {"note": "no GPUs"}
+    fast_write = project(_measured(write_s=0.001), items=8, shard_size=8, prices=None, auto=AutoBudget(), units=IMAGES)
+    assert fast_write["bottleneck"]["why"].endswith("others: decode 8/s, write 16,000/s")  # not 1.6e+04
 
 
 def test_a_slow_write_is_the_bound():
@@ -87,7 +89,8 @@ def test_the_auto_budget_is_the_jobs_own_rule():
     assert auto_budget(_defs(denoise_gpus=0.5), None, 8).note.startswith("concurrency auto: stages denoise, decode "
                                                                           "must ask for the same num_gpus")
     assert auto_budget(_defs(concurrency="auto"), 4, 8) == AutoBudget(("denoise", "decode"), 4, in_spec=True)
-    assert "0 GPUs are available (the cluster)" in auto_budget(_defs(), None, 0).note
+    assert auto_budget(_defs(), None, 0).note.startswith("the cluster has no GPUs and the spec sets no stages.gpus")
+    assert auto_budget(_defs(), 3, 0) == AutoBudget(("denoise", "decode"), 3)  # CPU actors: the budget counts them
     assert auto_budget(_defs(denoise_gpus=0)[:2], None, 8).note.startswith("no stage of this job takes GPUs")
 
 

@@ -51,6 +51,9 @@ def auto_budget(stage_defs, gpus: float | None, cluster_gpus: float) -> AutoBudg
                 for s in stage_defs if s.resources.num_gpus == "auto" or s.resources.num_gpus > 0]
     if not auto:
         return AutoBudget(note="no stage of this job takes GPUs (num_gpus is 0 everywhere)")
+    if gpus is None and cluster_gpus <= 0:
+        return AutoBudget(note="the cluster has no GPUs and the spec sets no stages.gpus "
+                               "(--set stages.gpus=N shows the split of N)")
     try:
         rebalancer = rebalancer_for(auto, gpus, cluster_gpus)
     except SchedulingError as exc:
@@ -99,10 +102,10 @@ def _chain(measured: Measurement, per_item: dict, actors: dict, items: int, shar
     latency = {s.name: (shard_size * per_item[s.name] if s.name == WRITE else s.measured.busy_s) for s in measured.stages}
     fill_s = sum(latency.values()) - latency[bottleneck]
     stream_s = fill_s + items / throughput
-    others = ", ".join(f"{name} {c:.3g}/s" for name, c in capacity.items() if name != bottleneck)
+    others = ", ".join(f"{name} {_rate(c)}/s" for name, c in capacity.items() if name != bottleneck)
     slots = ("write slot" if bottleneck == WRITE else "actor") + ("" if actors[bottleneck] == 1 else "s")
     why = (f"lowest capacity: {per_item[bottleneck]:.4g} s per {units.singular} x {actors[bottleneck]} {slots} "
-           f"= {throughput:.3g} {units.plural}/s" + (f"; others: {others}" if others else ""))
+           f"= {_rate(throughput)} {units.plural}/s" + (f"; others: {others}" if others else ""))
     return {
         "capacity_items_per_s": {name: round(c, 4) for name, c in capacity.items()},
         "bottleneck": {"stage": bottleneck, "why": why},
@@ -122,3 +125,7 @@ def _auto_split(per_item: dict, auto: AutoBudget) -> dict | None:
     split = best_split(times, auto.slots)
     return {"slots": auto.slots, "split": split, "auto_stages_items_per_s": round(split_throughput(split, times), 4)}
 
+
+
+def _rate(value: float) -> str:
+    return f"{value:.3g}" if value < 1000 else f"{value:,.0f}"
