@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import sys
 
 from jobs.cli.common import CHECKS
+from pipelines.errors import ConfigError, Interrupted
 from pipelines.observe.phases import phase
 from pipelines.observe.progress import LiveProgress
 
@@ -15,6 +17,10 @@ def add_parser(commands) -> None:
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
                      help="override a spec field, e.g. --set sampler.steps=20 (repeatable)")
     run.add_argument("--dry-run", action="store_true", help="print the resolved plan and run nothing")
+    run.add_argument("--estimate", action="store_true",
+                     help="run one batch per stage on the real actors (after a warm-up batch), write nothing, and print "
+                          "the projected throughput, bottleneck, wall time, cost and the concurrency: auto split")
+    run.add_argument("--json", action="store_true", help="with --estimate: print the estimate as JSON")
     run.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else start a local cluster)")
     run.add_argument("--quiet", action="store_true", help="no progress lines")
     run.add_argument("--verbose", action="store_true",
@@ -33,6 +39,10 @@ def add_parser(commands) -> None:
 
 
 def run_command(args) -> int:
+    if args.json and not args.estimate:
+        raise ConfigError("--json", "", detail="goes with --estimate (a run's report as JSON: `latentmill report URL --json`)")
+    if args.estimate and args.dry_run:
+        raise ConfigError("--estimate", "", detail="--dry-run runs nothing and --estimate runs one batch per stage: choose one")
     if args.dry_run or args.quiet:
         return _run_shown(args, None)
     with LiveProgress("latentmill") as display:  # phase lines from the first second, then the bar
@@ -58,6 +68,8 @@ def _run_shown(args, display: LiveProgress | None) -> int:
     if args.dry_run:
         print(dry_run(spec, faults))
         return 0
+    if args.estimate:
+        return _print_estimate(args, spec, faults, display)
     kind = kind_of(spec)
     if display is not None:
         display.label = spec.name
@@ -75,6 +87,23 @@ def _run_shown(args, display: LiveProgress | None) -> int:
         print(kind.summary(spec, report))
         return 0
     return _print_shard_summary(spec, report)
+
+
+def _print_estimate(args, spec, faults, display: LiveProgress | None) -> int:
+    """`--estimate`: the table (or `--json`) on stdout once the stages are measured; the output is untouched."""
+    # lazy: Ray and the engine load only when an estimate runs
+    from jobs.estimate.job import estimate
+    from jobs.estimate.render import render
+
+    try:
+        result = estimate(spec, address=args.address, verbose=args.verbose, start_timeout_s=args.start_timeout,
+                          faults=faults)
+    except KeyboardInterrupt:
+        raise Interrupted(f"estimate interrupted; nothing was written to {spec.output.url}") from None
+    if display is not None:
+        display.stop()
+    print(json.dumps(result, indent=2) if args.json else render(result))
+    return 0
 
 
 def _print_shard_summary(spec, report: dict) -> int:
@@ -106,6 +135,7 @@ def run_summary(name: str, report: dict, url: str) -> str:
     done = report["already_committed"] + report["generated"]
     if not report["to_generate"]:
         return f"{name}: nothing to do: {done}/{report['planned']} {many} already committed; output {url}"
-    return (f"{name}: {report['generated']} {many} {verb} in {report['wall_s']:.1f} s "
-            f"({report['samples_per_s'] or 0:.2f} {many}/s); {report['already_committed']} were already committed; "
-            f"output {url}")
+    steady = report.get("steady_per_s")  # the bar's rate; the overall one counts start-up too
+    rates = f"{report['samples_per_s'] or 0:.2f}/s overall" + (f", {steady:.2f}/s steady" if steady else "")
+    return (f"{name}: {report['generated']} {many} {verb} in {report['wall_s']:.1f} s ({rates}); "
+            f"{report['already_committed']} were already committed; output {url}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as dt
 
 from pipelines.observe.accounting import RunAccounting, StageStats
-from pipelines.observe.eta import eta_s
+from pipelines.observe.eta import eta_s, run_rate
 
 
 def ratio(a: float, b: float, digits: int = 4) -> float | None:
@@ -80,6 +80,7 @@ def run_report(acc: RunAccounting) -> dict:
     if not timeline or timeline[-1]["t"] < wall:
         timeline.append(acc.point(wall))
     eta = eta_s(acc) if acc.status == "running" else None
+    steady = run_rate(acc)
     return {
         "run_id": acc.run_id,
         "job": acc.job,
@@ -100,7 +101,9 @@ def run_report(acc: RunAccounting) -> dict:
         "to_generate": acc.to_generate,
         "generated": acc.written,
         "failed": acc.failed_samples,
-        "samples_per_s": ratio(acc.written, wall, 3),
+        "samples_per_s": ratio(acc.written, wall, 3),  # overall: committed over the whole wall time, start-up included
+        # The progress bar's rate (pipelines/observe/eta.py): the last stage's, smoothed, start-up left out.
+        "steady_per_s": None if steady is None else round(steady, 3),
         "eta_s": None if eta is None else round(eta, 1),
         "gpu_hours": round(gpu_hours, 8),
         "cpu_hours": round(cpu_hours, 8),
