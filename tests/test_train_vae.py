@@ -45,7 +45,7 @@ def vae_dict(photos, output_url, **changes) -> dict:
         "vae": TINY,
         "optim": {"steps": STEPS, "batch_size": 8, "lr": 0.002, "warmup_steps": 10},
         "scaling": {"num_workers": 2, "use_gpu": False, "cpus_per_worker": 1},
-        "checkpoints": {"every_steps": 100}, "scaling_samples": 64, "progress_every_s": 0,
+        "checkpoints": {"every_steps": 100}, "scaling_samples": 128, "progress_every_s": 0,
         "output": {"url": str(output_url)},
     }
     data.update(changes)
@@ -122,7 +122,7 @@ def test_bad_input_is_refused_in_one_line_naming_the_field_or_file(photos, tmp_p
         "train_url": str(empty), "held_out_url": str(photos / "test")}))
     assert line.startswith("data.train_url:") and "no images" in line and str(empty) in line
     line = _refused(tmp_path, capsys, vae_dict(photos, tmp_path / "o", data={
-        "train_url": str(photos / "train"), "held_out_url": str(photos / "test"), "crop": 36}))
+        "train_url": str(photos / "train"), "held_out_url": str(photos / "test"), "crop": 34}))
     assert line.startswith("data.crop:") and "a multiple of 4" in line
     line = _refused(tmp_path, capsys, vae_dict(photos, tmp_path / "o", data={
         "train_url": str(photos / "train"), "held_out_url": str(photos / "test"), "crop": 64}))

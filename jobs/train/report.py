@@ -132,6 +132,8 @@ def summary_line(report: dict, output_url: str) -> str:
                 f"{output_url.rstrip('/')}/report.md")
     return (
         f"{report['name']}: trained {report['architecture']} for {report['steps']} steps "
-        f"({report['images_per_s']:.1f} images/s); held-out PSNR {held['psnr']:.2f} dB, SSIM {held['ssim']:.4f}; "
-        f"{product} {output_url.rstrip('/')}/{product}, report {output_url.rstrip('/')}/report.md"
+        f"({report['images_per_s']:.1f} images/s); held-out PSNR {held['psnr']:.2f} dB, SSIM {held['ssim']:.4f}"
+        + (f" ({held['psnr_over_mean_colour_db']:+.2f} dB over the mean colour)" if "mean_colour_baseline" in held
+           else "") + "; "
+        + f"{product} {output_url.rstrip('/')}/{product}, report {output_url.rstrip('/')}/report.md"
     )
