@@ -112,7 +112,7 @@ def _refused(tmp_path, capsys, data: dict) -> str:
     err = capsys.readouterr().err
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
+    return lines[0].removeprefix("error: ")
 
 
 def test_bad_input_is_refused_in_one_line_naming_the_field_or_file(photos, tmp_path, capsys):
