@@ -81,7 +81,7 @@ def _baseline_lines(held_out: dict) -> list[str]:
     base = held_out.get("mean_colour_baseline")
     if not base:
         return []
-    return ["", f"The training images' mean colour {base['colour']} as a constant image, on the same held-out "
+    return [f"The training images' mean colour {base['colour']} as a constant image, on the same held-out "
             f"images: PSNR {base['psnr']:.4f}, SSIM {base['ssim']:.4f} (the model: "
             f"{held_out['psnr'] - base['psnr']:+.2f} dB).", ""]
 
