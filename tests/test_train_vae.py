@@ -89,7 +89,8 @@ def test_train_vae_writes_a_teacher_that_beats_the_mean_colour_and_a_rerun_has_n
     metrics = json.loads((out / "vae" / "metrics.json").read_text())
     base = metrics["mean_colour_baseline"]
     assert metrics["held_out_samples"] == 8 and metrics["against"] == "original images"
-    print(f"held-out PSNR {metrics['psnr']:.2f} dB, mean colour {base['psnr']:.2f} dB")  # the margin, with -s
+    with capsys.disabled():  # the margin, for pytest -s
+        print(f"held-out PSNR {metrics['psnr']:.2f} dB, mean colour {base['psnr']:.2f} dB")
     assert metrics["psnr"] - base["psnr"] >= MIN_MARGIN_DB, metrics
     assert metrics["ssim"] > base["ssim"], metrics
     # metrics.json's numbers are the VAE's own: recompute one held-out image.
