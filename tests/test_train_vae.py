@@ -22,12 +22,12 @@ from jobs.train.sample_photos import TRAIN_PHOTOS, write_crops
 from jobs.train.vae_data import batch_at, image_urls, load_images, random_crops
 from jobs.train.vae_worker import as_tensor
 
-# Scaled down (about 40 s of training on 2 idle cores): 3 blocks (4x down) a few channels wide, on
+# Scaled down (the file takes about 56 s at load 3): 3 blocks (4x down) a few channels wide, on
 # 32 px crops. PSNR over the mean colour observed: see MIN_MARGIN_DB.
 TINY = {"block_out_channels": [16, 32, 32], "layers_per_block": 1, "norm_num_groups": 8, "latent_channels": 4}
 STEPS = 200
-# The docs' scaled-down runs gave a held-out margin over the mean colour well above this (see
-# docs/decoder-training.md, "The teacher autoencoder"); an untrained VAE is far below it.
+# Observed: 19.31 dB against the mean colour's 12.21 dB (+7.10 dB, seeded: the same run after run);
+# 20 steps of the full-size teacher were still 1.2 dB below the mean colour.
 MIN_MARGIN_DB = 3.0
 
 
