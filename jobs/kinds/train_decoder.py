@@ -15,7 +15,7 @@ from jobs.train.spec import TrainDecoderSpec
 def check(spec: TrainDecoderSpec) -> None:
     for i, url in enumerate(spec.data.urls):
         check_protocol(url, f"data.urls[{i}]")
-    check_model(spec.model.reference, spec.model.family)
+    check_model(spec.model.reference, spec.model.family, vae_only=True)
 
 
 def describe(spec: TrainDecoderSpec) -> list[str]:

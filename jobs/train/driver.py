@@ -94,13 +94,39 @@ def check_before_training(spec: TrainDecoderSpec) -> dict:
     if spec.data.crop is not None and spec.data.crop > min(latents.shape[1:]):
         raise ConfigError("data.crop", "", detail=f"a crop of {spec.data.crop} latent cells is larger than the "
                           f"latents ({latents.shape[1]}x{latents.shape[2]})")
+    reference_model = encoding_model(spec) if spec.target == "reference" else None
     if spec.loss.lpips_weight > 0:
         try:
             require_lpips_weights()
         except LPIPSWeightsMissing as exc:
             raise ConfigError("loss.lpips_weight", "", detail=f"> 0 needs LPIPS: {exc}") from None
     return {"shards": [dataclasses.asdict(s) for s in shards], "decoder": identity, "train_samples": train,
-            "held_out_samples": held, "image_factor": factor, "latent_scaling": latent_scaling}
+            "held_out_samples": held, "image_factor": factor, "latent_scaling": latent_scaling,
+            "reference_model": reference_model}
+
+
+def encoding_model(spec: TrainDecoderSpec) -> str:
+    """The model whose VAE `target: reference` decodes with: the one that encoded the data (each data
+    output's job record names it; a teacher `train-vae` made, a pipeline, or `tiny`). A data output
+    without a record uses `model.reference`; one that disagrees with the others, or with a
+    `model.reference` set to something else, is a spec error: its decode would not be the latents'."""
+    default = type(spec.model)().reference
+    recorded = {}
+    for url in spec.data.urls:
+        job = OutputLayout(url, spec.data.storage).read_job() or {}
+        model = job.get("spec", {}).get("model", {}).get("reference")
+        if model is not None:
+            recorded[url] = model
+    found = sorted(set(recorded.values()))
+    if len(found) > 1:
+        raise ConfigError("data.urls", "", detail=f"target: reference needs one encoder, but the data was encoded by "
+                          f"{', '.join(f'{m} ({u})' for u, m in recorded.items())}")
+    if not found:
+        return spec.model.reference
+    if spec.model.reference not in (default, found[0]):
+        raise ConfigError("model.reference", "", detail=f"{spec.model.reference!r}, but the data was encoded by "
+                          f"{found[0]!r}; target: reference decodes with the encoder's VAE (leave model.reference out)")
+    return found[0]
 
 
 def _latent_scaling(spec: TrainDecoderSpec, shards) -> dict:

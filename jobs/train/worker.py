@@ -52,8 +52,10 @@ def _decoder(spec: TrainDecoderSpec, latent_scaling: dict):
     return decoder
 
 
-def _reference_decoder(spec: TrainDecoderSpec, device):
-    return load_decoder(MODEL_VAE, spec.model.reference, str(device), spec.model.dtype)
+def _reference_decoder(spec: TrainDecoderSpec, prepared: dict, device):
+    """The VAE of the model that encoded the data (the driver's `encoding_model`): a teacher's decode."""
+    model = prepared.get("reference_model") or spec.model.reference
+    return load_decoder(MODEL_VAE, model, str(device), spec.model.dtype)
 
 
 def train_loop(config: dict) -> None:
@@ -95,7 +97,7 @@ def train_loop(config: dict) -> None:
     stream = worker_stream(units(shards, world), rank, world, spec.seed, trainer.step_count * o.batch_size,
                            spec.data.storage, spec.data.crop, spec.data.shuffle_buffer)
     data = batches(stream, o.batch_size)
-    reference = _reference_decoder(spec, device) if spec.target == "reference" else None
+    reference = _reference_decoder(spec, config["prepared"], device) if spec.target == "reference" else None
     resource_per_worker = 1.0 if config["use_gpu"] else spec.scaling.cpus_per_worker
     queue = config.get("progress_queue") if rank == 0 else None
     last_told = 0.0
