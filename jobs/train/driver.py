@@ -37,6 +37,7 @@ from decoders.metrics import LPIPSWeightsMissing, require_lpips_weights
 from jobs.train.checkpoint import DECODER_DIR, public_config
 from jobs.train.data import first_sample, latent_statistics, normalising_scaling, scan
 from jobs.train.progress import TrainDisplay
+from jobs.train.reference import encoding_model
 from jobs.train.spec import TrainDecoderSpec
 from pipelines.errors import ConfigError
 from pipelines.observe.phases import phase
@@ -104,29 +105,6 @@ def check_before_training(spec: TrainDecoderSpec) -> dict:
             "held_out_samples": held, "image_factor": factor, "latent_scaling": latent_scaling,
             "reference_model": reference_model}
 
-
-def encoding_model(spec: TrainDecoderSpec) -> str:
-    """The model whose VAE `target: reference` decodes with: the one that encoded the data (each data
-    output's job record names it; a teacher `train-vae` made, a pipeline, or `tiny`). A data output
-    without a record uses `model.reference`; one that disagrees with the others, or with a
-    `model.reference` set to something else, is a spec error: its decode would not be the latents'."""
-    default = type(spec.model)().reference
-    recorded = {}
-    for url in spec.data.urls:
-        job = OutputLayout(url, spec.data.storage).read_job() or {}
-        model = job.get("spec", {}).get("model", {}).get("reference")
-        if model is not None:
-            recorded[url] = model
-    found = sorted(set(recorded.values()))
-    if len(found) > 1:
-        raise ConfigError("data.urls", "", detail=f"target: reference needs one encoder, but the data was encoded by "
-                          f"{', '.join(f'{m} ({u})' for u, m in recorded.items())}")
-    if not found:
-        return spec.model.reference
-    if spec.model.reference not in (default, found[0]):
-        raise ConfigError("model.reference", "", detail=f"{spec.model.reference!r}, but the data was encoded by "
-                          f"{found[0]!r}; target: reference decodes with the encoder's VAE (leave model.reference out)")
-    return found[0]
 
 
 def _latent_scaling(spec: TrainDecoderSpec, shards) -> dict:

@@ -18,6 +18,7 @@ from jobs.schema import build as build_spec
 from jobs.train.checkpoint import DECODER_DIR, STATE_JSON, STATE_TENSORS, same_decoder, temporary_dir, write_tree
 from jobs.train.data import batches, held_out_samples, shards_from, units, worker_stream
 from jobs.train.progress import tell
+from jobs.train.reference import encoding_model
 from jobs.train.report import write_report
 from jobs.train.spec import TrainDecoderSpec
 from pipelines.config import MODEL_VAE
@@ -52,10 +53,9 @@ def _decoder(spec: TrainDecoderSpec, latent_scaling: dict):
     return decoder
 
 
-def _reference_decoder(spec: TrainDecoderSpec, prepared: dict, device):
-    """The VAE of the model that encoded the data (the driver's `encoding_model`): a teacher's decode."""
-    model = prepared.get("reference_model") or spec.model.reference
-    return load_decoder(MODEL_VAE, model, str(device), spec.model.dtype)
+def _reference_decoder(spec: TrainDecoderSpec, device):
+    """The VAE of the model that encoded the data (a teacher's, when a teacher encoded it)."""
+    return load_decoder(MODEL_VAE, encoding_model(spec), str(device), spec.model.dtype)
 
 
 def train_loop(config: dict) -> None:
@@ -97,7 +97,7 @@ def train_loop(config: dict) -> None:
     stream = worker_stream(units(shards, world), rank, world, spec.seed, trainer.step_count * o.batch_size,
                            spec.data.storage, spec.data.crop, spec.data.shuffle_buffer)
     data = batches(stream, o.batch_size)
-    reference = _reference_decoder(spec, config["prepared"], device) if spec.target == "reference" else None
+    reference = _reference_decoder(spec, device) if spec.target == "reference" else None
     resource_per_worker = 1.0 if config["use_gpu"] else spec.scaling.cpus_per_worker
     queue = config.get("progress_queue") if rank == 0 else None
     last_told = 0.0
