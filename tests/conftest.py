@@ -30,7 +30,8 @@ LONGEST_FILES = (
     "test_multinode.py", "test_pipeline.py", "test_video.py", "test_browse.py", "test_readme.py", "test_submit.py",
     "test_terminal.py", "test_lease.py", "test_bench_scheduler.py", "test_kinds.py", "test_bench_gpu.py",
     "test_pipeline_decoders.py", "test_accounting.py", "test_quality_monitor.py", "test_nightly.py",
-    "test_encode_inputs.py", "test_suite_hygiene.py", "test_gpu_settings.py",
+    "test_encode_inputs.py", "test_suite_hygiene.py", "test_gpu_settings.py", "test_decoder_repro.py",
+    "test_teacher_model.py",
 )
 
 
