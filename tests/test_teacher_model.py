@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import shutil
 import subprocess
 import sys
 
@@ -159,4 +160,12 @@ def test_target_reference_distils_the_teachers_decode_named_by_the_data(taught, 
         check_before_training(parse_spec(yaml.safe_dump(mismatched), source="train.yaml"))
     report = run_job(spec, progress=False)
     assert report["target"] == "reference" and report["reference_model"] == teacher
-    assert (tmp_path / "out" / "decoder" / "config.json").exists()
+    # Two trained lean decoders both call themselves trained:lean: eval names their rows by path.
+    first, second = str(tmp_path / "out" / "decoder"), str(tmp_path / "copy")
+    shutil.copytree(first, second)
+    assert decoders.load(first).name == decoders.load(second).name == "trained:lean"
+    assert cli_main(["eval", str(taught / "encoded"), "--decoder", first, "--decoder", second,
+                     "--out", str(tmp_path / "eval")]) == 0
+    rows = json.loads((tmp_path / "eval" / "eval.json").read_text())["rows"]
+    assert [r["decoder"] for r in rows] == [f"teacher {teacher}", first, second]
+    assert rows[1]["psnr_vs_original"] == rows[2]["psnr_vs_original"]

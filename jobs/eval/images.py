@@ -200,6 +200,22 @@ def render_terminal(result: dict, out_url: str, full: bool = False) -> str:
     ])
 
 
+def load_decoders(names: list[str], device) -> list:
+    """The --decoder rows. Two checkpoints that call themselves alike (every trained lean decoder is
+    `trained:lean`) are named by their paths instead: rows, JSON keys and grid columns stay apart."""
+    chosen = []
+    for name in names:
+        try:
+            chosen.append(decoders.load(name, device=device))
+        except (ValueError, FileNotFoundError) as exc:
+            raise ConfigError("--decoder", "", detail=str(exc)) from None
+    labels = [d.name for d in chosen]
+    for decoder, given in zip(chosen, names):
+        if labels.count(decoder.name) > 1:
+            decoder.name = given
+    return chosen
+
+
 @torch.no_grad()  # not torch.set_grad_enabled(False): a caller in the same process (tests) trains after
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="latentmill eval", description=__doc__.splitlines()[0])
@@ -237,12 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     reference = load_decoder(MODEL_VAE, args.model, device, "float32")
     teacher = is_vae_dir(args.model)
     reference.name = f"teacher {args.model}" if teacher else f"{args.model} VAE"
-    chosen = []
-    for name in args.decoder:
-        try:
-            chosen.append(decoders.load(name, device=device))
-        except (ValueError, FileNotFoundError) as exc:
-            raise ConfigError("--decoder", "", detail=str(exc)) from None
+    chosen = load_decoders(args.decoder, device)
     training = training_set(args, latents, images)
     upscale = images.shape[-1] // latents.shape[-1]
     chosen += [b.to(device) for b in baseline_decoders(args.baseline, training, latents.shape[1], upscale)]
