@@ -12,11 +12,12 @@ import subprocess
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STEPS = ["photos-train", "photos-test", "teacher", "encode-train", "encode-test", "distil-lean", "distil-taesd",
+STEPS = ["photos-teacher", "photos-train", "photos-test", "teacher", "encode-train", "encode-test", "distil-lean", "distil-taesd",
          "distil-tae-192", "distil-lean-teacher", "eval"]
 WORKERS = "--set scaling.num_workers=1 --set scaling.cpus_per_worker=1 --set scaling.use_gpu=false"
 MINIATURE = {
-    "TRAIN_CROPS": "96", "TEST_CROPS": "8", "SIZE": "32", "SHARD": "32",
+    "TRAIN_CROPS": "96", "TEST_CROPS": "8", "SIZE": "32", "SHARD": "32", "TEACHER_CROPS": "96",
+    "TEACHER_CROP_SIZE": "48",
     # A narrow teacher trained long enough to beat a constant colour clearly.
     "TEACHER_STEPS": "150",
     "TEACHER_SETS": f"--set vae.block_out_channels=[16,16,16,16] --set vae.norm_num_groups=8 "

@@ -17,6 +17,8 @@ PYTHON=${PYTHON:-python}
 RUN_FLAGS=${RUN_FLAGS:-}
 TRAIN_CROPS=${TRAIN_CROPS:-4096}
 TEST_CROPS=${TEST_CROPS:-64}
+TEACHER_CROPS=${TEACHER_CROPS:-1024}
+TEACHER_CROP_SIZE=${TEACHER_CROP_SIZE:-96}
 SIZE=${SIZE:-64}
 TEACHER_STEPS=${TEACHER_STEPS:-1500}
 LEAN_STEPS=${LEAN_STEPS:-1500}
@@ -42,12 +44,15 @@ step() {  # step NAME COMMAND...: run it, and record its wall time and the load 
 }
 
 # RUN_FLAGS and *_SETS are unquoted on purpose: word lists.
+step photos-teacher $PYTHON -m jobs.train.sample_photos "$WORK/photos/vae-train" --count "$TEACHER_CROPS" \
+    --size "$TEACHER_CROP_SIZE"
 step photos-train $PYTHON -m jobs.train.sample_photos "$WORK/photos/train" --count "$TRAIN_CROPS" --size "$SIZE"
 step photos-test $PYTHON -m jobs.train.sample_photos "$WORK/photos/test" --count "$TEST_CROPS" --size "$SIZE" \
     --photos coffee,chelsea --seed 1
 
-step teacher $LATENTMILL run jobs/examples/train-vae.yaml $RUN_FLAGS --set "data.train=$WORK/photos/train" \
-    --set "data.held_out=$WORK/photos/test" --set "data.crop=$SIZE" --set "optim.steps=$TEACHER_STEPS" \
+# The teacher trains on random SIZE crops of larger crops of the same photos (jobs/examples/train-vae.yaml).
+step teacher $LATENTMILL run jobs/examples/train-vae.yaml $RUN_FLAGS --set "data.train_url=$WORK/photos/vae-train" \
+    --set "data.held_out_url=$WORK/photos/test" --set "data.crop=$SIZE" --set "optim.steps=$TEACHER_STEPS" \
     --set "output.url=$WORK/teacher" $TEACHER_SETS
 TEACHER="$WORK/teacher/vae"
 
