@@ -25,6 +25,7 @@ import decoders
 from decoders.flops import count_flops, meta_twin
 from jobs.checks import check_model
 from jobs.cli import main as cli_main
+from jobs.dry_run import dry_run
 from jobs.local import run_job
 from jobs.spec import parse_spec
 from jobs.train.driver import check_before_training
@@ -155,6 +156,7 @@ def train_dict(data_url, output_url, **changes) -> dict:
 def test_target_reference_distils_the_teachers_decode_named_by_the_data(taught, teacher, tmp_path):
     spec = parse_spec(yaml.safe_dump(train_dict(taught / "encoded", tmp_path / "out")), source="train.yaml")
     assert check_before_training(spec)["reference_model"] == teacher
+    assert f"target reference; model sdxl {teacher}" in dry_run(spec).splitlines()[1]
     mismatched = train_dict(taught / "encoded", tmp_path / "x", model={"reference": "some-org/another-vae"})
     with pytest.raises(ConfigError, match="the data was encoded by"):
         check_before_training(parse_spec(yaml.safe_dump(mismatched), source="train.yaml"))
