@@ -111,6 +111,8 @@ class TrainSettings:
     discriminator_lr: float = 2e-4
     ema_decay: float | None = None
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast on CUDA)
+    # For a net that returns (output, kl), an autoencoder: the weight of its KL term.
+    kl_weight: float = 0.0
 
 
 def unwrap(module: nn.Module) -> nn.Module:
@@ -172,14 +174,21 @@ class DecoderTrainer:
         s = self.settings
         return s.adversarial_weight > 0 and self.step_count >= s.adversarial_start_step
 
-    def step(self, latents: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
-        """One step on a batch; returns each weighted loss term, the total, lr and gradient norm."""
+    def step(self, inputs: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+        """One step on a batch (`inputs`: latents for a decoder, images for an autoencoder); returns
+        each weighted loss term, the total, lr and gradient norm."""
         s = self.settings
-        latents, target = latents.to(self.device), target.to(self.device)
+        inputs, target = inputs.to(self.device), target.to(self.device)
         self.net.train()
         with self._autocast():
-            output = self.net(latents).float()
+            output = self.net(inputs)
+            kl = None
+            if isinstance(output, tuple):  # an autoencoder: (reconstruction, its posterior's KL term)
+                output, kl = output
+            output = output.float()
             terms = {"pixel": s.pixel_weight * pixel_loss(s.pixel_loss, output, target)}
+            if kl is not None:
+                terms["kl"] = s.kl_weight * kl.float()
             if s.lpips_weight > 0:  # with unverified trunk weights the term is not LPIPS, nor named so
                 name = "lpips" if getattr(self.lpips, "verified", False) else "lpips_test_only"
                 terms[name] = s.lpips_weight * self.lpips(target, output.clamp(0, 1)).mean()

@@ -101,7 +101,7 @@ def _override_of(path: str, overrides: list[str]) -> str | None:
 # Fields that may name a local file or folder. A relative one means "from where latentmill runs",
 # but only the driver runs there: Ray Train workers run in a directory of their own, and actors of
 # a cluster started elsewhere in theirs. So the driver makes them absolute before the job starts.
-PATH_FIELDS = ("url", "urls", "file", "reference", "decoder", "init_weights")
+PATH_FIELDS = ("url", "urls", "file", "reference", "decoder", "init_weights", "train_url", "held_out_url")
 NAMED_FIELDS = ("reference", "decoder")  # also take built-in names and Hugging Face ids
 
 

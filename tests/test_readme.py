@@ -22,6 +22,8 @@ import time
 
 import pytest
 
+from jobs.train.sample_photos import write_crops
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLI = [sys.executable, "-m", "jobs.cli"]
 JOB_COMMANDS = ("run", "verify", "report")
@@ -91,8 +93,12 @@ def test_the_readme_commands_that_run_jobs_work_as_written(ray_cluster, checkout
     # What they wrote: the README's encode output has latents that every example can be dry-run over.
     encoded = checkout / "abs" / "tmp" / "enc"
     assert (encoded / "index.json").exists() and (checkout / "latentmill-output" / "video-quickstart").exists()
+    photos = checkout / "abs" / "photos"
+    write_crops(str(photos / "train"), ["astronaut"], count=2, size=64)
+    write_crops(str(photos / "test"), ["coffee"], count=2, size=64)
     inputs = {"encode.yaml": [], "redecode.yaml": [f"input.url={encoded}"],
-              "train-decoder.yaml": [f"data.urls=[{encoded}]", "data.held_out_fraction=0.5"]}
+              "train-decoder.yaml": [f"data.urls=[{encoded}]", "data.held_out_fraction=0.5"],
+              "train-vae.yaml": [f"data.train_url={photos / 'train'}", f"data.held_out_url={photos / 'test'}"]}
     for name in sorted(n for n in os.listdir(os.path.join(REPO, "jobs", "examples")) if n.endswith(".yaml")):
         sets = [part for item in inputs.get(name, []) for part in ("--set", item)]
         done = subprocess.run(CLI + ["run", f"jobs/examples/{name}", "--dry-run", *sets], cwd=checkout, env=env,

@@ -4,11 +4,12 @@ line here (jobs/kinds/base.py says what a kind provides)."""
 
 from __future__ import annotations
 
-from jobs.kinds import encode, generate, redecode, train_decoder, video
+from jobs.kinds import encode, generate, redecode, train_decoder, train_vae, video
 from jobs.kinds.base import JobKind
 from pipelines.errors import ConfigError
 
-KINDS: dict[str, JobKind] = {k.name: k for k in (generate.KIND, encode.KIND, redecode.KIND, video.KIND, train_decoder.KIND)}
+KINDS: dict[str, JobKind] = {k.name: k for k in (generate.KIND, encode.KIND, redecode.KIND, video.KIND, train_decoder.KIND,
+                                               train_vae.KIND)}
 
 
 def register(kind: JobKind) -> None:

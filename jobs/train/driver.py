@@ -34,7 +34,7 @@ from pyarrow.fs import FSSpecHandler, PyFileSystem
 import decoders
 from decoders import ARCHITECTURES
 from decoders.metrics import LPIPSWeightsMissing, require_lpips_weights
-from jobs.train.checkpoint import DECODER_DIR, public_config
+from jobs.train.checkpoint import public_config
 from jobs.train.data import first_sample, latent_statistics, normalising_scaling, scan
 from jobs.train.progress import TrainDisplay
 from jobs.train.reference import encoding_model
@@ -47,7 +47,7 @@ from pipelines.sinks.lease import OutputLease, describe_holder
 from pipelines.sinks.storage import open_output, write_json
 
 
-def run_name(spec: TrainDecoderSpec) -> str:
+def run_name(spec) -> str:
     """Ray Train's run name: the spec name plus a digest of what decides the weights, so a rerun of
     the same spec finds its checkpoints and a changed spec does not resume another's."""
     digest = hashlib.sha256(json.dumps(spec.identity(), sort_keys=True).encode()).hexdigest()[:10]
@@ -117,7 +117,7 @@ def _latent_scaling(spec: TrainDecoderSpec, shards) -> dict:
     return normalising_scaling(mean, std)
 
 
-def _storage(spec: TrainDecoderSpec):
+def _storage(spec):
     """(storage_path, storage_filesystem) for Ray Train: local paths as they are, others via fsspec."""
     fs, root = open_output(spec.checkpoint_url, spec.output.storage)
     if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
@@ -127,7 +127,19 @@ def _storage(spec: TrainDecoderSpec):
 
 
 def train_decoder(spec: TrainDecoderSpec, *, progress=True, connect=None, wait: bool = False) -> dict:
-    """Check the spec and data, then (`connect`: join a Ray cluster) train; returns the final report.
+    """Check the spec and data, then (`connect`: join a Ray cluster) train; returns the final report."""
+    return run_training(spec, check_before_training, _decoder_loop, progress=progress, connect=connect, wait=wait)
+
+
+def _decoder_loop():
+    from jobs.train.worker import train_loop  # torch, DDP: only in Ray Train's workers and when training
+
+    return train_loop
+
+
+def run_training(spec, prepare, load_loop, *, progress=True, connect=None, wait: bool = False) -> dict:
+    """What every training kind's driver does: `prepare(spec)` (the checks before Ray; returns what
+    the workers need), then the TorchTrainer running `load_loop()` (imported only when training).
 
     Like a generation job, training holds its output's lease while it runs (`wait`: wait for a
     driver that holds it instead of refusing), so two drivers never write the same checkpoints.
@@ -135,11 +147,11 @@ def train_decoder(spec: TrainDecoderSpec, *, progress=True, connect=None, wait: 
     finished = finished_report(spec)
     if finished is not None:  # a rerun of a finished training: no Ray, and the report stays as it is
         return {**finished, "nothing_to_do": True}
-    prepared = check_before_training(spec)
+    prepared = prepare(spec)
     layout = OutputLayout(spec.output.url, spec.output.storage)
     run_id = f"{run_name(spec)}-{uuid.uuid4().hex[:6]}"
     with OutputLease(layout, run_id, spec.output.lease_ttl_s).acquire(wait=wait) as lease:
-        report = _train(spec, prepared, progress, connect)
+        report = _train(spec, prepared, load_loop(), progress, connect)
         lease.check()  # a driver that lost its lease mid-run says so instead of claiming the result
         if lease.taken_over:
             report["notes"] = [f"took over the expired lease of {describe_holder(lease.taken_over)}"]
@@ -147,11 +159,12 @@ def train_decoder(spec: TrainDecoderSpec, *, progress=True, connect=None, wait: 
     return report
 
 
-def finished_report(spec: TrainDecoderSpec) -> dict | None:
-    """The report of this spec's training where its output holds the finished result (the decoder's
-    saved training spec has this spec's identity, and report.json, written last, exists); else None."""
+def finished_report(spec) -> dict | None:
+    """The report of this spec's training where its output holds the finished result (the trained
+    model's saved training spec has this spec's identity, and report.json, written last, exists); else None."""
     fs, root = open_output(spec.output.url, spec.output.storage)
-    saved_spec, report = posixpath.join(root, DECODER_DIR, "training_spec.yaml"), posixpath.join(root, "report.json")
+    saved_spec = posixpath.join(root, spec.product_dir, "training_spec.yaml")
+    report = posixpath.join(root, "report.json")
     try:
         saved = yaml.safe_load(fs.cat_file(saved_spec))
         finished = json.loads(fs.cat_file(report))
@@ -167,14 +180,12 @@ def _canonical(value) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
-def _train(spec: TrainDecoderSpec, prepared: dict, progress, connect) -> dict:
+def _train(spec, prepared: dict, train_loop, progress, connect) -> dict:
     # lazy: keeps ray out of processes that never call this
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.util.queue import Queue
-
-    from jobs.train.worker import train_loop  # torch, DDP: only in Ray Train's workers and when training
 
     if connect is not None:
         connect()

@@ -9,10 +9,13 @@ import posixpath
 from pipelines.sinks.storage import open_output
 
 # lpips_test_only: the LPIPS term computed with trunk weights that are not the published ones (decoders/metrics.py).
-LOSS_TERMS = ("pixel", "lpips", "lpips_test_only", "adversarial", "discriminator", "total")
+LOSS_TERMS = ("pixel", "kl", "lpips", "lpips_test_only", "adversarial", "discriminator", "total")
 
 
-def summarize(spec, config: dict, history: list[dict], metrics: dict, resumed_from: int | None) -> dict:
+def summarize(spec, config: dict, history: list[dict], metrics: dict, resumed_from: int | None,
+              latent_scaling: dict | None = None) -> dict:
+    """`latent_scaling`: the scaling the trained model carries, where it is measured after training
+    (an autoencoder's); by default the one the driver measured on the training latents."""
     seconds = sum(h["seconds"] for h in history)
     images = len(history) * spec.optim.batch_size * spec.scaling.num_workers
     resource = "GPU" if config["use_gpu"] else "CPU"
@@ -24,6 +27,7 @@ def summarize(spec, config: dict, history: list[dict], metrics: dict, resumed_fr
         "target": spec.target,
         # target reference: whose decode the decoder learned (the encoder's VAE, e.g. a teacher)
         "reference_model": config["prepared"].get("reference_model"),
+        "product": spec.product_dir,
         "steps": len(history),
         "workers": spec.scaling.num_workers,
         "resource": resource,
@@ -34,7 +38,7 @@ def summarize(spec, config: dict, history: list[dict], metrics: dict, resumed_fr
         "images_per_s": images / seconds if seconds else None,
         "train_samples": config["prepared"]["train_samples"],
         "held_out_samples": config["prepared"]["held_out_samples"],
-        "latent_scaling": config["prepared"]["latent_scaling"] or None,
+        "latent_scaling": latent_scaling or config["prepared"]["latent_scaling"] or None,
         "resumed_from_step": resumed_from,
         "final_loss": {k: sum(h[k] for h in last) / len(last) for k in LOSS_TERMS if k in last[-1]},
         "held_out": metrics,
@@ -66,11 +70,22 @@ def render_markdown(report: dict) -> str:
         "| --- | --- |",
         *[f"| {k} | {r['held_out'][k]:.4f} |" for k in ("psnr", "ssim", "lpips", "lpips_test_only") if k in r["held_out"]],
         "",
+        *_baseline_lines(r["held_out"]),
         f"LPIPS: {r['held_out']['lpips_status']}",
         "",
         "![loss curve](loss.png)",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _baseline_lines(held_out: dict) -> list[str]:
+    """The mean-colour baseline's scores on the same held-out images, where the training measured it."""
+    base = held_out.get("mean_colour_baseline")
+    if not base:
+        return []
+    return ["", f"The training images' mean colour {base['colour']} as a constant image, on the same held-out "
+            f"images: PSNR {base['psnr']:.4f}, SSIM {base['ssim']:.4f} (the model: "
+            f"{held_out['psnr'] - base['psnr']:+.2f} dB).", ""]
 
 
 def loss_chart(history: list[dict]) -> bytes:
@@ -99,8 +114,9 @@ def loss_chart(history: list[dict]) -> bytes:
     return buffer.getvalue()
 
 
-def write_report(spec, config: dict, history: list[dict], metrics: dict, resumed_from: int | None) -> dict:
-    report = summarize(spec, config, history, metrics, resumed_from)
+def write_report(spec, config: dict, history: list[dict], metrics: dict, resumed_from: int | None,
+                 latent_scaling: dict | None = None) -> dict:
+    report = summarize(spec, config, history, metrics, resumed_from, latent_scaling)
     fs, root = open_output(spec.output.url, spec.output.storage)
     files = {"report.json": json.dumps(report, indent=2).encode(), "report.md": render_markdown(report).encode(),
              "loss.png": loss_chart(history)}
@@ -111,7 +127,7 @@ def write_report(spec, config: dict, history: list[dict], metrics: dict, resumed
 
 
 def summary_line(report: dict, output_url: str) -> str:
-    held = report["held_out"]
+    held, product = report["held_out"], report.get("product", "decoder")
     if report.get("nothing_to_do"):
         return (f"{report['name']}: nothing to do: {output_url.rstrip('/')} holds this training, finished "
                 f"({report['steps']} steps; held-out PSNR {held['psnr']:.2f} dB); report "
@@ -119,5 +135,5 @@ def summary_line(report: dict, output_url: str) -> str:
     return (
         f"{report['name']}: trained {report['architecture']} for {report['steps']} steps "
         f"({report['images_per_s']:.1f} images/s); held-out PSNR {held['psnr']:.2f} dB, SSIM {held['ssim']:.4f}; "
-        f"decoder {output_url.rstrip('/')}/decoder, report {output_url.rstrip('/')}/report.md"
+        f"{product} {output_url.rstrip('/')}/{product}, report {output_url.rstrip('/')}/report.md"
     )

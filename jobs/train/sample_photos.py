@@ -4,7 +4,9 @@
     python -m jobs.train.sample_photos ./photos/test --count 64 --size 64 --photos coffee,chelsea
 
 The photos ship inside the scikit-image package (no download). Different photos for training and
-testing give a held-out set of unseen images.
+testing give a held-out set of unseen images. The defaults use only photos whose licence
+scikit-image states as permissive (LICENCES, from its docstrings); the Middlebury stereo pair
+(`motorcycle_left`/`_right`) states none and is used only when named.
 """
 
 from __future__ import annotations
@@ -16,9 +18,21 @@ import sys
 import numpy as np
 from PIL import Image
 
-# Colour photographs of skimage.data (`cat` is `chelsea`: keep them on the same side of a split).
-PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field", "retina",
-          "colorwheel", "logo", "cat", "motorcycle_left", "motorcycle_right")
+# Colour images of skimage.data and their licences as its docstrings state them (`cat` is
+# `chelsea`: keep them on the same side of a split; colorwheel and logo are drawings).
+LICENCES = {
+    "astronaut": "NASA, public domain", "coffee": "CC0 (Rachel Michetti)", "chelsea": "CC0 (Stefan van der Walt)",
+    "rocket": "SpaceX, public domain", "immunohistochemistry": "no known copyright restrictions",
+    "hubble_deep_field": "NASA, public domain", "retina": "CC0 1.0 (Wikimedia Commons)",
+    "colorwheel": "none stated (scikit-image's own drawing)", "logo": "none stated (scikit-image's logo)",
+    "cat": "CC0 (Stefan van der Walt)",
+    "motorcycle_left": "none stated (Middlebury 2014 stereo; opt-in only)",
+    "motorcycle_right": "none stated (Middlebury 2014 stereo; opt-in only)",
+}
+PHOTOS = tuple(LICENCES)
+# Training photos by default: colour photographs with a permissive licence, none of the held-out
+# ones (coffee and chelsea, the docs' test photos).
+TRAIN_PHOTOS = ("astronaut", "rocket", "immunohistochemistry", "hubble_deep_field", "retina")
 
 
 def load_photo(name: str) -> np.ndarray:
@@ -60,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("folder")
     parser.add_argument("--count", type=int, default=512)
     parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--photos", default="astronaut,rocket,immunohistochemistry,hubble_deep_field,retina,"
-                        "motorcycle_left", help="comma-separated names from: " + ", ".join(PHOTOS))
+    parser.add_argument("--photos", default=",".join(TRAIN_PHOTOS), help="comma-separated names from: "
+                        + "; ".join(f"{name} ({licence})" for name, licence in LICENCES.items()))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     paths = write_crops(args.folder, args.photos.split(","), args.count, args.size, args.seed)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
 from decoders import ARCHITECTURES
+from jobs.train.checkpoint import DECODER_DIR
 from pipelines.config import ModelConfig, StorageConfig, require
 
 
@@ -158,6 +159,11 @@ class TrainDecoderSpec:
     @property
     def checkpoint_url(self) -> str:
         return self.checkpoints.url or self.output.url.rstrip("/") + "/checkpoints"
+
+    @property
+    def product_dir(self) -> str:
+        """Where in the output the trained model goes (the driver's "finished?" check looks there)."""
+        return DECODER_DIR
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -32,14 +32,14 @@ def _spec(config: dict) -> TrainDecoderSpec:
     return build_spec(TrainDecoderSpec, config["spec"])
 
 
-def _device(use_gpu: bool) -> torch.device:
+def device_for(use_gpu: bool) -> torch.device:
     # lazy: keeps ray out of processes that never call this
     import ray.train.torch
 
     return ray.train.torch.get_device() if use_gpu and torch.cuda.is_available() else torch.device("cpu")
 
 
-def _precision(spec: TrainDecoderSpec, device: torch.device) -> str:
+def precision_for(spec: TrainDecoderSpec, device: torch.device) -> str:
     if spec.optim.precision != "auto":
         return spec.optim.precision
     return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
@@ -67,7 +67,7 @@ def train_loop(config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(max(1, int(spec.scaling.cpus_per_worker)))
-    device = _device(config["use_gpu"])
+    device = device_for(config["use_gpu"])
     torch.manual_seed(spec.seed)  # DDP broadcasts rank 0's weights; the discriminator starts alike too
     with collector_paused():  # the decoder's first use imports diffusers (see collector_paused)
         decoder = _decoder(spec, config["prepared"]["latent_scaling"])
@@ -87,25 +87,45 @@ def train_loop(config: dict) -> None:
         steps=o.steps, lr=o.lr, weight_decay=o.weight_decay, warmup_steps=o.warmup_steps, min_lr_ratio=o.min_lr_ratio,
         grad_clip=o.grad_clip, pixel_loss=loss.pixel, pixel_weight=loss.pixel_weight, lpips_weight=loss.lpips_weight,
         adversarial_weight=loss.adversarial_weight, adversarial_start_step=loss.adversarial_start_step,
-        discriminator_lr=loss.discriminator_lr, ema_decay=o.ema_decay, precision=_precision(spec, device),
+        discriminator_lr=loss.discriminator_lr, ema_decay=o.ema_decay, precision=precision_for(spec, device),
     )
     trainer = DecoderTrainer(net, settings, discriminator=discriminator, lpips=lpips, device=device)
     history: list[dict] = []
-    resumed_from = _restore(trainer, history, config["prepared"]["decoder"])
+    resumed_from = restore(trainer, history, config["prepared"]["decoder"])
 
     shards = shards_from(config["prepared"]["shards"])
     stream = worker_stream(units(shards, world), rank, world, spec.seed, trainer.step_count * o.batch_size,
                            spec.data.storage, spec.data.crop, spec.data.shuffle_buffer)
     data = batches(stream, o.batch_size)
     reference = _reference_decoder(spec, device) if spec.target == "reference" else None
+
+    def next_batch(step: int):
+        latents, images = next(data)
+        return latents, reference.decode(latents) if reference is not None else images
+
+    run_steps(trainer, next_batch, spec, config, history)
+    if rank == 0:
+        tell(config.get("progress_queue"), {"kind": "evaluating", "samples": spec.eval_samples})
+        _finish(spec, config, trainer, decoder, history, resumed_from, device)
+
+
+def run_steps(trainer, next_batch, spec, config: dict, history: list) -> None:
+    """Train from `trainer.step_count` to `spec.optim.steps`: `next_batch(step)` gives (inputs, target);
+    rank 0 tells the driver its progress; every rank checkpoints (Ray Train's report is a collective).
+    Shared by every training kind's workers."""
+    # lazy: keeps ray out of processes that never call this
+    import ray.train
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    o = spec.optim
     resource_per_worker = 1.0 if config["use_gpu"] else spec.scaling.cpus_per_worker
     queue = config.get("progress_queue") if rank == 0 else None
+    identity = config["prepared"]["decoder"]
     last_told = 0.0
     while trainer.step_count < o.steps:
         started = time.perf_counter()
-        latents, images = next(data)
-        target = reference.decode(latents) if reference is not None else images
-        metrics = trainer.step(latents, target)
+        metrics = trainer.step(*next_batch(trainer.step_count))
         seconds = time.perf_counter() - started
         step = trainer.step_count
         metrics.update(step=step, seconds=seconds, images_per_s=o.batch_size * world / seconds,
@@ -116,14 +136,11 @@ def train_loop(config: dict) -> None:
             tell(queue, {"kind": "step", "step": step, "steps": o.steps, "loss": metrics["total"],
                          "images_per_s": metrics["images_per_s"]})
         if step % spec.checkpoints.every_steps == 0 or step == o.steps:
-            _checkpoint(trainer, history, config["prepared"]["decoder"], rank, metrics)
+            save_checkpoint(trainer, history, identity, rank, metrics)
             tell(queue, {"kind": "checkpoint", "step": step})
-    if rank == 0:
-        tell(queue, {"kind": "evaluating", "samples": spec.eval_samples})
-        _finish(spec, config, trainer, decoder, history, resumed_from, device)
 
 
-def _restore(trainer, history: list, identity: dict) -> int | None:
+def restore(trainer, history: list, identity: dict) -> int | None:
     """Load the latest checkpoint of this run, if any (a restarted worker group or a rerun driver)."""
     # lazy: keeps ray out of processes that never call this
     import ray.train
@@ -142,7 +159,7 @@ def _restore(trainer, history: list, identity: dict) -> int | None:
     return trainer.step_count
 
 
-def _checkpoint(trainer, history: list, identity: dict, rank: int, metrics: dict) -> None:
+def save_checkpoint(trainer, history: list, identity: dict, rank: int, metrics: dict) -> None:
     """Rank 0 saves the state; every rank reports (Ray Train's report is a collective)."""
     # lazy: keeps ray out of processes that never call this
     import ray.train
