@@ -136,7 +136,7 @@ def test_eval_takes_the_teacher_from_the_encode_record_as_its_reference_and_as_a
     assert result["reference"] == {"name": f"teacher {teacher}", "model": teacher, "teacher": True}
     reference, again, mean = result["rows"]
     assert reference["is_reference"] and again["decoder"] == teacher and mean["decoder"] == "mean colour (eval set)"
-    assert math.isinf(again["psnr_vs_reference"]) and again["psnr_vs_original"] == reference["psnr_vs_original"]
+    assert math.isinf(float(again["psnr_vs_reference"])) and again["psnr_vs_original"] == reference["psnr_vs_original"]
     twin_flops = count_flops(meta_twin(decoders.load(teacher)), 1024, 1024)
     assert reference["flops_at_1024"] == again["flops_at_1024"] == twin_flops > 0 and mean["flops_at_1024"] == 0
     markdown = (out / "eval.md").read_text()
