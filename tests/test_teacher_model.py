@@ -148,6 +148,7 @@ def train_dict(data_url, output_url, **changes) -> dict:
     return {"name": "teacher-distil", "kind": "train-decoder", "target": "reference",
             "data": {"urls": [str(data_url)], "held_out_fraction": 0.25}, "architecture": "lean", "tiny": True,
             "optim": {"steps": 2, "batch_size": 2, "warmup_steps": 1},
+            "loss": {"pixel": "mse"},  # mse saves its target for backward: an inference-mode target fails there
             "scaling": {"num_workers": 1, "use_gpu": False, "cpus_per_worker": 0.5},
             "checkpoints": {"every_steps": 2}, "eval_samples": 2, "progress_every_s": 0,
             "output": {"url": str(output_url)}, **changes}

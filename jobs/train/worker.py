@@ -101,7 +101,8 @@ def train_loop(config: dict) -> None:
 
     def next_batch(step: int):
         latents, images = next(data)
-        return latents, reference.decode(latents) if reference is not None else images
+        # decode runs under inference_mode; a clone outside it is a tensor autograd may save for backward
+        return latents, reference.decode(latents).clone() if reference is not None else images
 
     run_steps(trainer, next_batch, spec, config, history)
     if rank == 0:
