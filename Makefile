@@ -18,7 +18,7 @@ STAMP := $(VENV)/.installed
 PIP_INSTALL := $(BIN)/python -m pip install --quiet --no-compile
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: quickstart test setup image clean
+.PHONY: quickstart test setup image clean decoder-repro
 
 setup: $(STAMP)
 
@@ -31,6 +31,10 @@ $(STAMP): pyproject.toml
 quickstart: $(STAMP)
 	$(BIN)/latentmill run jobs/examples/quickstart.yaml
 	$(BIN)/latentmill verify ./latentmill-output/quickstart
+
+# docs/decoder-training.md's reproduction (issue 27): teacher, encodes, distilled decoders, eval; ~1 h on 2 cores.
+decoder-repro: $(STAMP)
+	PATH=$(abspath $(BIN)):$$PATH bash jobs/examples/decoder-repro.sh
 
 test: $(STAMP)
 	# The browser page's tests drive Debian's Chromium (as root, as CI is); never Playwright's own download.

@@ -11,7 +11,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from .base import Decoder
-from .loading import build
+from .loading import build, build_model
 
 
 def count_flops(decoder: str | Decoder, height: int, width: int, *, frames: int = 1, batch: int = 1) -> int:
@@ -26,3 +26,10 @@ def count_flops(decoder: str | Decoder, height: int, width: int, *, frames: int 
     with FlopCounterMode(display=False) as counter:
         decoder.decode(z)
     return int(counter.get_total_flops())
+
+
+def meta_twin(decoder: Decoder) -> Decoder:
+    """The same architecture and config as `decoder` on the meta device: its FLOPs at any size
+    cost no memory (a trained teacher at 1024 px would need gigabytes on the CPU)."""
+    model = build_model(type(decoder.model).__name__, dict(decoder.model.config), device="meta")
+    return Decoder(model.eval().requires_grad_(False), decoder.name, is_video=decoder.is_video)

@@ -12,7 +12,7 @@ from decoders import references
 from decoders.registry import unknown_name_help
 from pipelines.config import MODEL_VAE
 from pipelines.errors import ConfigError
-from pipelines.models.loading import TINY_REFERENCE
+from pipelines.models.loading import TINY_REFERENCE, VAE_CLASSES, directory_class
 from pipelines.models.random_models import RANDOM_MODELS
 
 
@@ -27,13 +27,14 @@ def check_protocol(url: str, path: str) -> None:
         raise ConfigError(path, "", detail=f"unknown protocol {protocol!r} in {url!r} ({exc}); known include: {known}") from None
 
 
-def check_model(reference: str, family: str) -> None:
-    """`family`: the job's model family; a random-weights model must be of it."""
+def check_model(reference: str, family: str, vae_only: bool = False) -> None:
+    """`family`: the job's model family; a random-weights model must be of it. `vae_only`: the job
+    uses nothing of the model but its VAE, so a bare autoencoder directory (a teacher) will do."""
     kind = references.kind_of(reference, builtins=(TINY_REFERENCE, *RANDOM_MODELS))
     if kind == "builtin" and reference in RANDOM_MODELS:
         _check_random_family(reference, family)
     if kind == "path":
-        _check_model_dir(reference)
+        _check_model_dir(reference, vae_only)
     elif kind is None:
         raise ConfigError(
             "model.reference",
@@ -52,16 +53,23 @@ def _check_random_family(reference: str, family: str) -> None:
             f"({', '.join(fitting)} for random weights)"))
 
 
-def _check_model_dir(reference: str) -> None:
-    fs, root = fsspec.core.url_to_fs(reference)
+def _check_model_dir(reference: str, vae_only: bool) -> None:
+    fs, root = fsspec.core.url_to_fs(references.local_path(reference))
     if not fs.isdir(root):
         raise ConfigError("model.reference", "", detail=f"model directory {reference!r} does not exist")
-    if not fs.exists(f"{root.rstrip('/')}/model_index.json"):
-        raise ConfigError(
-            "model.reference",
-            "",
-            detail=f"{reference!r} has no model_index.json: expected a diffusers save_pretrained directory",
-        )
+    if fs.exists(f"{root.rstrip('/')}/model_index.json"):
+        return
+    found = directory_class(reference)
+    if found in VAE_CLASSES and vae_only:
+        return
+    if found in VAE_CLASSES:
+        raise ConfigError("model.reference", "", detail=(
+            f"{reference!r} is a bare {found} directory (a VAE alone); this job needs a whole pipeline "
+            "(model_index.json); a VAE alone serves encode, redecode and train-decoder"))
+    says = f"; its config.json names {found!r}" if found else ""
+    raise ConfigError("model.reference", "", detail=(
+        f"{reference!r} is neither a diffusers pipeline directory (model_index.json) nor an "
+        f"{' or '.join(VAE_CLASSES)} directory (config.json with its _class_name){says}"))
 
 
 def check_decoder(decoder: str, model_family: str, own: str, video: bool = False) -> None:

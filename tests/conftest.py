@@ -26,12 +26,13 @@ pytest_plugins = ("pytester",)  # tests/test_suite_hygiene.py runs small test se
 # collection order: the longest files go first so that neither worker is left alone with one at
 # the end (the longest-processing-time-first rule). Measured file times, longest first.
 LONGEST_FILES = (
-    "test_storage.py", "test_integrity.py", "test_resume_after_kill.py", "test_train.py", "test_train_vae.py",
+    "test_decoder_repro.py", "test_storage.py", "test_integrity.py", "test_resume_after_kill.py", "test_train.py", "test_train_vae.py",
     "test_repair.py",
     "test_multinode.py", "test_pipeline.py", "test_video.py", "test_browse.py", "test_readme.py", "test_submit.py",
     "test_terminal.py", "test_lease.py", "test_bench_scheduler.py", "test_kinds.py", "test_bench_gpu.py",
     "test_pipeline_decoders.py", "test_accounting.py", "test_quality_monitor.py", "test_nightly.py",
-    "test_encode_inputs.py", "test_suite_hygiene.py", "test_gpu_settings.py", "test_estimate.py",
+    "test_encode_inputs.py", "test_suite_hygiene.py", "test_gpu_settings.py", "test_teacher_model.py",
+    "test_estimate.py",
 )
 
 

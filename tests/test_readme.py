@@ -99,7 +99,7 @@ def test_the_readme_commands_that_run_jobs_work_as_written(ray_cluster, checkout
     inputs = {"encode.yaml": [], "redecode.yaml": [f"input.url={encoded}"],
               "train-decoder.yaml": [f"data.urls=[{encoded}]", "data.held_out_fraction=0.5"],
               "train-vae.yaml": [f"data.train_url={photos / 'train'}", f"data.held_out_url={photos / 'test'}"]}
-    for name in sorted(os.listdir(os.path.join(REPO, "jobs", "examples"))):
+    for name in sorted(n for n in os.listdir(os.path.join(REPO, "jobs", "examples")) if n.endswith(".yaml")):
         sets = [part for item in inputs.get(name, []) for part in ("--set", item)]
         done = subprocess.run(CLI + ["run", f"jobs/examples/{name}", "--dry-run", *sets], cwd=checkout, env=env,
                               capture_output=True, text=True, timeout=300)

@@ -22,6 +22,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import decoders
+from decoders.flops import count_flops, meta_twin
 from decoders.metrics import LPIPS, LPIPSWeightsMissing, lpips_status, score
 from jobs.eval import video as eval_video
 from jobs.eval.baselines import TrainingSet, baseline_decoders, check_names, output_looks
@@ -31,6 +32,7 @@ from jobs.train.data import Shard, held_out_samples, scan
 from pipelines.config import MODEL_VAE, StorageConfig
 from pipelines.errors import ConfigError
 from pipelines.models.decoding import load_decoder
+from pipelines.models.loading import is_vae_dir
 from pipelines.sinks.layout import OutputLayout
 
 
@@ -96,6 +98,13 @@ def count_flops_per_image(decoder, latents: torch.Tensor) -> int:
     return int(counter.get_total_flops())
 
 
+PARETO_SIZE = 1024  # the FLOPs column is at SDXL's size: what carries over from these small crops
+
+
+def flops_at_pareto_size(decoder) -> int:
+    return count_flops(meta_twin(decoder), PARETO_SIZE, PARETO_SIZE)
+
+
 def evaluate(decoders_: list, reference, keys, latents, images, lpips, batch: int = 8) -> dict:
     ref_images, ref_time = decode_timed(reference, latents, batch)
     rows = []
@@ -104,7 +113,8 @@ def evaluate(decoders_: list, reference, keys, latents, images, lpips, batch: in
         decoded, seconds = (ref_images, ref_time) if decoder is reference else decode_timed(decoder, latents, batch)
         outputs[decoder.name] = decoded
         row = {"decoder": decoder.name, "is_reference": decoder is reference, "parameters": decoder.num_parameters(),
-               "flops_per_image": count_flops_per_image(decoder, latents), "seconds_per_image": seconds,
+               "flops_per_image": count_flops_per_image(decoder, latents),
+               f"flops_at_{PARETO_SIZE}": flops_at_pareto_size(decoder), "seconds_per_image": seconds,
                **output_looks(decoded)}
         for against, target in (("original", images), ("reference", ref_images)):
             for metric, values in score(target, decoded, lpips).items():
@@ -115,48 +125,95 @@ def evaluate(decoders_: list, reference, keys, latents, images, lpips, batch: in
             "lpips": lpips_status(lpips), "keys": keys, "_outputs": outputs}
 
 
+def reference_label(result: dict) -> str:
+    """How the tables call the reference decoder: a teacher's decode, or the model's own VAE."""
+    return "teacher" if result.get("reference", {}).get("teacher") else "reference"
+
+
+def _lpips_key(result: dict) -> str | None:
+    return next((k for k in ("lpips", "lpips_test_only") if f"{k}_vs_original" in result["rows"][0]), None)
+
+
 def render_markdown(result: dict) -> str:
-    lpips_key = next((k for k in ("lpips", "lpips_test_only") if f"{k}_vs_original" in result["rows"][0]), None)
-    columns = ["psnr_vs_original", "ssim_vs_original", *([f"{lpips_key}_vs_original"] if lpips_key else []),
+    """Every column: the Pareto table (cost, then quality vs the original and vs the reference)."""
+    lpips_key, ref = _lpips_key(result), reference_label(result)
+    quality = ["psnr_vs_original", "ssim_vs_original", *([f"{lpips_key}_vs_original"] if lpips_key else []),
                "psnr_vs_reference", "ssim_vs_reference"]
-    head = ["decoder", *columns, "ms / image", "params (M)", "GFLOP / image"]
-    lines = [f"# Decoder evaluation: {result['samples']} samples at {result['image_size'][0]}x{result['image_size'][1]} "
-             f"on {result['device']}", "", f"LPIPS: {result['lpips']}", "",
+    size = result["image_size"]
+    metric = {"psnr": "PSNR", "ssim": "SSIM", "lpips": "LPIPS", "lpips_test_only": "LPIPS (test only)"}
+    head = ["decoder", "params (M)", f"GFLOP at {PARETO_SIZE} px", f"ms / image ({result['device']})",
+            *[f"{metric[c.rsplit('_vs_', 1)[0]]} vs {c.rsplit('_vs_', 1)[1].replace('reference', ref)}" for c in quality],
+            f"GFLOP / image ({size[0]}x{size[1]})", "output mean", "output spread"]
+    lines = [f"# Decoder evaluation: {result['samples']} samples at {size[0]}x{size[1]} on {result['device']}", "",
+             f"Reference ({ref}): {result.get('reference', {}).get('name', '-')}", "", f"LPIPS: {result['lpips']}", "",
              *([f"Baselines computed from: {result['baselines_from']}", ""] if result.get("baselines_from") else []),
              "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for row in result["rows"]:
-        name = row["decoder"] + (" (reference)" if row["is_reference"] else "")
-        cells = [name, *[format_cell(row.get(c), 4 if "ssim" in c or "lpips" in c else 2) for c in columns],
-                 format_cell(row["seconds_per_image"] * 1000), format_cell(row["parameters"] / 1e6, 3), format_cell(row["flops_per_image"] / 1e9, 3)]
+        name = row["decoder"] + (f" ({ref})" if row["is_reference"] else "")
+        cells = [name, format_cell(row["parameters"] / 1e6, 3), format_cell(row[f"flops_at_{PARETO_SIZE}"] / 1e9, 1),
+                 format_cell(row["seconds_per_image"] * 1000),
+                 *[format_cell(row.get(c), 4 if "ssim" in c or "lpips" in c else 2) for c in quality],
+                 format_cell(row["flops_per_image"] / 1e9, 3), format_cell(row["output_mean"], 3),
+                 format_cell(row["output_spread"], 3)]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "![side by side](grid.png)", ""]
     return "\n".join(lines)
 
 
-TERMINAL_COLUMNS = (("PSNR orig", "psnr_vs_original", 2), ("SSIM orig", "ssim_vs_original", 4),
-                    ("LPIPS orig", None, 4), ("PSNR ref", "psnr_vs_reference", 2), ("SSIM ref", "ssim_vs_reference", 4))
+def terminal_columns(result: dict, full: bool) -> list[tuple[str, str, int, float]]:
+    """(heading, row key, digits, scale) of the terminal's table; `full` adds LPIPS and the rest."""
+    ref = "teach" if reference_label(result) == "teacher" else "ref"
+    lpips_key = _lpips_key(result)
+    columns = [("params M", "parameters", 3, 1e-6), (f"GFLOP@{PARETO_SIZE}", f"flops_at_{PARETO_SIZE}", 1, 1e-9),
+               ("ms/img", "seconds_per_image", 2, 1e3), ("PSNR", "psnr_vs_original", 2, 1),
+               ("SSIM", "ssim_vs_original", 4, 1), (f"PSNR {ref}", "psnr_vs_reference", 2, 1),
+               (f"SSIM {ref}", "ssim_vs_reference", 4, 1)]
+    if full:
+        columns += [*([("LPIPS", f"{lpips_key}_vs_original", 4, 1)] if lpips_key else []),
+                    ("GFLOP/img", "flops_per_image", 3, 1e-9), ("mean", "output_mean", 3, 1),
+                    ("spread", "output_spread", 3, 1)]
+    return columns
 
 
-def render_terminal(result: dict, out_url: str) -> str:
-    """The terminal's table (fits 100 columns); eval.md has every column, eval.json every number."""
-    lpips_key = next((k for k in ("lpips", "lpips_test_only") if f"{k}_vs_original" in result["rows"][0]), None)
-    head = ["decoder", *[h for h, key, _ in TERMINAL_COLUMNS if key or lpips_key], "ms/image", "GFLOP/image"]
+def render_terminal(result: dict, out_url: str, full: bool = False) -> str:
+    """The terminal's table: narrow enough for 100 columns (`--full`: every column, wider);
+    eval.md has every column, eval.json every number. PSNR/SSIM: against the original images."""
+    columns = terminal_columns(result, full)
+    head = ["decoder", *[h for h, _, _, _ in columns]]
     rows = []
     for row in result["rows"]:
         cells = [row["decoder"] + (" (ref)" if row["is_reference"] else "")]
-        for _, key, digits in TERMINAL_COLUMNS:
-            if key or lpips_key:
-                cells.append(format_cell(row.get(key or f"{lpips_key}_vs_original"), digits))
-        cells += [format_cell(row["seconds_per_image"] * 1000), format_cell(row["flops_per_image"] / 1e9, 3)]
+        for _, key, digits, scale in columns:
+            value = row.get(key)
+            cells.append(format_cell(value * scale if isinstance(value, (int, float)) else value, digits))
         rows.append(cells)
     size = result["image_size"]
+    ref = result.get("reference", {})
     return "\n".join([
         f"decoder evaluation: {result['samples']} samples at {size[0]}x{size[1]} on {result['device']}",
         *plain_table(head, rows),
+        *wrapped(f"PSNR, SSIM: against the original images; {reference_label(result)} ({ref.get('name', '-')}): "
+                 f"against its decode"),
         *wrapped(f"LPIPS: {result['lpips']}"),
         *(wrapped(f"baselines from: {result['baselines_from']}") if result.get("baselines_from") else []),
         *wrapped(f"every column: {out_url.rstrip('/')}/eval.md (and eval.json, grid.png)"),
     ])
+
+
+def load_decoders(names: list[str], device) -> list:
+    """The --decoder rows. Two checkpoints that call themselves alike (every trained lean decoder is
+    `trained:lean`) are named by their paths instead: rows, JSON keys and grid columns stay apart."""
+    chosen = []
+    for name in names:
+        try:
+            chosen.append(decoders.load(name, device=device))
+        except (ValueError, FileNotFoundError) as exc:
+            raise ConfigError("--decoder", "", detail=str(exc)) from None
+    labels = [d.name for d in chosen]
+    for decoder, given in zip(chosen, names):
+        if labels.count(decoder.name) > 1:
+            decoder.name = given
+    return chosen
 
 
 @torch.no_grad()  # not torch.set_grad_enabled(False): a caller in the same process (tests) trains after
@@ -164,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="latentmill eval", description=__doc__.splitlines()[0])
     parser.add_argument("input", help="an encode output (latents + images), or a video output that kept its latents")
     parser.add_argument("--decoder", action="append", default=[], help="a decoder name or checkpoint (repeatable)")
-    parser.add_argument("--model", help="the model whose VAE is the reference decoder (default: the input's)")
+    parser.add_argument("--model", help="the model whose VAE is the reference decoder: a pipeline, or a teacher's "
+                        "AutoencoderKL directory (default: the model that encoded INPUT, from its job record)")
     parser.add_argument("--linear-fit", metavar="TRAIN_URL", help="also fit and evaluate the least-squares linear "
                         "decoder on this encode output (the same as --train-data TRAIN_URL --baseline linear)")
     parser.add_argument("--baseline", action="append", default=[], help="a baseline row (repeatable): grey, "
@@ -180,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
                         "many frames at a time (default: whole clips)")
     parser.add_argument("--video-features", metavar="MODULE:CALLABLE", help="video: a feature network (clips -> "
                         "features) for a Fréchet distance, e.g. your I3D for FVD")
+    parser.add_argument("--full", action="store_true", help="the terminal's table with every column (wider)")
     parser.add_argument("--out", required=True, help="where eval.json, eval.md and grid.png go (any fsspec URL)")
     args = parser.parse_args(argv)
     if not args.decoder and not args.linear_fit and not args.baseline:
@@ -192,13 +251,9 @@ def main(argv: list[str] | None = None) -> int:
         return eval_video.run(args, device)
     keys, latents, images = load_eval_set(args.input, args.held_out_fraction, args.split_seed, args.samples)
     reference = load_decoder(MODEL_VAE, args.model, device, "float32")
-    reference.name = f"{args.model} VAE"
-    chosen = []
-    for name in args.decoder:
-        try:
-            chosen.append(decoders.load(name, device=device))
-        except (ValueError, FileNotFoundError) as exc:
-            raise ConfigError("--decoder", "", detail=str(exc)) from None
+    teacher = is_vae_dir(args.model)
+    reference.name = f"teacher {args.model}" if teacher else f"{args.model} VAE"
+    chosen = load_decoders(args.decoder, device)
     training = training_set(args, latents, images)
     upscale = images.shape[-1] // latents.shape[-1]
     chosen += [b.to(device) for b in baseline_decoders(args.baseline, training, latents.shape[1], upscale)]
@@ -211,9 +266,10 @@ def main(argv: list[str] | None = None) -> int:
     except LPIPSWeightsMissing:  # said once, on the table's LPIPS line (lpips_status)
         lpips = None
     result = evaluate(chosen, reference, keys, latents, images, lpips, args.batch_size)
+    result["reference"] = {"name": reference.name, "model": args.model, "teacher": teacher}
     if training is not None:
         result["baselines_from"] = training.description
     outputs = result.pop("_outputs")
     write_files(args.out, result, render_markdown(result), render_grid([("original", images), *outputs.items()]))
-    print(render_terminal(result, args.out))
+    print(render_terminal(result, args.out, args.full))
     return 0

@@ -84,7 +84,7 @@ def input_plan(spec):
 
 def check_input(spec) -> None:
     check_protocol(spec.input.url, "input.url")
-    check_model(spec.model.reference, spec.model.family)
+    check_model(spec.model.reference, spec.model.family, vae_only=True)
 
 
 def describe_input(spec) -> list[str]:

@@ -15,7 +15,7 @@ from jobs.train.spec import TrainDecoderSpec
 def check(spec: TrainDecoderSpec) -> None:
     for i, url in enumerate(spec.data.urls):
         check_protocol(url, f"data.urls[{i}]")
-    check_model(spec.model.reference, spec.model.family)
+    check_model(spec.model.reference, spec.model.family, vae_only=True)
 
 
 def describe(spec: TrainDecoderSpec) -> list[str]:
@@ -26,7 +26,7 @@ def describe(spec: TrainDecoderSpec) -> list[str]:
     o, s = spec.optim, spec.scaling
     return [
         f"  train: {spec.architecture}{' (tiny)' if spec.tiny else ''} from {spec.init_weights or 'scratch'}, "
-        f"target {spec.target}; model {spec.model.family} {spec.model.reference}",
+        f"target {spec.target}; model {spec.model.family} {prepared['reference_model'] or spec.model.reference}",
         f"  data: {', '.join(spec.data.urls)}: {prepared['train_samples']} training and "
         f"{prepared['held_out_samples']} held-out samples in {len(prepared['shards'])} shards "
         f"(held out {spec.data.held_out_fraction:g})",

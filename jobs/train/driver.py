@@ -37,6 +37,7 @@ from decoders.metrics import LPIPSWeightsMissing, require_lpips_weights
 from jobs.train.checkpoint import public_config
 from jobs.train.data import first_sample, latent_statistics, normalising_scaling, scan
 from jobs.train.progress import TrainDisplay
+from jobs.train.reference import encoding_model
 from jobs.train.spec import TrainDecoderSpec
 from pipelines.errors import ConfigError
 from pipelines.observe.phases import phase
@@ -94,13 +95,16 @@ def check_before_training(spec: TrainDecoderSpec) -> dict:
     if spec.data.crop is not None and spec.data.crop > min(latents.shape[1:]):
         raise ConfigError("data.crop", "", detail=f"a crop of {spec.data.crop} latent cells is larger than the "
                           f"latents ({latents.shape[1]}x{latents.shape[2]})")
+    reference_model = encoding_model(spec) if spec.target == "reference" else None
     if spec.loss.lpips_weight > 0:
         try:
             require_lpips_weights()
         except LPIPSWeightsMissing as exc:
             raise ConfigError("loss.lpips_weight", "", detail=f"> 0 needs LPIPS: {exc}") from None
     return {"shards": [dataclasses.asdict(s) for s in shards], "decoder": identity, "train_samples": train,
-            "held_out_samples": held, "image_factor": factor, "latent_scaling": latent_scaling}
+            "held_out_samples": held, "image_factor": factor, "latent_scaling": latent_scaling,
+            "reference_model": reference_model}
+
 
 
 def _latent_scaling(spec: TrainDecoderSpec, shards) -> dict:

@@ -25,6 +25,8 @@ def summarize(spec, config: dict, history: list[dict], metrics: dict, resumed_fr
         "kind": spec.kind,
         "architecture": spec.architecture,
         "target": spec.target,
+        # target reference: whose decode the decoder learned (the encoder's VAE, e.g. a teacher)
+        "reference_model": config["prepared"].get("reference_model"),
         "product": spec.product_dir,
         "steps": len(history),
         "workers": spec.scaling.num_workers,

@@ -137,7 +137,8 @@ class TrainDecoderSpec:
     # untrained VAE can be far from that (the tiny model's: std 0.02). With init_weights the
     # weights keep their own.
     normalize_latents: bool = True
-    # image: reconstruct the encoded image; reference: distil the model's own VAE decoder.
+    # image: reconstruct the encoded image; reference: distil the decode of the VAE that encoded the
+    # data (its output's job record names it: a `train-vae` teacher, a pipeline's VAE, tiny).
     target: Literal["image", "reference"] = "image"
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: TrainLoss = field(default_factory=TrainLoss)

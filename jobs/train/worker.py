@@ -18,6 +18,7 @@ from jobs.schema import build as build_spec
 from jobs.train.checkpoint import DECODER_DIR, STATE_JSON, STATE_TENSORS, same_decoder, temporary_dir, write_tree
 from jobs.train.data import batches, held_out_samples, shards_from, units, worker_stream
 from jobs.train.progress import tell
+from jobs.train.reference import encoding_model
 from jobs.train.report import write_report
 from jobs.train.spec import TrainDecoderSpec
 from pipelines.config import MODEL_VAE
@@ -53,7 +54,8 @@ def _decoder(spec: TrainDecoderSpec, latent_scaling: dict):
 
 
 def _reference_decoder(spec: TrainDecoderSpec, device):
-    return load_decoder(MODEL_VAE, spec.model.reference, str(device), spec.model.dtype)
+    """The VAE of the model that encoded the data (a teacher's, when a teacher encoded it)."""
+    return load_decoder(MODEL_VAE, encoding_model(spec), str(device), spec.model.dtype)
 
 
 def train_loop(config: dict) -> None:
@@ -99,7 +101,8 @@ def train_loop(config: dict) -> None:
 
     def next_batch(step: int):
         latents, images = next(data)
-        return latents, reference.decode(latents) if reference is not None else images
+        # decode runs under inference_mode; a clone outside it is a tensor autograd may save for backward
+        return latents, reference.decode(latents).clone() if reference is not None else images
 
     run_steps(trainer, next_batch, spec, config, history)
     if rank == 0:

@@ -32,15 +32,37 @@ SCHEDULERS = {
 }
 
 
+# A model directory that is one autoencoder (e.g. a `train-vae` teacher), not a whole pipeline.
+VAE_CLASSES = ("AutoencoderKL",)
+
+
 def load_model_vae(reference: str, device: str, dtype: str, tiny=None):
-    """The model's own VAE as a `decoders.Decoder`: built for a random model, else its `vae` folder.
+    """The model's own VAE as a `decoders.Decoder`: built for a random model, the directory itself
+    for a bare autoencoder directory (`is_vae_dir`), else the pipeline's `vae` folder.
     `tiny`: the function that saves the family's built-in tiny model (default: tiny SDXL)."""
     if is_random_model(reference):
         # lazy: keeps torch out of processes that never call this
         from pipelines.models.random_build import random_vae
 
         return random_vae(reference, device, torch_dtype(dtype))
-    return decoders.load(resolve_reference(reference, tiny), subfolder="vae", device=device, dtype=torch_dtype(dtype))
+    resolved = resolve_reference(reference, tiny)
+    subfolder = None if is_vae_dir(resolved) else "vae"
+    return decoders.load(resolved, subfolder=subfolder, device=device, dtype=torch_dtype(dtype))
+
+
+def directory_class(path: str) -> str | None:
+    """The `_class_name` in a local or fsspec directory's config.json; None without one."""
+    fs, root = fsspec.core.url_to_fs(references.local_path(path))
+    try:
+        config = json.loads(fs.cat_file(f"{root.rstrip('/')}/config.json"))
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, ValueError):
+        return None
+    return config.get("_class_name") if isinstance(config, dict) else None
+
+
+def is_vae_dir(path: str) -> bool:
+    """A save_pretrained directory of one autoencoder (config.json of a VAE class), not a pipeline."""
+    return references.is_path(path) and directory_class(path) in VAE_CLASSES
 
 
 def cache_dir() -> Path:
