@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from tests.support.jobspecs import kind_spec_dict
+from tests.support.slowness import slack
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLI = [sys.executable, "-m", "jobs.cli"]
@@ -55,7 +56,8 @@ def interrupted(ray_cluster, tmp_path_factory):
 
 
 def test_a_phase_line_comes_within_two_seconds(interrupted):
-    assert interrupted["first_line_s"] < 2.0, interrupted["first_line_s"]
+    # 2 s on an idle machine (issue 23), stretched by the load like every bound in the suite.
+    assert interrupted["first_line_s"] < slack(2.0), interrupted["first_line_s"]
     text = plain(interrupted["text"])
     for phase in ("latentmill: reading", "32 images to run (4 shards)", "connecting to the Ray cluster", "Ray ready in",
                   "starting actors and loading models: denoise 1 x", "actors ready: denoise 1/1, decode 1/1"):

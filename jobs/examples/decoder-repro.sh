@@ -20,7 +20,8 @@ TEST_CROPS=${TEST_CROPS:-64}
 TEACHER_CROPS=${TEACHER_CROPS:-1024}
 TEACHER_CROP_SIZE=${TEACHER_CROP_SIZE:-96}
 SIZE=${SIZE:-64}
-TEACHER_STEPS=${TEACHER_STEPS:-1000}
+TEACHER_TRAIN_CROP=${TEACHER_TRAIN_CROP:-32}   # the teacher's random training crops (jobs/examples/train-vae.yaml's)
+TEACHER_STEPS=${TEACHER_STEPS:-1500}
 LEAN_STEPS=${LEAN_STEPS:-1000}
 TAESD_STEPS=${TAESD_STEPS:-500}
 TAE192_STEPS=${TAE192_STEPS:-400}
@@ -52,9 +53,9 @@ step photos-train $PYTHON -m jobs.train.sample_photos "$WORK/photos/train" --cou
 step photos-test $PYTHON -m jobs.train.sample_photos "$WORK/photos/test" --count "$TEST_CROPS" --size "$SIZE" \
     --photos coffee,chelsea --seed 1
 
-# The teacher trains on random SIZE crops of larger crops of the same photos (jobs/examples/train-vae.yaml).
+# The teacher trains on random TEACHER_TRAIN_CROP crops of larger crops of the same photos (jobs/examples/train-vae.yaml).
 step teacher $LATENTMILL run jobs/examples/train-vae.yaml $RUN_FLAGS --set "data.train_url=$WORK/photos/vae-train" \
-    --set "data.held_out_url=$WORK/photos/test" --set "data.crop=$SIZE" --set "optim.steps=$TEACHER_STEPS" \
+    --set "data.held_out_url=$WORK/photos/test" --set "data.crop=$TEACHER_TRAIN_CROP" --set "optim.steps=$TEACHER_STEPS" \
     --set "output.url=$WORK/teacher" $TEACHER_SETS
 TEACHER="$WORK/teacher/vae"
 
