@@ -6,6 +6,7 @@ import io
 import json
 import math
 import posixpath
+import re
 import textwrap
 
 import torch
@@ -38,24 +39,42 @@ def plain_table(head: list[str], rows: list[list[str]]) -> list[str]:
     return [line(head), line(["-" * w for w in widths]), *(line(r) for r in rows)]
 
 
+LABEL_WIDTH = 160  # pixels a grid label may take before a path wraps
+
+
 def render_grid(columns: list[tuple[str, torch.Tensor]], count: int = GRID_SAMPLES) -> bytes:
     """Rows of samples; a column per (name, images (B, 3, H, W) in [0, 1]), names on top."""
     n = min(count, len(columns[0][1]))
     h, w = columns[0][1].shape[-2:]
-    # Each column as wide as its whole label needs (a name is never cut), at least the image.
+    # Each column as wide as its own label needs (a name is never cut; a path wraps at "/" or " "), so
+    # one long name does not widen every column.
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    cell_w = max(w, 96, *(int(probe.textlength(name)) + 6 for name, _ in columns))
-    label_h = 14
-    grid = Image.new("RGB", (cell_w * len(columns), label_h + h * n), "white")
+    labels = [_label_lines(name, probe, max(w, LABEL_WIDTH)) for name, _ in columns]
+    widths = [max(w, 96, *(int(probe.textlength(line)) + 6 for line in lines)) for lines in labels]
+    label_h = 12 * max(len(lines) for lines in labels) + 2
+    grid = Image.new("RGB", (sum(widths), label_h + h * n), "white")
     draw = ImageDraw.Draw(grid)
-    for c, (name, batch) in enumerate(columns):
-        draw.text((c * cell_w + 2, 1), name, fill="black")
+    x = 0
+    for (_, batch), lines, cell_w in zip(columns, labels, widths):
+        draw.multiline_text((x + 2, 1), "\n".join(lines), fill="black", spacing=1)
         pixels = (batch[:n].clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
         for r in range(n):
-            grid.paste(Image.fromarray(pixels[r]), (c * cell_w, label_h + r * h))
+            grid.paste(Image.fromarray(pixels[r]), (x, label_h + r * h))
+        x += cell_w
     buffer = io.BytesIO()
     grid.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def _label_lines(name: str, probe, width: int) -> list[str]:
+    """`name` in lines of at most `width` pixels, broken after "/" or " " (a longer piece keeps its line)."""
+    lines = [""]
+    for piece in re.findall(r"[^/ ]+[/ ]?|[/ ]", name):
+        if lines[-1] and probe.textlength(lines[-1] + piece) > width:
+            lines.append(piece)
+        else:
+            lines[-1] += piece
+    return lines
 
 
 def write_files(out_url: str, result: dict, markdown: str, grid: bytes) -> None:
