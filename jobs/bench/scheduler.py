@@ -41,8 +41,6 @@ import sys
 import tempfile
 import time
 
-import yaml
-
 from jobs.bench.common import (
     STAGE_CPUS,
     WRITE_CPUS,
@@ -57,6 +55,7 @@ from jobs.bench.memory import memory_dry_run, memory_table
 from jobs.bench.raydata import CONFIGURATIONS, run_ray_data
 from jobs.bench.sampling import PeriodicSampler
 from jobs.bench.steady import SinkRecord, steady_state, summary
+from jobs.profiles import read_profiles
 from pipelines.autoscale import best_split, split_throughput
 from pipelines.scheduler import shards_in_flight
 
@@ -64,8 +63,7 @@ PROFILES_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "profil
 
 
 def load_profiles(path: str = PROFILES_FILE) -> dict:
-    with open(path) as f:
-        return yaml.safe_load(f)["profiles"]
+    return read_profiles(path)  # the one reader of the format, which `stages.auto_profile` uses too
 
 
 def scaled_times(profile: dict, time_scale: float) -> dict[str, float]:

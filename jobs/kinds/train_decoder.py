@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from jobs.checks import check_model, check_protocol
 from jobs.kinds.base import JobKind
-from jobs.train.report import summary_line
+from jobs.train.report import schedule_lines, summary_line
 from jobs.train.spec import TrainDecoderSpec
 
 
@@ -23,18 +23,17 @@ def describe(spec: TrainDecoderSpec) -> list[str]:
     from jobs.train.driver import check_before_training  # torch (via its data module): not for other commands
 
     prepared = check_before_training(spec)
-    o, s = spec.optim, spec.scaling
+    optim, checkpoints = schedule_lines(spec)
     return [
         f"  train: {spec.architecture}{' (tiny)' if spec.tiny else ''} from {spec.init_weights or 'scratch'}, "
         f"target {spec.target}; model {spec.model.family} {prepared['reference_model'] or spec.model.reference}",
         f"  data: {', '.join(spec.data.urls)}: {prepared['train_samples']} training and "
         f"{prepared['held_out_samples']} held-out samples in {len(prepared['shards'])} shards "
         f"(held out {spec.data.held_out_fraction:g})",
-        f"  optim: {o.steps} steps, batch {o.batch_size} per worker, lr {o.lr:g}, precision {o.precision}; "
-        f"workers: {s.num_workers} (use_gpu {s.use_gpu}, {s.cpus_per_worker:g} CPUs each)",
+        optim,
         f"  loss: {spec.loss.pixel} x{spec.loss.pixel_weight:g}, lpips x{spec.loss.lpips_weight:g}, "
         f"adversarial x{spec.loss.adversarial_weight:g}",
-        f"  checkpoints: every {spec.checkpoints.every_steps} steps to {spec.checkpoint_url}",
+        checkpoints,
     ]
 
 

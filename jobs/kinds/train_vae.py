@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from jobs.checks import check_protocol
 from jobs.kinds.base import JobKind
-from jobs.train.report import summary_line
+from jobs.train.report import schedule_lines, summary_line
 from jobs.train.vae_spec import TrainVaeSpec
 
 
@@ -23,17 +23,17 @@ def describe(spec: TrainVaeSpec) -> list[str]:
     from jobs.train.vae_driver import check_before_training  # torch (via decoders): not for other commands
 
     prepared = check_before_training(spec)
-    o, s, v, d = spec.optim, spec.scaling, spec.vae, spec.data
+    v, d = spec.vae, spec.data
+    optim, checkpoints = schedule_lines(spec)
     return [
         f"  train: AutoencoderKL (SDXL block types) block_out_channels {v.block_out_channels}, layers_per_block "
         f"{v.layers_per_block}, {v.latent_channels} latent channels, {v.downsampling}x down",
         f"  data: {prepared['train_samples']} training images in {d.train_url} ({d.crop} px crops"
         f"{', flips' if d.flips else ''}); {prepared['held_out_samples']} held-out images in {d.held_out_url}",
-        f"  optim: {o.steps} steps, batch {o.batch_size} per worker, lr {o.lr:g}, precision {o.precision}; "
-        f"workers: {s.num_workers} (use_gpu {s.use_gpu}, {s.cpus_per_worker:g} CPUs each)",
+        optim,
         f"  loss: {spec.loss.pixel} x{spec.loss.pixel_weight:g}, kl x{spec.loss.kl_weight:g}, "
         f"lpips x{spec.loss.lpips_weight:g}",
-        f"  checkpoints: every {spec.checkpoints.every_steps} steps to {spec.checkpoint_url}",
+        checkpoints,
     ]
 
 

@@ -126,6 +126,16 @@ def write_report(spec, config: dict, history: list[dict], metrics: dict, resumed
     return report
 
 
+def schedule_lines(spec) -> list[str]:
+    """The `--dry-run` lines every training kind shares: its optimiser, workers and checkpoints."""
+    o, s = spec.optim, spec.scaling
+    return [
+        f"  optim: {o.steps} steps, batch {o.batch_size} per worker, lr {o.lr:g}, precision {o.precision}; "
+        f"workers: {s.num_workers} (use_gpu {s.use_gpu}, {s.cpus_per_worker:g} CPUs each)",
+        f"  checkpoints: every {spec.checkpoints.every_steps} steps to {spec.checkpoint_url}",
+    ]
+
+
 def summary_line(report: dict, output_url: str) -> str:
     held, product = report["held_out"], report.get("product", "decoder")
     if report.get("nothing_to_do"):
