@@ -40,7 +40,7 @@ def test_steady_rate_follows_the_bottleneck_not_the_bursts_or_the_drain():
 
 
 def test_bench_scheduler_command_puts_both_systems_through_the_one_steady_rule(processes, tmp_path):
-    # A tiny real run of each system at 4 logical GPUs: latentmill, Ray Data tuned, Ray Data defaults.
+    # A tiny real run of each system at 4 logical GPUs: latentmill and Ray Data's three configurations.
     profiles = tmp_path / "profiles.yaml"
     profiles.write_text(yaml.safe_dump({"profiles": {"tiny": PROFILE}}, sort_keys=False))  # chain order
     command = [sys.executable, "-m", "jobs.cli", "bench", "scheduler", "--gpus", "4", "--profiles", str(profiles),
@@ -55,7 +55,7 @@ def test_bench_scheduler_command_puts_both_systems_through_the_one_steady_rule(p
     # Ideal for 3 denoise actors at 0.02 s per item: 150 items/s (write is far faster).
     assert result["split"] == {"denoise": 3, "decode": 1} and result["ideal"]["set_by"] == "denoise"
     assert abs(result["ideal"]["items_per_s"] - 150) < 1e-6
-    assert set(result["runs"]) == {"latentmill", "ray_data tuned", "ray_data defaults"}
+    assert set(result["runs"]) == {"latentmill", "ray_data tuned", "ray_data defaults", "ray_data from_items"}
     for system, (run,) in result["runs"].items():
         steady = run["steady"]
         # Same items for every system, every one of them in the record the rule reads.
@@ -70,8 +70,9 @@ def test_bench_scheduler_command_puts_both_systems_through_the_one_steady_rule(p
     latentmill = result["runs"]["latentmill"][0]
     assert latentmill["committed_shards"] == latentmill["planned_shards"] == 24
     assert latentmill["driver_cpu_ms_per_item"] > 0
-    tuned = result["runs"]["ray_data tuned"][0]
-    assert tuned["files"] == 24 and tuned["rows_per_file"] == {"min": 16, "max": 16}  # min_rows_per_file = shard
+    for configuration in ("tuned", "from_items"):  # one block per shard, min_rows_per_file = shard
+        run = result["runs"][f"ray_data {configuration}"][0]
+        assert run["files"] == 24 and run["rows_per_file"] == {"min": 16, "max": 16}, configuration
     # The record kept the result as it finished; its tables are the run's (a long run keeps what it measured).
     again = processes.run(command[:5] + ["--tables-from", str(tmp_path / "record.jsonl")], cwd=REPO, timeout=120)
     assert again.returncode == 0 and again.stdout.strip() == table.split("\n", 1)[1].strip(), again.stderr[-2000:]
@@ -84,6 +85,14 @@ def test_bench_scheduler_refuses_zero_repeats():
     side_by_side = [sys.executable, "-m", "jobs.bench.sidebyside", "--repeats", "0"]
     done = subprocess.run(side_by_side, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 2 and done.stderr.strip() == "error: --repeats must be at least 1, got 0"
+
+
+def test_bench_scheduler_refuses_an_unknown_ray_data_configuration():
+    command = [sys.executable, "-m", "jobs.cli", "bench", "scheduler", "--ray-data", "tuned,fast"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2
+    assert done.stderr.strip() == ("error: --ray-data: unknown configuration(s) ['fast']; "
+                                   "expected some of ['tuned', 'defaults', 'from_items']")
 
 
 def test_concurrency_auto_rebalances_a_real_run_when_decode_slows_down(ray_cluster, tmp_path):

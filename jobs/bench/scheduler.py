@@ -293,7 +293,7 @@ def repeated_runs(profile: dict, split: dict, workdir: str, images: int, args, i
         url = os.path.join(workdir, f"latentmill-{repeat}")
         runs["latentmill"].append(measured(run_latentmill(profile, split, url, images, args), ideal))
         subprocess.run(["rm", "-rf", url], check=False)
-        for configuration in CONFIGURATIONS if args.peer else ():
+        for configuration in args.ray_data if args.peer else ():
             url = os.path.join(workdir, f"ray-data-{configuration}-{repeat}")
             run = run_ray_data(profile, split, url, images, args, configuration)
             runs.setdefault(f"ray_data {configuration}", []).append(measured(run, ideal))
@@ -410,6 +410,8 @@ def parse_args(argv):
     parser.add_argument("--repeats", type=int, default=3,
                         help="runs of each system and configuration per GPU count (median and min-max reported)")
     parser.add_argument("--no-peer", dest="peer", action="store_false", help="skip the Ray Data peer")
+    parser.add_argument("--ray-data", type=lambda t: t.split(","), default=list(CONFIGURATIONS),
+                        help=f"the Ray Data configurations to run, comma-separated (default: {','.join(CONFIGURATIONS)})")
     parser.add_argument("--auto", action="store_true",
                         help="instead: every static split and concurrency auto (from a bad split) per GPU count")
     parser.add_argument("--memory", action="store_true", help="instead: the driver's peak RSS, 1e5 vs 1e7 samples")
@@ -435,6 +437,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.repeats < 1:
         print(f"error: --repeats must be at least 1, got {args.repeats}", file=sys.stderr)
+        return 2
+    wrong = [c for c in args.ray_data if c not in CONFIGURATIONS]
+    if wrong:
+        print(f"error: --ray-data: unknown configuration(s) {wrong}; expected some of {list(CONFIGURATIONS)}",
+              file=sys.stderr)
         return 2
     profiles = load_profiles(args.profiles)
     names = args.profile or list(profiles)

@@ -129,7 +129,12 @@ def main(argv: list[str] | None = None) -> int:
             runs: dict[str, list] = {"latentmill": [], "ray_data": []}
             for repeat in range(args.repeats):  # interleaved, so a change of load falls on both
                 for system, done in runs.items():
+                    load_before = os.getloadavg()[0]
                     done.append(timed_run(system, spec_path, images, os.path.join(workdir, f"{system}-{images}-{repeat}")))
+                    # each run as it ends, with the 1-minute load around it: a cut-off benchmark keeps what it measured
+                    print(f"{images} images, {system} run {repeat + 1}: {done[-1]['wall_s']:.1f} s, "
+                          f"{done[-1]['images']} images; load {load_before:.2f} -> {os.getloadavg()[0]:.2f}",
+                          file=sys.stderr, flush=True)
             for system, done in runs.items():
                 wall = summary([r["wall_s"] for r in done])
                 lines.append(f"| {images} | {system} | {len(done)} | {wall['median']:.1f} ({wall['min']:.1f}-{wall['max']:.1f}) "
