@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from jobs.kinds import kind_of
 from jobs.local import check_faults, pipeline_for
+from pipelines.autoscale import rebalancer_for
 from pipelines.pipeline import Pipeline
 from pipelines.plan import shard_name
 
@@ -23,7 +24,8 @@ def describe(spec, pipeline: Pipeline | None = None) -> str:
         return "\n".join([f"job {spec.name!r} ({spec.kind}) -> {spec.output.url}", *kind.describe(spec)])
     pipeline = pipeline if pipeline is not None else pipeline_for(spec)
     lines = [f"job {spec.name!r} ({spec.kind}) -> {spec.output.url} (mode {spec.output.mode})", *kind.describe(spec)]
-    return "\n".join(lines + _plan_lines(pipeline, kind.file_format(spec)) + _stage_lines(pipeline))
+    return "\n".join(lines + _plan_lines(pipeline, kind.file_format(spec)) + _stage_lines(pipeline)
+                     + _auto_lines(pipeline))
 
 
 def _plan_lines(pipeline: Pipeline, file_format: str) -> list[str]:
@@ -48,3 +50,18 @@ def _stage_lines(pipeline: Pipeline) -> list[str]:
     w = pipeline.write
     lines.append(f"    {'write':8s} concurrent shards={w.concurrency} num_cpus={w.num_cpus}")
     return lines
+
+
+def _auto_lines(pipeline: Pipeline) -> list[str]:
+    """The `concurrency: auto` starting split, the line the run prints, when the GPU budget is known
+    without a cluster (`stages.gpus`); else where the split will come from."""
+    if not any(stage.resources.concurrency == "auto" for stage in pipeline.stages):
+        return []
+    if pipeline.gpus is None:
+        split = ("is even" if pipeline.auto_start is None else f"is chosen from {pipeline.auto_start.source}")
+        return [f"  concurrency auto: the starting split of the cluster's GPUs {split} once they are known "
+                "(stages.gpus sets the budget and shows the split here)"]
+    # A cluster with the budget's GPUs: `num_gpus: auto` actors then hold one GPU each (a CPU cluster
+    # would give them none, and count the budget as actors: the same split).
+    rebalancer = rebalancer_for(pipeline.stages, pipeline.gpus, pipeline.gpus, pipeline.auto_start)
+    return ["  " + rebalancer.describe_start()]

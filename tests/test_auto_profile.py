@@ -14,13 +14,14 @@ import pytest
 import yaml
 
 from jobs.bench.scheduler import PROFILES_FILE, build_pipeline
+from jobs.dry_run import dry_run
 from jobs.kinds.generate import StagesConfig
 from jobs.local import pipeline_for
 from jobs.profiles import AutoProfile, starting_times
 from jobs.spec import parse_spec
 from pipelines.autoscale import GpuRebalancer, StartingTimes, rebalancer_for
 from pipelines.config import StageResources
-from pipelines.errors import ConfigError
+from pipelines.errors import ConfigError, SchedulingError
 from pipelines.runner import run_pipeline
 from pipelines.verify import verify_output
 from tests.conftest import REPO
@@ -110,6 +111,29 @@ def test_bad_auto_profiles_are_spec_errors_naming_the_field(tmp_path):
         data = spec_dict(tmp_path / "o", **auto, stages__auto_profile=profile)
         with pytest.raises(ConfigError, match=f"{re.escape(field)}.*{message}"):
             parse_spec(yaml.safe_dump(data), source="job.yaml")
+
+
+def test_the_dry_run_prints_the_starting_split_when_stages_gpus_sets_the_budget(tmp_path):
+    profile = {**AUTO, "stages__auto_profile": {"file": PROFILES_FILE, "name": "sdxl-1024-vae"}}
+
+    def dry_run_of(**changes) -> list[str]:
+        spec = parse_spec(yaml.safe_dump(spec_dict(tmp_path / "o", **changes)), source="job.yaml")
+        return [line.strip() for line in dry_run(spec).splitlines()]
+
+    # The run's own phase line (GpuRebalancer.describe_start) for the 16 GPUs of stages.gpus.
+    assert dry_run_of(**profile)[-1] == (
+        f"concurrency auto: starting split 14/2 (denoise/decode) of 16 actors from profile sdxl-1024-vae in "
+        f"{PROFILES_FILE} (denoise 3000.0 ms/item, decode 300.0 ms/item); measured times take over after warm-up")
+    # Without stages.gpus the budget is the cluster's GPUs, unknown until the run connects to it.
+    assert dry_run_of(**{**profile, "stages__gpus": None})[-1] == (
+        f"concurrency auto: the starting split of the cluster's GPUs is chosen from profile sdxl-1024-vae in "
+        f"{PROFILES_FILE} once they are known (stages.gpus sets the budget and shows the split here)")
+    assert dry_run_of(**AUTO)[-1].startswith("concurrency auto: starting split 8/8 (denoise/decode) of 16 actors, even")
+    assert "is even once they are known" in dry_run_of(**{**AUTO, "stages__gpus": None})[-1]
+    assert not any(line.startswith("concurrency auto") for line in dry_run_of())  # no auto stage, no line
+    # A budget too small to give each auto stage an actor fails the dry-run as it would fail the run.
+    with pytest.raises(SchedulingError, match="1 GPUs are available \\(stages.gpus\\)"):
+        dry_run_of(**{**AUTO, "stages__gpus": 1})
 
 
 def test_the_command_line_says_a_missing_profile_file_in_one_line_with_exit_2(tmp_path):

@@ -1,6 +1,6 @@
 """`latentmill run SPEC --estimate`: the projection checked against figures worked out by hand, then the
-command on a real local Ray with the tiny model (a table, exit 0, nothing at the output URL), a stage
-that fails (exit 1) and a spec error (exit 2, one line)."""
+command on a real local Ray with the tiny model (the measured batches run together, a table, exit 0,
+nothing at the output URL), a stage that fails (exit 1) and a spec error (exit 2, one line)."""
 
 from __future__ import annotations
 
@@ -119,12 +119,14 @@ def _cli(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
 @pytest.fixture
 def tiny_spec(tmp_path):
     spec = tmp_path / "job.yaml"
-    spec.write_text(yaml.safe_dump(kind_spec_dict("generate", tmp_path / "out", num_images=64,
+    # slow: a denoise batch takes long enough (about half a second here) that a stage submitted with it
+    # visibly starts before it ends.
+    spec.write_text(yaml.safe_dump(kind_spec_dict("generate", tmp_path / "out", slow=True, num_images=64,
                                                   cost={"gpu_hour": 2.5, "cpu_hour": 0.04})))
     return spec
 
 
-def test_an_estimate_prints_the_table_and_writes_nothing(ray_cluster, tiny_spec):
+def test_an_estimate_measures_the_stages_together_prints_the_table_and_writes_nothing(ray_cluster, tiny_spec):
     done = _cli(["run", str(tiny_spec), "--estimate", "--json", "--address", ray_cluster])
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
@@ -133,6 +135,14 @@ def test_an_estimate_prints_the_table_and_writes_nothing(ray_cluster, tiny_spec)
     for stage in result["stages"]:
         assert stage["warmup"]["items"] == stage["measured"]["items"] == 4 and stage["measured"]["s"] > 0
     assert all(s["load_s"] > 0 for s in result["stages"][:2])
+    # The warm-up batch goes through the stages in turn (decode needs denoise's output); the measured
+    # batches run at the same time, sharing the cores as a run does: decode's began before denoise's
+    # ended (one stage at a time, it would wait for denoise's measured output).
+    denoise, decode = result["stages"][:2]
+    assert decode["warmup"]["started_at"] >= denoise["warmup"]["started_at"] + denoise["warmup"]["s"]
+    assert decode["measured"]["started_at"] < denoise["measured"]["started_at"] + denoise["measured"]["s"], (
+        denoise["measured"], decode["measured"])
+    assert "estimate: measured batches through denoise, decode at the same time" in done.stderr
     p = result["projection"]
     assert p["items_per_s"] == min(p["capacity_items_per_s"].values())
     assert p["wall_s"] > p["startup_s"] > 0 and p["cost"]["per_1000_images"] > 0

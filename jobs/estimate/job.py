@@ -29,8 +29,8 @@ def estimate(spec, *, address: str | None = None, verbose: bool = True, start_ti
     plan, units = pipeline.plan, pipeline.units
     if not len(plan):
         raise ConfigError("--estimate", "", detail=f"the plan of {spec.name!r} holds no {units.plural}: nothing to estimate")
-    phase(f"estimate of {len(plan)} {units.plural} ({plan.num_shards} shards): a warm-up batch and one measured "
-          f"batch per stage; nothing is written to {pipeline.output.url}")
+    phase(f"estimate of {len(plan)} {units.plural} ({plan.num_shards} shards): a warm-up batch through each stage "
+          f"in turn, then one measured batch per stage, all at once; nothing is written to {pipeline.output.url}")
     measured = measure(pipeline, lambda: connect_ray(address, verbose), start_timeout_s)
     prices = dataclasses.asdict(pipeline.cost) if pipeline.cost is not None else None
     projection = project(measured, items=len(plan), shard_size=plan.samples_per_shard, prices=prices,

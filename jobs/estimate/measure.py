@@ -2,12 +2,14 @@
 
 The spec's pools start exactly as a run starts them (pipelines/runner.py `make_pools`: its actors,
 resources, models and `concurrency: auto` starting split; `wait_until_ready` says the ready counts).
-Then two batches of the plan's first samples go through the chain one stage at a time, on one actor
-per stage: a warm-up batch (the actor's first call carries lazy imports and caches; its time is
-reported, not projected from) and the measured batch. Each batch's output is written as a shard by
-the run's own write task (`shard_writer`) into a temporary folder, which times the write; the job's
-output is never opened. Times are busy seconds measured inside the actor or task, as the run's
-accounting measures them.
+Then two batches of the plan's first samples go through the chain on one actor per stage: a warm-up
+batch through every stage in turn (an actor's first call carries lazy imports and caches; its time is
+reported, not projected from), then the measured batches of all stages at the same time (stage 0 on
+the next samples, every other stage on the warm-up output of the stage before it), so that each stage
+shares the machine with the others as it does in a run. Each batch leaving the last stage is written
+as a shard by the run's own write task (`shard_writer`) into a temporary folder, which times the
+write; the job's output is never opened. Times are busy seconds measured inside the actor or task, as
+the run's accounting measures them.
 """
 
 from __future__ import annotations
@@ -30,8 +32,6 @@ from pipelines.plan import ShardPlan, shard_name
 from pipelines.runner import make_pools, shard_writer, wait_until_ready
 from pipelines.scheduler import Batch, ShardWork, error_cause
 
-BATCHES = ("warm-up", "measured")
-
 
 class EstimateFailed(LatentmillError):
     """A stage (or the write) failed on an estimate's batch: exit 1, as a failed job."""
@@ -44,7 +44,10 @@ def measure(pipeline: Pipeline, connect, start_timeout_s: float) -> Measurement:
     ray_s = time.monotonic() - started
     resources = ray.cluster_resources()
     cluster = {"CPU": resources.get("CPU", 0.0), "GPU": resources.get("GPU", 0.0)}
-    pools = make_pools(pipeline, rebalancer_for(pipeline.stages, pipeline.gpus, cluster["GPU"]))
+    rebalancer = rebalancer_for(pipeline.stages, pipeline.gpus, cluster["GPU"], pipeline.auto_start)
+    if rebalancer is not None:
+        phase(rebalancer.describe_start())
+    pools = make_pools(pipeline, rebalancer)
     phase("starting actors and loading models: " + ", ".join(
         f"{p.name} {p.target or p.min_actors} x ({p.num_cpus:g} CPU, {p.num_gpus:g} GPU)" for p in pools))
     scratch = tempfile.mkdtemp(prefix="latentmill-estimate-")
@@ -75,23 +78,53 @@ def first_batches(plan, batch_size: int) -> list[tuple]:
 
 
 def _run_batches(pipeline: Pipeline, pools: list[StagePool], scratch: str) -> dict[str, list[BatchTime]]:
-    """Each batch through every stage in turn, then written as its own shard under `scratch`."""
+    """The warm-up batch through every stage in turn (its outputs are the measured batches' inputs),
+    then the measured batches of all stages at once, as a run runs its stages: each measured time
+    includes waiting for the cores (and GPUs) the other stages use. Each batch leaving the last stage
+    is written as a shard under `scratch`."""
     write = shard_writer(_writing_to(pipeline, scratch), {})
     times: dict[str, list[BatchTime]] = {name: [] for name in pipeline.stage_names}
-    plural = pipeline.units.plural
-    batches = first_batches(pipeline.plan, pipeline.stages[0].resources.batch_size)
-    for number, (label, samples) in enumerate(zip(BATCHES, batches)):
-        work = ShardWork(ShardPlan(number, shard_name(number), samples), samples, repair=False)
-        payload = Batch(work, samples).payload()
-        for pool in pools:
-            phase(f"estimate: {label} batch ({len(samples)} {plural}) through {pool.name}")
-            payload, stats = _call(pool, payload, label)
-            times[pool.name].append(BatchTime(stats["items"], stats["busy_s"]))
-        phase(f"estimate: writing the {label} batch as a shard to a temporary folder")
-        work.outputs.append(payload)
-        marker = _get(write(work), f"the write of the {label} batch")
-        times["write"].append(BatchTime(len(samples), marker["write_seconds"]))
+    warmup, measured = first_batches(pipeline.plan, pipeline.stages[0].resources.batch_size)
+    outputs, payload = [], _payload(warmup)
+    for pool in pools:
+        phase(f"estimate: warm-up batch ({len(warmup)} {pipeline.units.plural}) through {pool.name}")
+        [(payload, stats)] = _call_together([pool], [payload], "warm-up")
+        outputs.append(payload)
+        times[pool.name].append(_batch_time(stats))
+    # The writes stay apart from the measured batches: the warm-up write is its task's first call,
+    # which imports the shard writer's libraries (a burst of CPU a steady run does not have), and the
+    # measured write needs the last stage's measured output.
+    _write(write, 0, warmup, outputs[-1], "warm-up", times)
+    # Stage 0 takes the next samples; every other stage the warm-up output of the stage before it.
+    inputs = [(measured, _payload(measured))] + [(warmup, ref) for ref in outputs[:-1]]
+    phase(f"estimate: measured batches through {', '.join(p.name for p in pools)} at the same time, "
+          "sharing the machine as in a run")
+    results = _call_together(pools, [batch for _, batch in inputs], "measured")
+    for pool, (_, stats) in zip(pools, results):
+        times[pool.name].append(_batch_time(stats))
+    _write(write, 1, inputs[-1][0], results[-1][0], "measured", times)
     return times
+
+
+def _payload(samples: tuple) -> dict:
+    return Batch(_work(0, samples), samples).payload()
+
+
+def _work(number: int, samples: tuple) -> ShardWork:
+    return ShardWork(ShardPlan(number, shard_name(number), samples), samples, repair=False)
+
+
+def _batch_time(stats: dict) -> BatchTime:
+    return BatchTime(stats["items"], stats["busy_s"], started_at=stats["started_at"])
+
+
+def _write(write, number: int, samples: tuple, output_ref, label: str, times: dict) -> None:
+    """The last stage's output of `samples` written as shard `number` by the run's write task."""
+    phase(f"estimate: writing the {label} batch as a shard to a temporary folder")
+    work = _work(number, samples)
+    work.outputs.append(output_ref)
+    marker = _get(write(work), f"the write of the {label} batch")
+    times["write"].append(BatchTime(len(samples), marker["write_seconds"]))
 
 
 def _writing_to(pipeline: Pipeline, scratch: str) -> Pipeline:
@@ -99,13 +132,16 @@ def _writing_to(pipeline: Pipeline, scratch: str) -> Pipeline:
     return dataclasses.replace(pipeline, output=dataclasses.replace(pipeline.output, url=scratch, storage=StorageConfig()))
 
 
-def _call(pool: StagePool, payload, label: str):
-    """One call of the pool's least busy actor (the same one for both batches): (output ref, stats)."""
-    result_ref, stats_ref, member = pool.submit(payload)
+def _call_together(pools: list[StagePool], payloads: list, label: str) -> list[tuple]:
+    """One call per pool on its least busy actor, all submitted before any is awaited:
+    [(output ref, stats)] in pool order; a failure names its stage."""
+    calls = [pool.submit(payload) for pool, payload in zip(pools, payloads)]
     try:
-        return result_ref, _get(stats_ref, f"stage {pool.name} on the {label} batch", also=result_ref)
+        return [(result_ref, _get(stats_ref, f"stage {pool.name} on the {label} batch", also=result_ref))
+                for pool, (result_ref, stats_ref, _) in zip(pools, calls)]
     finally:
-        pool.release(member)
+        for pool, (_, _, member) in zip(pools, calls):
+            pool.release(member)
 
 
 def _get(ref, what: str, also=None):

@@ -43,7 +43,8 @@ def _stage_table(estimate: dict) -> list[str]:
                      f"{m['s']:.3f}", _seconds(m["s_per_item"]), _rate(capacity[s["name"]]), f"{w['s']:.3f}",
                      "-" if s["load_s"] is None else f"{s['load_s']:.1f}"])
     headers = ["stage", "actors", "batch", "s/batch", f"s/{one}", "capacity/s", "warm-up s/batch", "load s"]
-    legend = (f"One measured batch per stage, after a warm-up batch (an actor's first, timed but not projected from). "
+    legend = (f"One measured batch per stage, all stages at the same time as in a run, after a warm-up batch "
+              "through each in turn (an actor's first, timed but not projected from). "
               f"capacity/s: {estimate['units']['plural']} per second a stage does with its actors; load s: its "
               "slowest actor's model load.")
     return table(headers, rows) + textwrap.wrap(legend, WIDTH)

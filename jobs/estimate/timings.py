@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 class BatchTime:
     items: int
     busy_s: float  # measured inside the actor (the write task), as the run's accounting measures it
+    started_at: float | None = None  # Unix time the actor began the batch (None for the write)
 
     @property
     def per_item_s(self) -> float | None:
@@ -53,4 +54,5 @@ class Measurement:
 
 def _batch(batch: BatchTime) -> dict:
     per_item = batch.per_item_s
-    return {"items": batch.items, "s": round(batch.busy_s, 4), "s_per_item": None if per_item is None else round(per_item, 5)}
+    return {"items": batch.items, "s": round(batch.busy_s, 4), "s_per_item": None if per_item is None else round(per_item, 5),
+            "started_at": batch.started_at}
