@@ -114,3 +114,16 @@ def test_concurrency_auto_rebalances_a_real_run_when_decode_slows_down(ray_clust
     assert "as measured rates drifted" in notes[-1] and splits[-1][1] > splits[0][1]
     assert report["stages"]["decode"]["actors"]["max"] >= splits[-1][1]
     assert verify_output(url)["ok"] and report["generated"] == 1600
+
+
+def test_side_by_side_runs_both_systems_on_the_real_tiny_stages(processes, tmp_path):
+    # The real tiny SDXL stages through `latentmill run` and through the Ray Data pipeline a user would
+    # write with the same classes; each system writes every image, and each run is reported as it ends.
+    command = [sys.executable, "-m", "jobs.bench.sidebyside", "--images", "16", "--repeats", "1",
+               "--workdir", str(tmp_path)]
+    done = processes.run(command, cwd=REPO, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for system in ("latentmill", "ray_data"):
+        assert re.search(rf"^\| 16 \| {system} \| 1 \| [\d.]+ \([\d.]+-[\d.]+\) \| 16 \|$", done.stdout, re.M), done.stdout
+        assert re.search(rf"^16 images, {system} run 1: [\d.]+ s, 16 images; load [\d.]+ -> [\d.]+$", done.stderr, re.M)
+    assert list(tmp_path.iterdir()) == []  # outputs removed once measured

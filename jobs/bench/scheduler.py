@@ -20,8 +20,9 @@ Reported per profile and GPU count:
   efficiency  throughput / ideal; each stage's utilisation; the driver's CPU seconds per batch and
               per item (process CPU time of the driver over the run, Ray's threads in it included)
   Ray Data    the same stages as `map_batches` actor pools on the same GPUs, then
-              `write_webdataset`, configured as a competent user would (`tuned`) and at its
-              defaults (jobs/bench/raydata.py says each choice and why).
+              `write_webdataset`, configured as a competent user would (`tuned`), the same with the
+              ids made in the driver (`from_items`) and at its defaults (jobs/bench/raydata.py says
+              each choice and why); `--ray-data` picks some.
 `--auto`: for each profile at each GPU count, every static split, then `concurrency: auto` from a
 deliberately bad split (the even one, which auto starts from before it has measured anything);
 auto / best static. `--memory`: the driver's peak RSS
