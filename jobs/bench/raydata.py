@@ -18,7 +18,8 @@
   changed (progress bars off only). Not checked with a maintainer.
 `from_items`: `tuned` with the ids made in the driver (`ray.data.from_items`, one block per shard)
 instead of by read tasks. Light read tasks let Ray run dozens at once, each in a worker process of
-its own (131 Ray processes, load 71, at 32 GPUs on 2 cores); blocks made in the driver need none.
+its own (up to 165 Ray processes, load average 140, at 32 GPUs on 2 cores); blocks made in the driver
+need none (docs/scheduler-benchmark.md).
 `defaults`: the same stage pools and batch sizes (the model's choice, not Ray Data's), everything
 else at Ray Data's defaults: `ray.data.range(n)` blocks and read CPUs, writes at 1 CPU with Ray
 Data's concurrency and file sizes.
