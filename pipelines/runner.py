@@ -168,8 +168,7 @@ def _stream(pipeline: Pipeline, layout: OutputLayout, lease: OutputLease, recove
         accounting.note(rebalancer.describe_start())
         phase(rebalancer.describe_start())
     pools = make_pools(pipeline, rebalancer)
-    phase("starting actors and loading models: " + ", ".join(
-        f"{p.name} {p.target or p.min_actors} x ({p.num_cpus:g} CPU, {p.num_gpus:g} GPU)" for p in pools))
+    phase(starting_line(pools))
     accounting.pools_starting()
     interrupts = _Interrupts()
     infos: list[dict] = []
@@ -295,6 +294,12 @@ class _Interrupts:
     def __exit__(self, *exc) -> None:
         for sig, handler in (self._previous or {}).items():
             signal.signal(sig, handler)
+
+
+def starting_line(pools: list[StagePool]) -> str:
+    """The phase line said while the pools start: each stage's actors and what each asks for."""
+    return "starting actors and loading models: " + ", ".join(
+        f"{p.name} {p.target or p.min_actors} x ({p.num_cpus:g} CPU, {p.num_gpus:g} GPU)" for p in pools)
 
 
 def make_pools(pipeline: Pipeline, rebalancer=None) -> list[StagePool]:

@@ -29,7 +29,7 @@ from pipelines.errors import LatentmillError
 from pipelines.observe.phases import phase
 from pipelines.pipeline import Pipeline
 from pipelines.plan import ShardPlan, shard_name
-from pipelines.runner import make_pools, shard_writer, wait_until_ready
+from pipelines.runner import make_pools, shard_writer, starting_line, wait_until_ready
 from pipelines.scheduler import Batch, ShardWork, error_cause
 
 
@@ -48,8 +48,7 @@ def measure(pipeline: Pipeline, connect, start_timeout_s: float) -> Measurement:
     if rebalancer is not None:
         phase(rebalancer.describe_start())
     pools = make_pools(pipeline, rebalancer)
-    phase("starting actors and loading models: " + ", ".join(
-        f"{p.name} {p.target or p.min_actors} x ({p.num_cpus:g} CPU, {p.num_gpus:g} GPU)" for p in pools))
+    phase(starting_line(pools))
     scratch = tempfile.mkdtemp(prefix="latentmill-estimate-")
     try:
         started = time.monotonic()
